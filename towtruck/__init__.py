@@ -1,0 +1,83 @@
+"""towtruck: a virtual actor runtime for Python on trio.
+
+Write one factory, ``create_actor(id, client)``; towtruck activates an actor the first
+time its id is called, runs its calls one turn at a time, and collects it when idle.
+
+The public API is what this module exports. Names are re-exported as
+``from .x import Name as Name`` so that type checkers treat them as public, as trio's
+``__init__`` explains; ``tests/test_exported_members.py`` pins ``__all__``.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .activation import ActivationState as ActivationState
+from .activation import DeactivationReason as DeactivationReason
+from .address import Address as Address
+from .app import App as App
+from .catalog import CatalogStatistics as CatalogStatistics
+from .client import Client as Client
+from .errors import ActorError as ActorError
+from .errors import BadRequest as BadRequest
+from .errors import CallTimeout as CallTimeout
+from .errors import ForwardingLoop as ForwardingLoop
+from .errors import InternalError as InternalError
+from .errors import InvalidActorId as InvalidActorId
+from .errors import InvalidAddress as InvalidAddress
+from .errors import InvalidJSON as InvalidJSON
+from .errors import MailboxFull as MailboxFull
+from .errors import MethodNotAllowed as MethodNotAllowed
+from .errors import MethodNotFound as MethodNotFound
+from .errors import NodeStopping as NodeStopping
+from .errors import NotFound as NotFound
+from .errors import Overloaded as Overloaded
+from .errors import PayloadTooLarge as PayloadTooLarge
+from .errors import PeerUnavailable as PeerUnavailable
+from .errors import RouteNotFound as RouteNotFound
+from .errors import SettingsError as SettingsError
+from .errors import TowtruckError as TowtruckError
+from .errors import Unavailable as Unavailable
+from .node import Node as Node
+from .node import open_node as open_node
+from .node import run as run
+from .node import serve_node as serve_node
+from .runtime import Runtime as Runtime
+from .runtime import RuntimeStatistics as RuntimeStatistics
+from .settings import Settings as Settings
+
+__all__ = [
+    "ActivationState",
+    "ActorError",
+    "Address",
+    "App",
+    "BadRequest",
+    "CallTimeout",
+    "CatalogStatistics",
+    "Client",
+    "DeactivationReason",
+    "ForwardingLoop",
+    "InternalError",
+    "InvalidActorId",
+    "InvalidAddress",
+    "InvalidJSON",
+    "MailboxFull",
+    "MethodNotAllowed",
+    "MethodNotFound",
+    "Node",
+    "NodeStopping",
+    "NotFound",
+    "Overloaded",
+    "PayloadTooLarge",
+    "PeerUnavailable",
+    "RouteNotFound",
+    "Runtime",
+    "RuntimeStatistics",
+    "Settings",
+    "SettingsError",
+    "TowtruckError",
+    "Unavailable",
+    "open_node",
+    "run",
+    "serve_node",
+]

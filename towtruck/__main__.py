@@ -1,0 +1,5 @@
+"""``python -m towtruck``: the same as the ``towtruck`` command."""
+
+from .cli import main
+
+main()

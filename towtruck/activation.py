@@ -1,0 +1,348 @@
+"""One actor in memory: its object, its mailbox, and the task that runs its turns.
+
+An activation is a bounded mailbox plus, while it has work, one trio task that takes
+calls out of the mailbox one at a time and runs them: a turn ends before the next one
+starts, even when the method awaits. When the mailbox is empty the task ends and the
+mailbox is dropped, so an idle actor costs only its object and a few slots here; the
+next call gives it a new task. Turns stay serial across that because at most one task
+exists per activation: ``running`` is set, synchronously, by whoever spawns it.
+
+The mailbox is a deque checked against ``mailbox_size`` rather than a memory channel:
+the actor's task is the only reader and never waits on it (it ends instead), so a
+channel's parking machinery would buy nothing and cost a couple of kilobytes per actor.
+The bound exists so a hot or stuck actor sheds calls with 503 instead of holding an
+unbounded queue; the default 1,000 absorbs a burst from every connection a node
+usually has open, while a full mailbox at a few hundred bytes per call stays small.
+
+Lifecycle (Orleans' ActivationState)::
+
+    ACTIVATING --activate ok--> VALID --collected or shutdown--> DEACTIVATING --> INVALID
+        \\--activate raised--> INVALID (the calls waiting fail with its error)
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import outcome
+import trio
+
+from . import codec
+from .calls import Call, CallContext, current_context
+from .errors import (
+    ActorError,
+    CallTimeout,
+    MailboxFull,
+    MethodNotFound,
+    NodeStopping,
+    TowtruckError,
+)
+from .methods import Method, hook
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from .catalog import Catalog
+
+__all__ = ["Activation", "ActivationState", "DeactivationReason"]
+
+logger = logging.getLogger("towtruck.actor")
+
+# Turns run back to back without yielding when their methods never await (plain def
+# methods); after this many, the actor's task yields so other tasks get the CPU.
+_TURNS_PER_YIELD = 32
+
+
+class ActivationState(enum.Enum):
+    """Where an activation is in its life."""
+
+    ACTIVATING = "activating"  #: ``activate`` is running; calls wait in the mailbox
+    VALID = "valid"  #: serving calls
+    DEACTIVATING = "deactivating"  #: finishing its mailbox, then running ``deactivate``
+    INVALID = "invalid"  #: gone; the next call for its id activates a fresh one
+
+
+class DeactivationReason(enum.Enum):
+    """Why an activation stopped."""
+
+    IDLE = "idle"  #: idle longer than ``max_inactivity``
+    CAPACITY = "capacity"  #: least recently used while the node was at ``max_actors``
+    SHUTDOWN = "shutdown"  #: the node is stopping
+    FAILED = "failed"  #: ``activate`` raised or timed out
+
+
+class Activation:
+    """One actor in memory. Created and owned by the :class:`~towtruck.catalog.Catalog`.
+
+    Attributes:
+        id: The actor's id.
+        instance: What ``create_actor`` returned.
+        state: See :class:`ActivationState`.
+        touched: When it last received a call, on trio's clock.
+        running: A task is running (or about to run) its turns.
+    """
+
+    __slots__ = (
+        "_catalog",
+        "_gone",
+        "id",
+        "instance",
+        "mailbox",
+        "methods",
+        "reason",
+        "running",
+        "state",
+        "touched",
+    )
+
+    def __init__(
+        self, actor_id: str, instance: object, methods: Mapping[str, Method], catalog: Catalog
+    ) -> None:
+        self.id = actor_id
+        self.instance = instance
+        self.methods = methods
+        self.state = ActivationState.VALID
+        self.reason: DeactivationReason | None = None
+        self.touched = trio.current_time()
+        self.running = False
+        self.mailbox: deque[Call] | None = None
+        self._catalog = catalog
+        self._gone: trio.Event | None = None
+
+    def __repr__(self) -> str:
+        return f"<Activation {self.id!r} {self.state.value}>"
+
+    @property
+    def idle(self) -> bool:
+        """Serving, with no turn running and nothing waiting: safe to collect."""
+        return self.state is ActivationState.VALID and not self.running
+
+    def lookup(self, name: str) -> Method:
+        """The public method called ``name``.
+
+        Raises:
+            MethodNotFound: there is none (private names and hooks never match).
+        """
+        method = self.methods.get(name)
+        if method is None:
+            raise MethodNotFound(
+                f"actor {self.id!r} has no public method {name[:100]!r}",
+                actor=self.id,
+                method=name[:100],
+                methods=sorted(self.methods),
+            )
+        return method
+
+    async def call(self, method: Method, data: Any, context: CallContext) -> bytes:
+        """Queue a call and wait for its turn's answer: the result as JSON.
+
+        A checkpoint. Cancelling the caller abandons the call (it is skipped if its
+        turn has not started) but never cancels a turn that is running.
+
+        Raises:
+            MailboxFull: ``mailbox_size`` calls are already waiting.
+            CallTimeout: no answer by ``context.deadline``.
+            TowtruckError: the turn's error (:class:`ActorError` if the method raised).
+        """
+        mailbox = self.mailbox
+        if mailbox is None:
+            mailbox = self.mailbox = deque()
+        elif len(mailbox) >= self._catalog.mailbox_size:
+            raise MailboxFull(
+                f"actor {self.id!r} already has {len(mailbox)} calls waiting",
+                actor=self.id,
+                method=method.name,
+            )
+        call = Call(method, data, context)
+        mailbox.append(call)
+        self._catalog.queued += 1
+        if not self.running:
+            self._start()
+        with trio.move_on_at(context.deadline):
+            return await call.reply.wait()
+        waiting = "was still waiting in the mailbox" if call in mailbox else "was running"
+        raise CallTimeout(
+            f"call to {method.name!r} on actor {self.id!r} timed out: it {waiting}"
+            " (calls that wait on each other in a cycle end this way)",
+            actor=self.id,
+            method=method.name,
+        )
+
+    async def call_inline(self, method: Method, data: Any, context: CallContext) -> bytes:
+        """Run a reentrant call now, in the caller's task, inside the turn that is
+        already running for the same call chain (it would deadlock in the mailbox)."""
+        return (await self._execute(method, data, context)).unwrap()
+
+    def request_deactivation(self, reason: DeactivationReason) -> None:
+        """Start deactivating: finish the mailbox, run ``deactivate``, leave the table.
+
+        Not a checkpoint. An actor without a ``deactivate`` hook and with no work
+        leaves at once; otherwise its task does it.
+        """
+        if self.state is ActivationState.DEACTIVATING or self.state is ActivationState.INVALID:
+            return
+        self.state = ActivationState.DEACTIVATING
+        self.reason = reason
+        self._catalog.leaving += 1
+        if self.running:
+            return  # the task deactivates once the mailbox is empty
+        if hook(self.instance, "deactivate") is None:
+            self._finish()
+        else:
+            self._start()
+
+    async def wait_gone(self, deadline: float) -> None:
+        """Wait until this activation has left the table.
+
+        Raises:
+            CallTimeout: it is still deactivating at ``deadline``.
+        """
+        if self.state is ActivationState.INVALID:
+            return
+        if self._gone is None:
+            self._gone = trio.Event()
+        with trio.move_on_at(deadline):
+            await self._gone.wait()
+            return
+        raise CallTimeout(f"actor {self.id!r} is still deactivating", actor=self.id)
+
+    def _start(self) -> None:
+        self.running = True
+        self._catalog.busy += 1
+        self._catalog.spawn(self._run)
+
+    async def _run(self) -> None:
+        """The actor's task: activate if need be, run the waiting turns, then end (or
+        deactivate). Cancelled only when the node stops; calls still waiting then fail
+        with :class:`NodeStopping`."""
+        try:
+            if self.state is ActivationState.ACTIVATING and not await self._activate():
+                return
+            mailbox = self.mailbox
+            if mailbox is not None:
+                turns = 0
+                while mailbox:
+                    call = mailbox.popleft()
+                    self._catalog.queued -= 1
+                    if call.reply.abandoned:
+                        continue
+                    call.reply.set(await self._execute(call.method, call.data, call.context))
+                    turns += 1
+                    if turns % _TURNS_PER_YIELD == 0:
+                        await trio.lowlevel.checkpoint()
+                self.touched = trio.current_time()
+            if self.state is ActivationState.DEACTIVATING:
+                await self._deactivate()
+        finally:
+            self.running = False
+            self._catalog.busy -= 1
+            if self.mailbox:
+                self._fail_waiting(NodeStopping(f"the node stopped before actor {self.id!r} ran this call", actor=self.id))
+            self.mailbox = None
+
+    async def _execute(self, method: Method, data: Any, context: CallContext) -> outcome.Outcome[bytes]:
+        """Run one method within the call's context and deadline; never raises but
+        for cancellation from outside."""
+        token = current_context.set(CallContext((*context.chain, self.id), context.deadline))
+        try:
+            result = method.call(self.instance, data)
+            if method.is_async or inspect.isawaitable(result):
+                with trio.move_on_at(context.deadline) as scope:
+                    result = await result
+                if scope.cancelled_caught:
+                    return outcome.Error(
+                        CallTimeout(
+                            f"{method.name!r} on actor {self.id!r} was cancelled at the call's deadline",
+                            actor=self.id,
+                            method=method.name,
+                        )
+                    )
+            return outcome.Value(codec.dumps(result))
+        except TowtruckError as exc:
+            return outcome.Error(exc)
+        except Exception as exc:
+            return outcome.Error(self._actor_error(method.name, exc))
+        finally:
+            current_context.reset(token)
+
+    async def _activate(self) -> bool:
+        activate = hook(self.instance, "activate")
+        deadline = trio.current_time() + self._catalog.call_timeout
+        token = current_context.set(CallContext((self.id,), deadline))
+        try:
+            if activate is not None:
+                with trio.fail_after(self._catalog.call_timeout):
+                    result = activate()
+                    if inspect.isawaitable(result):
+                        await result
+        except trio.TooSlowError:
+            self._activation_failed(
+                CallTimeout(
+                    f"actor {self.id!r}: activate did not finish within call_timeout",
+                    actor=self.id,
+                    method="activate",
+                )
+            )
+            return False
+        except Exception as exc:
+            self._activation_failed(self._actor_error("activate", exc))
+            return False
+        finally:
+            current_context.reset(token)
+        if self.state is ActivationState.ACTIVATING:
+            self.state = ActivationState.VALID
+        return True
+
+    def _activation_failed(self, error: TowtruckError) -> None:
+        self.reason = DeactivationReason.FAILED
+        self._fail_waiting(error)
+        self._finish()
+
+    async def _deactivate(self) -> None:
+        deactivate = hook(self.instance, "deactivate")
+        token = current_context.set(
+            CallContext((self.id,), trio.current_time() + self._catalog.call_timeout)
+        )
+        try:
+            if deactivate is not None:
+                with trio.move_on_after(self._catalog.call_timeout) as scope:
+                    result = deactivate()
+                    if inspect.isawaitable(result):
+                        await result
+                if scope.cancelled_caught:
+                    logger.warning("actor %r: deactivate timed out", self.id)
+        except Exception:
+            logger.exception("actor %r: deactivate raised", self.id)
+        finally:
+            current_context.reset(token)
+            self._finish()
+
+    def _finish(self) -> None:
+        if self.state is ActivationState.DEACTIVATING:
+            self._catalog.leaving -= 1
+        self.state = ActivationState.INVALID
+        self._catalog.forget(self)
+        if self._gone is not None:
+            self._gone.set()
+
+    def _fail_waiting(self, error: TowtruckError) -> None:
+        mailbox, self.mailbox = self.mailbox, None
+        for call in mailbox or ():
+            self._catalog.queued -= 1
+            call.reply.set(outcome.Error(error))
+
+    def _actor_error(self, method: str, exc: BaseException) -> ActorError:
+        logger.warning("actor %r: %s raised %s", self.id, method, type(exc).__name__, exc_info=exc)
+        error = ActorError(
+            str(exc) or type(exc).__name__,
+            exception=type(exc).__name__,
+            actor=self.id,
+            method=method,
+            node=self._catalog.node_id,
+        )
+        error.__cause__ = exc
+        return error

@@ -1,0 +1,172 @@
+"""towtruck's ASGI application: ``/invoke`` on a fast path, every other route on Quart.
+
+``/invoke/{id}/{method}[/{arg}...]`` is the product's hot path, so it is answered here,
+in plain ASGI, without Quart's routing, request and response objects (a quarter of a
+request's cost in Quart-Trio, measured). Every other route is an ordinary Quart-Trio
+route (:mod:`towtruck.routes`). Both answer errors the same way: JSON
+``{"error": {...}}`` with the status of :data:`towtruck.errors.STATUS`.
+
+Paths are split on the raw (still percent-encoded) path, so an id may hold ``/`` as
+``%2F``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final
+from urllib.parse import unquote_to_bytes
+
+import trio
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope, Scope
+
+from . import codec
+from .calls import CallContext
+from .catalog import Factory
+from .client import check_actor_id
+from .errors import (
+    BadRequest,
+    InternalError,
+    PayloadTooLarge,
+    RouteNotFound,
+    TowtruckError,
+)
+from .routes import build_routes
+from .runtime import Runtime
+from .settings import Settings
+
+__all__ = ["App"]
+
+logger = logging.getLogger("towtruck.http")
+
+#: Verbs whose JSON body is the call's data; the others pass their extra path segments.
+BODY_VERBS: Final = frozenset({"POST", "PUT", "PATCH"})
+_JSON: Final = (b"content-type", b"application/json")
+
+
+class App:
+    """The ASGI app of a towtruck node.
+
+    Serve it with ``hypercorn --worker-class trio module:app``: the node's actors then
+    start with the app's ASGI lifespan and stop gracefully with it. ``open_node`` and
+    ``towtruck serve`` use it too, with the runtime started beside the server instead.
+
+    Args:
+        create_actor: ``create_actor(id, client)``.
+        runtime: An existing runtime to serve instead (then give no settings).
+        **settings: Any :class:`~towtruck.Settings` name; the rest come from
+            ``TOWTRUCK_*`` environment variables and the defaults.
+    """
+
+    def __init__(
+        self, create_actor: Factory | None = None, *, runtime: Runtime | None = None, **settings: Any
+    ) -> None:
+        if runtime is None:
+            if create_actor is None:
+                raise TypeError("App needs create_actor (or a runtime)")
+            runtime = Runtime(create_actor, Settings.load(**settings))
+        elif create_actor is not None or settings:
+            raise TypeError("give App either a runtime or create_actor and settings")
+        self.runtime = runtime
+        self.routes = build_routes(runtime)
+        self._debug = runtime.settings.debug
+        self._max_body = runtime.settings.max_body
+        self._call_timeout = runtime.settings.call_timeout
+
+    async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        if scope["type"] == "http":
+            raw_path = scope.get("raw_path") or scope["path"].encode()
+            if raw_path.startswith(b"/invoke/"):
+                await self._invoke(scope, raw_path, receive, send)
+                return
+        await self.routes(scope, receive, send)  # type: ignore[arg-type]
+
+    async def _invoke(
+        self, scope: HTTPScope, raw_path: bytes, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        headers = [_JSON]
+        try:
+            actor_id, method, args = parse_invoke_path(raw_path)
+            if scope["method"] in BODY_VERBS:
+                if args:
+                    raise BadRequest(
+                        f"{scope['method']} takes its data as a JSON body; extra path"
+                        " segments are the data of GET and DELETE only",
+                        actor=actor_id,
+                        method=method,
+                    )
+                body = await self._read_body(scope, receive)
+                data = codec.loads(body) if body.strip() else None
+            else:
+                data = args
+            context = CallContext((), trio.current_time() + self._call_timeout)
+            status, answer = 200, await self.runtime.invoke(actor_id, method, data, context)
+        except _ClientGone:
+            return
+        except TowtruckError as exc:
+            status, answer = exc.status, codec.error_body(exc, debug=self._debug)
+            headers.extend(exc.headers)
+        except Exception as exc:
+            logger.exception("error answering %s %r", scope["method"], raw_path)
+            error = InternalError(f"towtruck failed answering this call: {type(exc).__name__}")
+            error.__cause__ = exc
+            status, answer = 500, codec.error_body(error, debug=self._debug)
+        headers.append((b"content-length", str(len(answer)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers, "trailers": False})
+        await send({"type": "http.response.body", "body": answer, "more_body": False})
+
+    async def _read_body(self, scope: HTTPScope, receive: ASGIReceiveCallable) -> bytes:
+        for name, value in scope["headers"]:
+            if name == b"content-length" and int(value) > self._max_body:
+                raise PayloadTooLarge(
+                    f"the body is {int(value)} bytes; max_body is {self._max_body}",
+                    max_body=self._max_body,
+                )
+        chunks = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                raise _ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._max_body:
+                raise PayloadTooLarge(
+                    f"the body is over max_body ({self._max_body} bytes)", max_body=self._max_body
+                )
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+class _ClientGone(Exception):
+    """The client disconnected before sending its whole request: nobody to answer."""
+
+
+def parse_invoke_path(raw_path: bytes) -> tuple[str, str, list[str]]:
+    """Split ``/invoke/{id}/{method}[/{arg}...]`` into id, method and arguments.
+
+    A trailing slash adds no empty argument. Segments are percent-decoded one by one.
+
+    Raises:
+        RouteNotFound: no method segment.
+        InvalidActorId: the id is empty or otherwise bad.
+        BadRequest: a segment is not UTF-8 once decoded.
+    """
+    parts = raw_path.split(b"/")[2:]
+    if len(parts) > 2 and not parts[-1]:
+        parts.pop()
+    if len(parts) < 2 or not parts[1]:
+        raise RouteNotFound(
+            "expected /invoke/{id}/{method}[/{arg}...]", path=raw_path[:200].decode("latin-1")
+        )
+    segments = [_decode_segment(part) for part in parts]
+    return check_actor_id(segments[0]), segments[1], segments[2:]
+
+
+def _decode_segment(segment: bytes) -> str:
+    try:
+        if b"%" in segment:
+            return unquote_to_bytes(segment).decode("utf-8")
+        return segment.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("a path segment is not UTF-8 once percent-decoded") from None

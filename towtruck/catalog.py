@@ -1,0 +1,247 @@
+"""The actor table of one node: which actors are in memory, and when they go.
+
+Named after Orleans' ``Catalog``. It activates an actor on its first call, routes each
+call to the actor's activation, and collects actors: those idle longer than
+``max_inactivity``, and, past ``max_actors``, the least recently used idle ones.
+
+The table is an ``OrderedDict`` kept in order of last call (a call moves its actor to
+the end, O(1)), so both kinds of collection read candidates from the front and stop
+at the first recent one, instead of scanning or sorting every actor on each run.
+Finding an activation, creating one and inserting it happen without a checkpoint in
+between, so two concurrent first calls for an id can never make two activations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+
+from .activation import Activation, ActivationState, DeactivationReason
+from .errors import ActorError, MethodNotFound, NodeStopping, Overloaded
+from .methods import hook, is_public, methods_of
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from .calls import CallContext
+    from .client import Client
+
+__all__ = ["Catalog", "CatalogStatistics", "Factory"]
+
+#: ``create_actor(id, client)``: builds the object (or mapping) for an actor id.
+Factory = Callable[[str, "Client"], object]
+
+# Actors with a ``deactivate`` hook are deactivated this many at a time, so that
+# collecting a million of them never means a million tasks at once.
+_DEACTIVATION_BATCH: Final = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class CatalogStatistics:
+    """A snapshot of the actor table (see :meth:`Catalog.statistics`).
+
+    Attributes:
+        actors: Actors in memory, including those activating or deactivating.
+        busy: Actors with a task: running a turn, activating, or deactivating.
+        deactivating: Actors deactivating now.
+        queued: Calls waiting in mailboxes, summed over all actors.
+        max_actors: The cap on ``actors``.
+        mailbox_size: The cap on each actor's waiting calls.
+        activations: Actors activated since the node started.
+        deactivations: Actors that have left since the node started.
+    """
+
+    actors: int
+    busy: int
+    deactivating: int
+    queued: int
+    max_actors: int
+    mailbox_size: int
+    activations: int
+    deactivations: int
+
+
+class Catalog:
+    """The actor table of one node.
+
+    Args:
+        factory: ``create_actor(id, client)``.
+        client: Handed to every actor the factory builds.
+        settings: ``max_actors``, ``max_inactivity``, ``mailbox_size`` and
+            ``call_timeout`` are read from it.
+    """
+
+    def __init__(self, factory: Factory, client: Client, settings: Settings) -> None:
+        self._factory = factory
+        self._client = client
+        self._table: OrderedDict[str, Activation] = OrderedDict()
+        self._nursery: trio.Nursery | None = None
+        self._accepting = True
+        self.max_actors = settings.max_actors
+        self.max_inactivity = settings.max_inactivity
+        self.mailbox_size = settings.mailbox_size
+        self.call_timeout = settings.call_timeout
+        #: Put in errors, so a caller knows which node answered.
+        self.node_id = ""
+        # Counters the activations keep up to date.
+        self.busy = 0
+        self.queued = 0
+        self.leaving = 0
+        self.activations = 0
+        self.deactivations = 0
+
+    def attach(self, nursery: trio.Nursery) -> None:
+        """Give the catalog the nursery its actors' tasks run in (the node's)."""
+        self._nursery = nursery
+
+    def spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Start an actor's task in the node's nursery."""
+        if self._nursery is None:
+            raise RuntimeError("the catalog is not attached to a running node")
+        self._nursery.start_soon(fn)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def __contains__(self, actor_id: object) -> bool:
+        return actor_id in self._table
+
+    def get(self, actor_id: str) -> Activation | None:
+        """The activation of ``actor_id`` if it is in memory."""
+        return self._table.get(actor_id)
+
+    def statistics(self) -> CatalogStatistics:
+        """Counts describing the table now. Not a checkpoint."""
+        return CatalogStatistics(
+            actors=len(self._table),
+            busy=self.busy,
+            deactivating=self.leaving,
+            queued=self.queued,
+            max_actors=self.max_actors,
+            mailbox_size=self.mailbox_size,
+            activations=self.activations,
+            deactivations=self.deactivations,
+        )
+
+    async def invoke(self, actor_id: str, method: str, data: Any, context: CallContext) -> bytes:
+        """Call ``method`` on the local actor ``actor_id``, activating it if need be.
+
+        A checkpoint. The answer is the method's result as JSON.
+
+        Raises:
+            TowtruckError: see :meth:`Activation.call`, plus :class:`MethodNotFound`,
+                :class:`Overloaded` and :class:`NodeStopping` from activation.
+        """
+        if not is_public(method):
+            raise MethodNotFound(
+                f"{method[:100]!r} is not a public method name", actor=actor_id, method=method[:100]
+            )
+        activation = self._table.get(actor_id)
+        if activation is not None and actor_id in context.chain:
+            return await activation.call_inline(activation.lookup(method), data, context)
+        while activation is None or activation.state is ActivationState.DEACTIVATING:
+            if activation is not None:
+                await activation.wait_gone(context.deadline)
+                activation = self._table.get(actor_id)
+            if activation is None:
+                activation = self._activate(actor_id)
+        self._table.move_to_end(actor_id)
+        activation.touched = trio.current_time()
+        return await activation.call(activation.lookup(method), data, context)
+
+    def _activate(self, actor_id: str) -> Activation:
+        if not self._accepting:
+            raise NodeStopping("the node is stopping and activates no new actors", actor=actor_id)
+        if len(self._table) - self.leaving >= self.max_actors:
+            self._make_room(actor_id)
+        try:
+            instance = self._factory(actor_id, self._client)
+            if inspect.isawaitable(instance):
+                raise TypeError("create_actor returned an awaitable: it must be a plain def")
+            methods = methods_of(instance)
+        except Exception as exc:
+            error = ActorError(
+                f"create_actor failed for actor {actor_id!r}: {exc}",
+                exception=type(exc).__name__,
+                actor=actor_id,
+                method="create_actor",
+                node=self.node_id,
+            )
+            raise error from exc
+        activation = Activation(actor_id, instance, methods, self)
+        self._table[actor_id] = activation
+        self.activations += 1
+        if hook(instance, "activate") is not None:
+            activation.state = ActivationState.ACTIVATING
+            activation._start()
+        return activation
+
+    def _make_room(self, actor_id: str) -> None:
+        victim = next((a for a in self._table.values() if a.idle), None)
+        if victim is None:
+            raise Overloaded(
+                f"the node holds max_actors ({self.max_actors}) actors and none is idle"
+                f" enough to collect, so actor {actor_id!r} cannot be activated",
+                actor=actor_id,
+            )
+        victim.request_deactivation(DeactivationReason.CAPACITY)
+
+    def forget(self, activation: Activation) -> None:
+        """Remove an activation that has become invalid (called by the activation)."""
+        if self._table.get(activation.id) is activation:
+            del self._table[activation.id]
+            self.deactivations += 1
+
+    async def collect(self) -> int:
+        """Deactivate the actors idle past ``max_inactivity`` and, past ``max_actors``,
+        the least recently used idle ones; wait until they have gone.
+
+        A checkpoint. Returns how many actors were collected.
+        """
+        cutoff = trio.current_time() - self.max_inactivity
+        excess = len(self._table) - self.leaving - self.max_actors
+        victims: list[tuple[Activation, DeactivationReason]] = []
+        for activation in self._table.values():
+            if not activation.idle:
+                continue
+            if activation.touched <= cutoff:
+                victims.append((activation, DeactivationReason.IDLE))
+            elif len(victims) < excess:
+                victims.append((activation, DeactivationReason.CAPACITY))
+            else:
+                break
+        await self._deactivate(victims)
+        return len(victims)
+
+    async def deactivate_all(self) -> None:
+        """Stop activating, and deactivate every actor: each finishes its mailbox and
+        runs ``deactivate``. A checkpoint; returns when the table is empty."""
+        self._accepting = False
+        while self._table:
+            await self._deactivate(
+                [(a, DeactivationReason.SHUTDOWN) for a in list(self._table.values())]
+            )
+
+    async def _deactivate(self, victims: Iterable[tuple[Activation, DeactivationReason]]) -> None:
+        batch: list[Activation] = []
+        for activation, reason in victims:
+            activation.request_deactivation(reason)
+            if activation.state is not ActivationState.INVALID:
+                batch.append(activation)
+            if len(batch) >= _DEACTIVATION_BATCH:
+                await self._wait_gone(batch)
+                batch = []
+        await self._wait_gone(batch)
+
+    async def _wait_gone(self, batch: list[Activation]) -> None:
+        await trio.lowlevel.checkpoint()
+        # Each deactivation is bounded by call_timeout inside the actor's task; the
+        # extra second only keeps this wait from racing that bound.
+        with trio.move_on_after(self.call_timeout + 1):
+            for activation in batch:
+                await activation.wait_gone(math.inf)

@@ -1,0 +1,91 @@
+"""The client actors and embedding code call actors with."""
+
+from __future__ import annotations
+
+from typing import Any, Final, Protocol
+
+import trio
+
+from . import codec
+from .calls import CallContext, current_context
+from .errors import InvalidActorId
+
+__all__ = ["MAX_ID_LENGTH", "Client", "Invoker", "check_actor_id"]
+
+#: Longest actor id accepted, in characters.
+MAX_ID_LENGTH: Final = 256
+
+
+class Invoker(Protocol):
+    """What a :class:`Client` sends its calls to (the node's runtime)."""
+
+    async def invoke(self, actor_id: str, method: str, data: Any, context: CallContext) -> bytes:
+        """Run the call wherever the actor lives; the answer is its result as JSON."""
+        ...
+
+
+class Client:
+    """Calls actors by id: from inside an actor (the ``client`` its factory got) or
+    from the trio program that embeds the node (``node.client``).
+
+    A call made inside an actor's turn carries that turn's call chain and deadline, so
+    an actor may call back into an actor already waiting on it (``A -> B -> A``) and a
+    whole tree of nested calls gives up when its first caller does.
+    """
+
+    def __init__(self, invoker: Invoker, *, call_timeout: float) -> None:
+        self._invoker = invoker
+        self._call_timeout = call_timeout
+
+    async def invoke(
+        self, actor_id: str | int, method: str, data: Any = None, *, timeout: float | None = None
+    ) -> Any:
+        """Call ``method`` on actor ``actor_id`` and return its result.
+
+        ``data`` and the result are copied through JSON, so caller and actor never
+        share mutable objects, as when the actor lives on another node.
+
+        A checkpoint. If cancelled while waiting, the call is abandoned: skipped if
+        its turn has not started, left to finish (its answer dropped) if it has.
+
+        Args:
+            actor_id: The actor's id; an int is turned into its decimal string.
+            method: A public method of the actor.
+            data: A JSON-able value, handed to the method.
+            timeout: Seconds to wait; default ``call_timeout``. Inside a turn, never
+                later than the deadline of the call that turn serves.
+
+        Raises:
+            TowtruckError: a subclass saying what went wrong; :class:`ActorError` if the
+                method raised, :class:`CallTimeout` past the deadline.
+            TypeError: ``data`` is not JSON-able.
+        """
+        actor_id = check_actor_id(actor_id)
+        deadline = trio.current_time() + (self._call_timeout if timeout is None else timeout)
+        parent = current_context.get()
+        if parent is None:
+            context = CallContext((), deadline)
+        else:
+            context = CallContext(parent.chain, min(deadline, parent.deadline))
+        answer = await self._invoker.invoke(actor_id, method, codec.copy(data), context)
+        return codec.loads(answer)
+
+
+def check_actor_id(actor_id: object) -> str:
+    """Return a valid actor id as a string.
+
+    Raises:
+        InvalidActorId: empty, longer than :data:`MAX_ID_LENGTH`, holding control or
+            other unprintable characters, or neither a string nor an int.
+    """
+    if isinstance(actor_id, int) and not isinstance(actor_id, bool):
+        return str(actor_id)
+    if not isinstance(actor_id, str):
+        raise InvalidActorId(f"an actor id is a string, not {type(actor_id).__name__}")
+    if not actor_id or len(actor_id) > MAX_ID_LENGTH or not actor_id.isprintable():
+        raise InvalidActorId(
+            f"bad actor id {actor_id[:MAX_ID_LENGTH]!r}: expected 1 to {MAX_ID_LENGTH}"
+            " printable characters",
+            actor=actor_id[:MAX_ID_LENGTH],
+        )
+    return actor_id

@@ -1,0 +1,230 @@
+"""Every error towtruck raises, and the HTTP status each one answers with.
+
+The whole tree::
+
+    TowtruckError                 base: something went wrong in or around a call
+    ├── BadRequest                400: the request could not be understood
+    │   ├── InvalidJSON           the body is not JSON (or nests too deep)
+    │   ├── InvalidActorId        the actor id is empty, too long, or not text
+    │   ├── InvalidAddress        a peer address is not a usable host:port
+    │   └── SettingsError         a setting has an unknown name or a bad value
+    ├── NotFound                  404: there is nothing by that name
+    │   ├── RouteNotFound         no route at that path
+    │   └── MethodNotFound        the actor has no public method by that name
+    ├── MethodNotAllowed          405: the route exists, but not for that HTTP verb
+    ├── PayloadTooLarge           413: the body is larger than ``max_body``
+    ├── ActorError                500: the actor's own code raised
+    ├── InternalError             500: towtruck itself failed (a bug: please report it)
+    ├── Unavailable               503: the call was refused; trying again later may work
+    │   ├── MailboxFull           the actor already has ``mailbox_size`` calls waiting
+    │   ├── Overloaded            the node holds ``max_actors`` and none of them is idle
+    │   ├── NodeStopping          the node is shutting down and takes no new calls
+    │   └── PeerUnavailable       the node that owns the actor did not answer
+    ├── CallTimeout               504: no answer within the call's deadline
+    └── ForwardingLoop            508: the call was forwarded too many times
+
+Errors cross the network as data, ``{"error": {"type": ..., "message": ..., ...}}``,
+and :func:`from_payload` turns that back into the class of the same name from this
+tree. An exception the actor's code raised becomes :class:`ActorError` carrying the
+original type name and message; arbitrary exception classes are never rebuilt from the
+wire, and tracebacks are never sent unless the node runs with ``debug``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "STATUS",
+    "ActorError",
+    "BadRequest",
+    "CallTimeout",
+    "ForwardingLoop",
+    "InternalError",
+    "InvalidActorId",
+    "InvalidAddress",
+    "InvalidJSON",
+    "MailboxFull",
+    "MethodNotAllowed",
+    "MethodNotFound",
+    "NodeStopping",
+    "NotFound",
+    "Overloaded",
+    "PayloadTooLarge",
+    "PeerUnavailable",
+    "RouteNotFound",
+    "SettingsError",
+    "TowtruckError",
+    "Unavailable",
+    "from_payload",
+    "status_of",
+]
+
+
+class TowtruckError(Exception):
+    """Something went wrong in or around a call.
+
+    Args:
+        message: What happened, in one sentence a user can act on.
+        **details: JSON-able facts that help (``actor``, ``method``, ``node``...);
+            they travel with the error and are readable as ``error.details``.
+    """
+
+    #: Extra response headers, e.g. ``Retry-After`` for 503s.
+    headers: ClassVar[tuple[tuple[bytes, bytes], ...]] = ()
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    @property
+    def status(self) -> int:
+        """The HTTP status this error answers with."""
+        return status_of(type(self))
+
+    def to_payload(self) -> dict[str, Any]:
+        """The JSON body of the error response: ``{"error": {...}}``."""
+        return {"error": {"type": type(self).__name__, "message": self.message, **self.details}}
+
+
+class BadRequest(TowtruckError):
+    """The request could not be understood."""
+
+
+class InvalidJSON(BadRequest):
+    """The body is not JSON, or nests deeper than the parser accepts."""
+
+
+class InvalidActorId(BadRequest):
+    """The actor id is empty, too long, or not text."""
+
+
+class InvalidAddress(BadRequest):
+    """A peer address is not a usable ``host:port``."""
+
+
+class SettingsError(BadRequest, ValueError):
+    """A setting has an unknown name or a bad value (the message names it)."""
+
+
+class NotFound(TowtruckError):
+    """There is nothing by that name."""
+
+
+class RouteNotFound(NotFound):
+    """No route at that path."""
+
+
+class MethodNotFound(NotFound):
+    """The actor has no public method by that name."""
+
+
+class MethodNotAllowed(TowtruckError):
+    """The route exists, but not for that HTTP verb."""
+
+
+class PayloadTooLarge(TowtruckError):
+    """The request body is larger than ``max_body``."""
+
+
+class ActorError(TowtruckError):
+    """The actor's own code raised.
+
+    ``details["exception"]`` names the original exception type (``"ValueError"``);
+    the message is the original message. The actor lives on: only that call failed.
+    """
+
+    @property
+    def exception_type(self) -> str:
+        """The name of the exception class the actor's code raised."""
+        return str(self.details.get("exception", ""))
+
+
+class InternalError(TowtruckError):
+    """towtruck itself failed; this is a bug, please report it."""
+
+
+class Unavailable(TowtruckError):
+    """The call was refused for now; trying again later may work."""
+
+    headers = ((b"retry-after", b"1"),)
+
+
+class MailboxFull(Unavailable):
+    """The actor already has ``mailbox_size`` calls waiting."""
+
+
+class Overloaded(Unavailable):
+    """The node holds ``max_actors`` actors and none of them is idle enough to collect."""
+
+
+class NodeStopping(Unavailable):
+    """The node is shutting down and takes no new calls."""
+
+
+class PeerUnavailable(Unavailable):
+    """The node that owns the actor did not answer."""
+
+
+class CallTimeout(TowtruckError):
+    """No answer came within the call's deadline."""
+
+
+class ForwardingLoop(TowtruckError):
+    """The call was forwarded between nodes more times than the hop limit allows."""
+
+
+#: The HTTP status of each error class. :func:`status_of` walks the class's bases, so
+#: a subclass answers like its parent unless it is listed itself; a test checks that
+#: every leaf of the tree is listed.
+STATUS: dict[type[TowtruckError], int] = {
+    TowtruckError: 500,
+    BadRequest: 400,
+    InvalidJSON: 400,
+    InvalidActorId: 400,
+    InvalidAddress: 400,
+    SettingsError: 400,
+    NotFound: 404,
+    RouteNotFound: 404,
+    MethodNotFound: 404,
+    MethodNotAllowed: 405,
+    PayloadTooLarge: 413,
+    ActorError: 500,
+    InternalError: 500,
+    Unavailable: 503,
+    MailboxFull: 503,
+    Overloaded: 503,
+    NodeStopping: 503,
+    PeerUnavailable: 503,
+    CallTimeout: 504,
+    ForwardingLoop: 508,
+}
+
+_BY_NAME: dict[str, type[TowtruckError]] = {cls.__name__: cls for cls in STATUS}
+
+
+def status_of(cls: type[TowtruckError]) -> int:
+    """The HTTP status for an error class: its own entry in :data:`STATUS`, or its
+    nearest listed base's."""
+    for base in cls.__mro__:
+        status = STATUS.get(base)  # type: ignore[call-overload]
+        if status is not None:
+            return status
+    return 500
+
+
+def from_payload(payload: object, status: int = 500) -> TowtruckError:
+    """Rebuild an error from the JSON body another node answered with.
+
+    Only classes of this module's tree are rebuilt, by name; anything else, including
+    a body that is not an error at all, becomes :class:`InternalError` saying what came
+    back, so a caller always gets one of towtruck's errors.
+    """
+    body = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(body, dict):
+        return InternalError(f"a peer answered HTTP {status} without a towtruck error body")
+    details = {k: v for k, v in body.items() if k not in ("type", "message")}
+    message = str(body.get("message", ""))
+    cls = _BY_NAME.get(str(body.get("type")), InternalError)
+    return cls(message, **details)

@@ -1,0 +1,141 @@
+"""Every route but ``/invoke``, as a Quart-Trio app, and the node's ASGI lifespan.
+
+Served by Hypercorn directly (``hypercorn --worker-class trio module:app``), the app's
+lifespan is what starts the node's runtime: ``before_serving`` runs it in Quart-Trio's
+lifespan nursery and ``after_serving`` stops it gracefully. Under ``open_node`` the
+runtime already runs beside the server, and the lifespan leaves it alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any, Final
+
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from . import codec
+from .client import check_actor_id
+from .errors import (
+    BadRequest,
+    InternalError,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    RouteNotFound,
+    TowtruckError,
+)
+from .runtime import Runtime
+
+__all__ = ["build_routes"]
+
+logger = logging.getLogger("towtruck.http")
+
+ALL_VERBS: Final = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+_READ: Final = ["GET", "HEAD"]
+_ACT: Final = ["GET", "POST"]
+
+_HTTP_ERRORS: Final[dict[int, type[TowtruckError]]] = {
+    400: BadRequest,
+    404: RouteNotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+}
+
+
+def json_response(value: Any, status: int = 200) -> Response:
+    """A JSON response, encoded like every other towtruck answer."""
+    return Response(codec.dumps(value), status=status, content_type="application/json")
+
+
+def build_routes(runtime: Runtime) -> QuartTrio:
+    """The Quart-Trio app serving the node's routes other than ``/invoke``."""
+    settings = runtime.settings
+    app = QuartTrio("towtruck")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body
+    # Quart-Trio gives background work this long at shutdown; stopping the runtime
+    # takes at most two shutdown_timeouts (calls in flight, then deactivate hooks).
+    app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 2 * settings.shutdown_timeout + 1
+    started_here = False
+
+    @app.before_serving
+    async def start_runtime() -> None:
+        nonlocal started_here
+        if not runtime.serving:
+            await app.nursery.start(runtime.serve)
+            started_here = True
+
+    @app.after_serving
+    async def stop_runtime() -> None:
+        if started_here:
+            await runtime.stop()
+
+    @app.route("/ping", methods=ALL_VERBS)
+    @app.route("/ping/<path:rest>", methods=ALL_VERBS)
+    async def ping(rest: str = "") -> Response:
+        """Echo the path's segments, for liveness checks."""
+        return json_response(["ping", *(part for part in rest.split("/") if part)])
+
+    @app.route("/health", methods=_READ)
+    async def health() -> Response:
+        """The Node project's ``actors`` and ``time``, plus the runtime's statistics."""
+        stats = runtime.statistics()
+        return json_response(
+            {
+                "actors": stats.actors.actors,
+                "time": time.time_ns() // 1_000_000,
+                "node": stats.node,
+                "members": [stats.node],
+                "uptime": round(stats.uptime, 3),
+                "calls": stats.calls,
+                "errors": stats.failed,
+                "in_flight": stats.in_flight,
+                "catalog": dataclasses.asdict(stats.actors),
+            }
+        )
+
+    @app.route("/query/<path:actor_id>", methods=_READ)
+    async def query(actor_id: str) -> Response:
+        """``{"exists": true}`` if the actor is in memory on this node."""
+        return json_response({"exists": check_actor_id(actor_id) in runtime.catalog})
+
+    @app.route("/rungc", methods=_ACT)
+    async def rungc() -> Response:
+        """Run the collector now."""
+        return json_response({"garbageCollected": await runtime.collect()})
+
+    @app.errorhandler(TowtruckError)
+    async def towtruck_error(error: TowtruckError) -> Response:
+        response = Response(
+            codec.error_body(error, debug=settings.debug),
+            status=error.status,
+            content_type="application/json",
+        )
+        for name, value in error.headers:
+            response.headers[name.decode()] = value.decode()
+        return response
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        code = error.code or 500
+        cls = _HTTP_ERRORS.get(code, BadRequest if code < 500 else InternalError)
+        if code == 404:
+            message = f"no route {request.method} {request.path}"
+        elif code == 405:
+            message = f"{request.path} does not take {request.method}"
+        else:
+            message = error.description or error.name
+        wrapped = cls(message)
+        payload = codec.error_body(wrapped, debug=settings.debug)
+        return Response(payload, status=code, content_type="application/json")
+
+    @app.errorhandler(Exception)
+    async def unexpected_error(error: Exception) -> Response:
+        logger.error("error answering %s %s", request.method, request.path, exc_info=error)
+        wrapped = InternalError(f"towtruck failed answering this request: {type(error).__name__}")
+        wrapped.__cause__ = error
+        return await towtruck_error(wrapped)
+
+    return app

@@ -1,0 +1,192 @@
+"""Everything a node does but HTTP: its actors, their collector, its client.
+
+A :class:`Runtime` is the supervisor of one node's actors. :meth:`Runtime.serve` opens
+the nursery that every actor task and the collector live in; :meth:`Runtime.stop`
+shuts it down gracefully. The HTTP app, ``open_node`` and the command line are built
+on it; it imports nothing of Quart, Hypercorn or httpx.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import os
+import socket
+from typing import Any
+
+import trio
+
+from .calls import CallContext
+from .catalog import Catalog, CatalogStatistics, Factory
+from .client import Client
+from .errors import NodeStopping, TowtruckError
+from .settings import Settings
+
+__all__ = ["Runtime", "RuntimeStatistics"]
+
+logger = logging.getLogger("towtruck")
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeStatistics:
+    """A snapshot of a node's runtime (what ``/health`` reports).
+
+    Attributes:
+        node: The node's id (its address once it serves HTTP).
+        uptime: Seconds since :meth:`Runtime.serve` started.
+        calls: Calls received since then (local and forwarded).
+        failed: Those that ended with an error.
+        in_flight: Calls received and not yet answered.
+        actors: The actor table's statistics.
+    """
+
+    node: str
+    uptime: float
+    calls: int
+    failed: int
+    in_flight: int
+    actors: CatalogStatistics
+
+
+class Runtime:
+    """The actors of one node and the work that keeps them.
+
+    Args:
+        create_actor: ``create_actor(id, client)``, a plain function returning the
+            actor's object or a mapping of names to callables.
+        settings: The node's settings.
+
+    Raises:
+        TypeError: ``create_actor`` is not a plain callable.
+    """
+
+    def __init__(self, create_actor: Factory, settings: Settings) -> None:
+        if not callable(create_actor):
+            raise TypeError(f"create_actor must be callable, not {create_actor!r}")
+        if inspect.iscoroutinefunction(create_actor):
+            raise TypeError(
+                "create_actor must be a plain def returning the actor; do async set-up"
+                " in the actor's activate() method"
+            )
+        self.settings = settings
+        self.client = Client(self, call_timeout=settings.call_timeout)
+        self.catalog = Catalog(create_actor, self.client, settings)
+        self.node_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.calls = 0
+        self.failed = 0
+        self.in_flight = 0
+        self._started_at: float | None = None
+        self._running = False
+        self._taking_calls = True
+        self._idle: trio.Event | None = None
+        self._stopped = trio.Event()
+
+    @property
+    def node_id(self) -> str:
+        """How this node names itself: its ``host:port`` once it serves HTTP."""
+        return self.catalog.node_id
+
+    @node_id.setter
+    def node_id(self, value: str) -> None:
+        self.catalog.node_id = value
+
+    @property
+    def serving(self) -> bool:
+        """:meth:`serve` is running."""
+        return self._running
+
+    def statistics(self) -> RuntimeStatistics:
+        """Counts describing the node now. Not a checkpoint."""
+        started = self._started_at
+        return RuntimeStatistics(
+            node=self.node_id,
+            uptime=0.0 if started is None else trio.current_time() - started,
+            calls=self.calls,
+            failed=self.failed,
+            in_flight=self.in_flight,
+            actors=self.catalog.statistics(),
+        )
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the node's actors until :meth:`stop` has finished.
+
+        Use as ``await nursery.start(runtime.serve)``: it returns to the caller of
+        ``start`` once calls can be made. Every actor task and the collector run in a
+        nursery inside this call; an error escaping one of them (a bug in towtruck, not
+        in an actor: those are caught per call) propagates out of here and takes the
+        node down. Cancelling it cancels every turn in progress without ``deactivate``.
+        """
+        if self._started_at is not None:
+            raise RuntimeError("this runtime has already served")
+        self._running = True
+        try:
+            async with trio.open_nursery() as nursery:
+                self.catalog.attach(nursery)
+                self._started_at = trio.current_time()
+                nursery.start_soon(self._collect_periodically)
+                task_status.started()
+                await self._stopped.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._running = False
+
+    async def stop(self) -> None:
+        """Stop gracefully: refuse new calls from outside, let the calls in flight
+        finish, then deactivate every actor (each finishes its mailbox and runs
+        ``deactivate``), then end :meth:`serve`.
+
+        Each of the two phases gets ``shutdown_timeout``; what has not finished by
+        then is cancelled. Calls actors make to each other keep working while the calls
+        in flight finish. Safe to call more than once; later calls wait for the first.
+        """
+        if not self._taking_calls:
+            await self._stopped.wait()
+            return
+        self._taking_calls = False
+        if not self._running:  # never served, or crashed: nothing left to stop
+            self._stopped.set()
+            return
+        timeout = self.settings.shutdown_timeout
+        with trio.move_on_after(timeout) as scope:
+            while self.in_flight:
+                self._idle = trio.Event()
+                await self._idle.wait()
+        if scope.cancelled_caught:
+            logger.warning("%d calls still in flight at shutdown; cancelling", self.in_flight)
+        with trio.move_on_after(timeout) as scope:
+            await self.catalog.deactivate_all()
+        if scope.cancelled_caught:
+            logger.warning("%d actors still deactivating at shutdown; cancelling", len(self.catalog))
+        self._stopped.set()
+
+    async def invoke(self, actor_id: str, method: str, data: Any, context: CallContext) -> bytes:
+        """Run a call on this node (see :meth:`Client.invoke`); the answer is JSON.
+
+        A checkpoint. Once :meth:`stop` has begun, calls from outside any actor are
+        refused with :class:`NodeStopping`.
+        """
+        if not self._taking_calls and not context.chain:
+            raise NodeStopping("the node is shutting down", node=self.node_id)
+        self.calls += 1
+        self.in_flight += 1
+        try:
+            return await self.catalog.invoke(actor_id, method, data, context)
+        except TowtruckError:
+            self.failed += 1
+            raise
+        finally:
+            self.in_flight -= 1
+            if self._idle is not None and not self.in_flight:
+                self._idle.set()
+
+    async def collect(self) -> int:
+        """Run the collector now; returns how many actors it deactivated."""
+        return await self.catalog.collect()
+
+    async def _collect_periodically(self) -> None:
+        while True:
+            await trio.sleep(self.settings.gc_interval)
+            collected = await self.catalog.collect()
+            if collected:
+                logger.debug("collected %d actors", collected)

@@ -1,0 +1,218 @@
+"""A node's settings: one frozen object, built from keyword arguments, command-line
+flags and ``TOWTRUCK_*`` environment variables.
+
+Precedence, highest first: keyword arguments, command-line flags, environment, the
+defaults below. Every value is checked when the object is built; an unknown name or a
+bad value raises :class:`~towtruck.errors.SettingsError` with a message naming the
+keyword, flag or variable it came from, so a node refuses to start rather than run
+with a setting it misread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+from .address import Address
+from .errors import InvalidAddress, SettingsError
+
+__all__ = ["BYTES", "MIB", "SECONDS", "Settings"]
+
+SECONDS: Final = 1.0
+BYTES: Final = 1
+MIB: Final = 1024 * 1024 * BYTES
+
+ENV_PREFIX: Final = "TOWTRUCK_"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything a node can be told. Durations are seconds, sizes bytes.
+
+    Attributes:
+        host: Interface the HTTP server binds.
+        port: TCP port the HTTP server binds; 0 picks a free one.
+        peers: ``host:port`` of nodes to join at start (the cluster uses them).
+        max_actors: Most actors held in memory; past it, the least recently used idle
+            ones are collected, and when none is idle new activations answer 503.
+        max_inactivity: An actor idle this long is collected.
+        gc_interval: How often the collector runs.
+        call_timeout: Deadline of a call, from when it is made to its answer.
+        mailbox_size: Most calls that may wait for one actor; past it, 503.
+        max_body: Largest request body accepted; past it, 413.
+        shutdown_timeout: On shutdown, how long calls in flight and ``deactivate``
+            hooks get before they are cancelled.
+        keep_alive_timeout: An idle HTTP keep-alive connection is closed after this.
+        access_log: Log every HTTP request (costs throughput).
+        debug: Put tracebacks in error responses (never in production).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    peers: tuple[str, ...] = ()
+    max_actors: int = 1000
+    max_inactivity: float = 60 * SECONDS
+    gc_interval: float = 10 * SECONDS
+    call_timeout: float = 30 * SECONDS
+    mailbox_size: int = 1000
+    max_body: int = 1 * MIB
+    shutdown_timeout: float = 5 * SECONDS
+    keep_alive_timeout: float = 5 * SECONDS
+    access_log: bool = False
+    debug: bool = False
+
+    def __post_init__(self) -> None:
+        for name in _KINDS:
+            value = _coerce(name, getattr(self, name), name)
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        environ: Mapping[str, str] | None = None,
+        flags: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Settings:
+        """Build settings from the environment, command-line flags and keywords.
+
+        Args:
+            environ: Where to read ``TOWTRUCK_*`` variables; ``os.environ`` if None.
+            flags: Values parsed from the command line, by setting name; None values
+                mean "not given".
+            **kwargs: Settings by name; they override flags and the environment.
+
+        Raises:
+            SettingsError: an unknown name or a bad value, named by its source.
+        """
+        values: dict[str, Any] = {}
+        environ = os.environ if environ is None else environ
+        for key, text in environ.items():
+            if not key.startswith(ENV_PREFIX):
+                continue
+            name = key[len(ENV_PREFIX) :].lower()
+            if name not in _KINDS:
+                raise SettingsError(f"{key}: unknown setting; known: {_known()}")
+            values[name] = _coerce(name, text, key)
+        for name, value in (flags or {}).items():
+            if value is not None:
+                values[name] = _coerce(name, value, "--" + name.replace("_", "-"))
+        for name, value in kwargs.items():
+            if name not in _KINDS:
+                raise SettingsError(f"{name}: unknown setting; known: {_known()}")
+            values[name] = _coerce(name, value, name)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some settings changed (checked like the originals)."""
+        for name in changes:
+            if name not in _KINDS:
+                raise SettingsError(f"{name}: unknown setting; known: {_known()}")
+        return dataclasses.replace(self, **changes)
+
+
+_KINDS: Final[dict[str, str]] = {
+    "host": "host",
+    "port": "port",
+    "peers": "addresses",
+    "max_actors": "count",
+    "max_inactivity": "seconds",
+    "gc_interval": "seconds",
+    "call_timeout": "seconds",
+    "mailbox_size": "count",
+    "max_body": "count",
+    "shutdown_timeout": "seconds",
+    "keep_alive_timeout": "seconds",
+    "access_log": "flag",
+    "debug": "flag",
+}
+
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off", ""})
+
+
+def _known() -> str:
+    return ", ".join(sorted(_KINDS))
+
+
+def _coerce(name: str, value: Any, label: str) -> Any:
+    """Check one setting (parsing it first if it came as text) and return it."""
+    kind = _KINDS[name]
+    try:
+        return _CHECKS[kind](value)
+    except (TypeError, ValueError, InvalidAddress) as exc:
+        message = exc.message if isinstance(exc, InvalidAddress) else str(exc)
+        raise SettingsError(f"{label}: {message}", setting=name) from None
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError(f"expected a number of seconds, got {value!r}")
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, got {value!r}") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"expected a positive number of seconds, got {value!r}")
+    return seconds
+
+
+def _whole(value: Any, what: str) -> int:
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ValueError(f"expected {what}, got {value!r}")
+
+
+def _count(value: Any) -> int:
+    count = _whole(value, "a whole number")
+    if count < 1:
+        raise ValueError(f"expected a whole number of at least 1, got {value!r}")
+    return count
+
+
+def _port(value: Any) -> int:
+    port = _whole(value, "a port number")
+    if not 0 <= port <= 65535:
+        raise ValueError(f"expected a port from 0 to 65535, got {value!r}")
+    return port
+
+
+def _host(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a host name or IP address, got {value!r}")
+    Address.parse(f"[{value}]:1" if ":" in value else f"{value}:1")
+    return value
+
+
+def _addresses(value: Any) -> tuple[str, ...]:
+    items: Iterable[Any]
+    if isinstance(value, str):
+        items = [part.strip() for part in value.split(",") if part.strip()]
+    elif isinstance(value, Iterable):
+        items = value
+    else:
+        raise TypeError(f"expected host:port addresses, got {value!r}")
+    return tuple(str(Address.parse(str(item))) for item in items)
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+_CHECKS: Final = {
+    "host": _host,
+    "port": _port,
+    "addresses": _addresses,
+    "count": _count,
+    "seconds": _seconds,
+    "flag": _flag,
+}
