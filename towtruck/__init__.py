@@ -8,8 +8,6 @@ The public API is what this module exports. Names are re-exported as
 ``__init__`` explains; ``tests/test_exported_members.py`` pins ``__all__``.
 """
 
-from __future__ import annotations
-
 __version__ = "0.1.0"
 
 from .activation import ActivationState as ActivationState
@@ -44,6 +42,7 @@ from .node import run as run
 from .node import serve_node as serve_node
 from .runtime import Runtime as Runtime
 from .runtime import RuntimeStatistics as RuntimeStatistics
+from .runtime import open_runtime as open_runtime
 from .settings import Settings as Settings
 
 __all__ = [
@@ -78,6 +77,7 @@ __all__ = [
     "TowtruckError",
     "Unavailable",
     "open_node",
+    "open_runtime",
     "run",
     "serve_node",
 ]

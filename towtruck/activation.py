@@ -230,7 +230,12 @@ class Activation:
                     self._catalog.queued -= 1
                     if call.reply.abandoned:
                         continue
-                    call.reply.set(await self._execute(call.method, call.data, call.context))
+                    try:
+                        result = await self._execute(call.method, call.data, call.context)
+                    except BaseException:  # cancelled: the node is stopping
+                        call.reply.set(outcome.Error(self._stopped_error()))
+                        raise
+                    call.reply.set(result)
                     turns += 1
                     if turns % _TURNS_PER_YIELD == 0:
                         await trio.lowlevel.checkpoint()
@@ -241,7 +246,7 @@ class Activation:
             self.running = False
             self._catalog.busy -= 1
             if self.mailbox:
-                self._fail_waiting(NodeStopping(f"the node stopped before actor {self.id!r} ran this call", actor=self.id))
+                self._fail_waiting(self._stopped_error())
             self.mailbox = None
 
     async def _execute(self, method: Method, data: Any, context: CallContext) -> outcome.Outcome[bytes]:
@@ -328,6 +333,9 @@ class Activation:
         self._catalog.forget(self)
         if self._gone is not None:
             self._gone.set()
+
+    def _stopped_error(self) -> NodeStopping:
+        return NodeStopping(f"the node stopped before actor {self.id!r} answered", actor=self.id)
 
     def _fail_waiting(self, error: TowtruckError) -> None:
         mailbox, self.mailbox = self.mailbox, None

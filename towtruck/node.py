@@ -19,9 +19,8 @@ from .address import Address
 from .app import App
 from .catalog import Factory
 from .client import Client
-from .runtime import Runtime
+from .runtime import Runtime, open_runtime
 from .server import hypercorn_config, serve
-from .settings import Settings
 
 __all__ = ["Node", "open_node", "run", "serve_node"]
 
@@ -66,30 +65,29 @@ async def open_node(
     settings are :class:`~towtruck.Settings` names, with ``TOWTRUCK_*`` variables
     filling in those not given.
 
-    The node's runtime and HTTP server run as sibling tasks in a nursery this block
-    opens: an error in either propagates out of the block (as an exception group), and
-    leaving the block stops the node gracefully (see :meth:`Node.stop`), even when the
-    block is left by cancellation, then cancels whatever is left. No task the node
-    started outlives the block.
+    The node's runtime and HTTP server run in nurseries this block opens: an error in
+    either propagates out of the block (as an exception group). Leaving the block
+    stops the server (requests in flight get ``shutdown_timeout`` to finish) and then
+    the runtime (see :meth:`Runtime.stop`); if the block is left by cancellation, the
+    server's connections are cut at once, while the runtime still stops gracefully.
+    No task the node started outlives the block.
     """
-    config = Settings.load(host=host, port=port, **settings)
-    runtime = Runtime(create_actor, config)
-    app = App(runtime=runtime)
-    stop_http = trio.Event()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(runtime.serve)
-        urls = await nursery.start(
-            partial(serve, app, hypercorn_config(config), shutdown_trigger=stop_http.wait)
-        )
-        node = Node(runtime, urls[0], stop_http)
-        runtime.node_id = str(node.address)
-        try:
-            yield node
-        finally:
-            with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + 2 * config.shutdown_timeout + 1
-                await node.stop()
-            nursery.cancel_scope.cancel()
+    async with open_runtime(create_actor, host=host, port=port, **settings) as runtime:
+        stop_http = trio.Event()
+        config = hypercorn_config(runtime.settings)
+        # The server runs in its own nursery inside the runtime's block, so leaving
+        # stops HTTP first (it stops accepting and lets requests in flight finish,
+        # while the runtime still serves them), then the runtime.
+        async with trio.open_nursery() as nursery:
+            urls = await nursery.start(
+                partial(serve, App(runtime=runtime), config, shutdown_trigger=stop_http.wait)
+            )
+            node = Node(runtime, urls[0], stop_http)
+            runtime.node_id = str(node.address)
+            try:
+                yield node
+            finally:
+                stop_http.set()
 
 
 async def serve_node(

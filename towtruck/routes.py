@@ -72,6 +72,15 @@ def build_routes(runtime: Runtime) -> QuartTrio:
         if started_here:
             await runtime.stop()
 
+    @app.before_request
+    async def refuse_large_bodies() -> None:
+        length = request.content_length
+        if length is not None and length > settings.max_body:
+            raise PayloadTooLarge(
+                f"the body is {length} bytes; max_body is {settings.max_body}",
+                max_body=settings.max_body,
+            )
+
     @app.route("/ping", methods=ALL_VERBS)
     @app.route("/ping/<path:rest>", methods=ALL_VERBS)
     async def ping(rest: str = "") -> Response:

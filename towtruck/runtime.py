@@ -13,6 +13,8 @@ import inspect
 import logging
 import os
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
@@ -23,7 +25,7 @@ from .client import Client
 from .errors import NodeStopping, TowtruckError
 from .settings import Settings
 
-__all__ = ["Runtime", "RuntimeStatistics"]
+__all__ = ["Runtime", "RuntimeStatistics", "open_runtime"]
 
 logger = logging.getLogger("towtruck")
 
@@ -190,3 +192,28 @@ class Runtime:
             collected = await self.catalog.collect()
             if collected:
                 logger.debug("collected %d actors", collected)
+
+
+@asynccontextmanager
+async def open_runtime(create_actor: Factory, **settings: Any) -> AsyncIterator[Runtime]:
+    """Run a node's actors without HTTP for the duration of the block.
+
+    For tests of actor code (it runs on trio's autojump clock, where a real server
+    cannot) and for programs that only call actors in-process. Call actors with
+    ``runtime.client``. Leaving the block stops the runtime gracefully (see
+    :meth:`Runtime.stop`), even when the block is left by cancellation.
+
+    Args:
+        create_actor: ``create_actor(id, client)``.
+        **settings: :class:`~towtruck.Settings` names; ``TOWTRUCK_*`` variables fill
+            in the rest.
+    """
+    runtime = Runtime(create_actor, Settings.load(**settings))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runtime.serve)
+        try:
+            yield runtime
+        finally:
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + 2 * runtime.settings.shutdown_timeout + 1
+                await runtime.stop()

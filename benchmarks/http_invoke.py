@@ -1,0 +1,208 @@
+"""HTTP benchmark: a towtruck node in one process, driven by a load generator in another.
+
+The node is ``python -m towtruck serve examples.greeter:create_actor --max-actors 20000``;
+the load is ``wrk -t1 -c50 --latency`` on (a) one hot actor, ``/invoke/1/hello``, and
+(b) a random actor among 10,000 per request (``random_ids.lua``). The reference, in
+the same run, is a raw ASGI app (``hello_asgi.py``) on stock Hypercorn's trio worker;
+the cases alternate within each repetition, so ratios compare the same stretch of a
+noisy machine. Without ``wrk`` on the PATH the load comes from ``loadgen.py`` (trio,
+raw sockets, also a separate process); the figures' names say which generator ran.
+
+Run it alone with ``python benchmarks/http_invoke.py [--quick] [--generator python]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from _common import Figure, Figures, common_arguments, free_port, table
+
+HERE = Path(__file__).resolve().parent
+CONNECTIONS = 50
+RANDOM_IDS = 10_000
+
+
+@dataclass
+class Load:
+    """What one load-generator run measured."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    failed: int  # non-2xx answers and socket errors
+
+
+def wrk(url: str, duration: int, *, random_ids: int = 0) -> Load:
+    """Run ``wrk -t1 -c50 --latency`` against ``url`` and parse its report."""
+    command = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration}s", "--latency", url]
+    if random_ids:
+        command[-1:-1] = ["-s", str(HERE / "random_ids.lua")]
+    out = _output(command, duration, env={**os.environ, "RANDOM_IDS": str(random_ids)})
+    failed = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    failed += int(m[1]) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
+    return Load(
+        rps=float(_field(r"Requests/sec:\s+([\d.]+)", out)),
+        p50_ms=_milliseconds(_field(r"\s50%\s+(\S+)", out)),
+        p99_ms=_milliseconds(_field(r"\s99%\s+(\S+)", out)),
+        failed=failed,
+    )
+
+
+def python_loadgen(url: str, duration: int, *, random_ids: int = 0) -> Load:
+    """The same load from ``loadgen.py`` in a child process."""
+    command = [sys.executable, str(HERE / "loadgen.py"), url, f"-c{CONNECTIONS}", f"-d{duration}"]
+    command += [f"--random-ids={random_ids}"]
+    result = json.loads(_output(command, duration))
+    return Load(result["rps"], result["p50_ms"], result["p99_ms"], result["failed"])
+
+
+def _output(command: list[str], duration: int, env: dict[str, str] | None = None) -> str:
+    """Run a load generator to the end; its standard output."""
+    run = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60, env=env)
+    if run.returncode:
+        raise RuntimeError(f"{command[0]} failed ({run.returncode}):\n{run.stdout}{run.stderr}")
+    return run.stdout
+
+
+def _field(pattern: str, text: str) -> str:
+    match = re.search(pattern, text)
+    if match is None:
+        raise RuntimeError(f"no {pattern!r} in wrk's output:\n{text}")
+    return match[1]
+
+
+def _milliseconds(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
+
+
+@contextlib.contextmanager
+def server(name: str, command: list[str], url: str, *, cwd: Path) -> Iterator[str]:
+    """Run a server in its own process group until the block ends, even on error;
+    yield its URL once ``/ping`` answers."""
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen(
+            command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            if not _answers_ping(process, url):
+                log.seek(0)
+                raise RuntimeError(
+                    f"{name} did not answer {url}/ping (exit code {process.poll()});"
+                    f" its output:\n{log.read()[-3000:]}"
+                )
+            yield url
+        finally:
+            _kill(process)
+
+
+def _answers_ping(process: subprocess.Popen[bytes], url: str, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=1):
+                return True  # urlopen raises on anything but 2xx
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group; SIGKILL whatever is left of it 5 seconds later."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(5)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # also hypercorn's worker process
+    process.wait()
+
+
+def get_json(url: str) -> object:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def run(*, duration: int, repeat: int, generator: str) -> list[Figure]:
+    """Start both servers, warm them up, then measure each case ``repeat`` times."""
+    load = wrk if generator == "wrk" else python_loadgen
+    tag = f"http {generator} -c{CONNECTIONS}"
+    node_port, reference_port = free_port(), free_port()
+    node_command = [sys.executable, "-m", "towtruck", "serve", "examples.greeter:create_actor"]
+    node_command += f"--port {node_port} --max-actors {2 * RANDOM_IDS} --log-level warning".split()
+    reference_command = [sys.executable, "-m", "hypercorn", "--worker-class", "trio"]
+    reference_command += ["--bind", f"127.0.0.1:{reference_port}", "hello_asgi.py:app"]
+    node_url, reference_url = f"http://127.0.0.1:{node_port}", f"http://127.0.0.1:{reference_port}"
+    figures = Figures()
+    with (
+        server("towtruck node", node_command, node_url, cwd=HERE.parent) as node,
+        server("hypercorn reference", reference_command, reference_url, cwd=HERE) as reference,
+    ):
+        answer = get_json(f"{node}/invoke/1/hello")
+        if answer != {"hello": "from actor 1"}:
+            raise RuntimeError(f"unexpected answer from the node: {answer!r}")
+        cases = {
+            "hot actor /invoke/1/hello": lambda d: load(f"{node}/invoke/1/hello", d),
+            f"random actor of {RANDOM_IDS:,}": lambda d: load(node, d, random_ids=RANDOM_IDS),
+            "reference: raw ASGI, hypercorn trio": lambda d: load(f"{reference}/", d),
+        }
+        for case in cases.values():  # warm-up, not reported: imports, activations
+            case(max(1, duration // 3))
+        failed = 0
+        for _ in range(repeat):
+            loads = {name: case(duration) for name, case in cases.items()}
+            reference_rps = loads["reference: raw ASGI, hypercorn trio"].rps
+            for name, result in loads.items():
+                figures.add(f"{tag} {name}", "requests/s", result.rps)
+                figures.add(f"{tag} {name}, p50", "ms", result.p50_ms)
+                figures.add(f"{tag} {name}, p99", "ms", result.p99_ms)
+                failed += result.failed
+            for name in list(loads)[:2]:
+                figures.add(f"{tag} {name} / reference", "x", loads[name].rps / reference_rps)
+        figures.add(f"{tag} failed requests, all runs", "requests", failed)
+        health = get_json(f"{node}/health")
+        figures.add(f"{tag} node's actors at the end", "actors", health["actors"])  # type: ignore[index]
+    return list(figures.values())
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    """This benchmark's own options."""
+    parser.add_argument(
+        "--generator",
+        choices=["wrk", "python"],
+        help="load generator (default: wrk if installed, else benchmarks/loadgen.py)",
+    )
+
+
+def options(args: argparse.Namespace) -> dict[str, int | str]:
+    """Keyword arguments of :func:`run` from the command line, ``--quick`` applied."""
+    return {
+        "duration": max(1, round(args.duration or (1 if args.quick else 10))),
+        "repeat": args.repeat or (1 if args.quick else 3),
+        "generator": args.generator or ("wrk" if shutil.which("wrk") else "python"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    common_arguments(parser)
+    arguments(parser)
+    print(table(run(**options(parser.parse_args()))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""A small HTTP/1.1 load generator, the fallback when ``wrk`` is not installed.
+
+Like ``wrk -t1 -c C -d D --latency``: C keep-alive connections send GETs back to back
+for D seconds; it prints one JSON line with the request rate and latency percentiles.
+It runs in its own process (trio, raw sockets), so it competes with the server for CPU
+as wrk would, though it needs more CPU per request than wrk does.
+
+    python benchmarks/loadgen.py http://127.0.0.1:8080/invoke/1/hello -c 50 -d 5
+    python benchmarks/loadgen.py http://127.0.0.1:8080 --random-ids 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import trio
+
+
+async def connection(host: str, port: int, path: Callable[[], str], end: float, out: dict[str, list[float]]) -> None:
+    """Send requests on one connection until ``end``; record latencies and failures."""
+    stream = await trio.open_tcp_stream(host, port)
+    buffer = bytearray()
+    async with stream:
+        with trio.move_on_at(end):
+            while True:
+                request = f"GET {path()} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+                start = time.perf_counter()
+                await stream.send_all(request)
+                status = await read_response(stream, buffer)
+                out["latencies"].append(time.perf_counter() - start)
+                if status >= 400:
+                    out["failed"].append(status)
+
+
+async def read_response(stream: trio.SocketStream, buffer: bytearray) -> int:
+    """Read one response with a Content-Length body off ``stream``; return its status."""
+    while (head_end := buffer.find(b"\r\n\r\n")) < 0:
+        await receive_into(stream, buffer)
+    head = bytes(buffer[:head_end]).lower()
+    status = int(head[9:12])
+    length = int(head.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+    while len(buffer) < head_end + 4 + length:
+        await receive_into(stream, buffer)
+    del buffer[: head_end + 4 + length]
+    return status
+
+
+async def receive_into(stream: trio.SocketStream, buffer: bytearray) -> None:
+    data = await stream.receive_some(65536)
+    if not data:
+        raise ConnectionError("the server closed the connection")
+    buffer += data
+
+
+async def generate(url: str, connections: int, duration: float, random_ids: int) -> dict[str, float]:
+    """Run the load; return requests, seconds, rps, p50_ms, p99_ms, failed."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    if random_ids:
+        pick = random.Random().randint
+
+        def path() -> str:
+            return f"/invoke/{pick(1, random_ids)}/hello"
+    else:
+        fixed = parts.path or "/"
+
+        def path() -> str:
+            return fixed
+
+    out: dict[str, list[float]] = {"latencies": [], "failed": []}
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        for _ in range(connections):
+            nursery.start_soon(connection, host, port, path, start + duration, out)
+    seconds = trio.current_time() - start
+    latencies = sorted(out["latencies"])
+    return {
+        "requests": len(latencies),
+        "seconds": seconds,
+        "rps": len(latencies) / seconds,
+        "p50_ms": 1000 * latencies[len(latencies) // 2],
+        "p99_ms": 1000 * latencies[min(len(latencies) - 1, len(latencies) * 99 // 100)],
+        "failed": len(out["failed"]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("url")
+    parser.add_argument("-c", "--connections", type=int, default=50)
+    parser.add_argument("-d", "--duration", type=float, default=5.0, help="seconds")
+    parser.add_argument("--random-ids", type=int, default=0, help="GET /invoke/{random id}/hello")
+    args = parser.parse_args()
+    print(json.dumps(trio.run(generate, args.url, args.connections, args.duration, args.random_ids)))
+
+
+if __name__ == "__main__":
+    main()

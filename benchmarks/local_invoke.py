@@ -1,0 +1,190 @@
+"""In-process benchmark of local invokes through the actor mailbox, without HTTP.
+
+With 100 caller tasks it measures invokes/s on one hot actor and spread over 1,000
+actors, activations/s (every call to a new id), and, as a reference, the same round
+trip over plain trio memory channels: a server task that takes requests from one
+channel and answers each over the reply channel it carried. The ratio towtruck /
+channels is the cost of the runtime on top of trio's own primitives. It also measures
+resident memory per idle actor: RSS before and after activating ``--actors`` actors.
+
+Run it alone with ``python benchmarks/local_invoke.py [--quick] [--actors N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+
+import trio
+from _common import Figure, Figures, common_arguments, rss_bytes, table
+
+import towtruck
+
+CALLERS = 100
+SPREAD = 1_000
+
+
+class Greeter:
+    """The README's actor (``examples/greeter.py``)."""
+
+    def __init__(self, id: str, client: towtruck.Client) -> None:
+        self.id, self.client = id, client
+
+    async def hello(self, data: object) -> dict[str, str]:
+        return {"hello": f"from actor {self.id}"}
+
+
+def create_actor(id: str, client: towtruck.Client) -> Greeter:
+    return Greeter(id, client)
+
+
+@asynccontextmanager
+async def open_runtime(max_actors: int) -> AsyncIterator[towtruck.Runtime]:
+    """A node's runtime without HTTP, stopped gracefully on leaving the block."""
+    runtime = towtruck.Runtime(create_actor, towtruck.Settings.load(max_actors=max_actors))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runtime.serve)
+        try:
+            yield runtime
+        finally:
+            await runtime.stop()
+
+
+async def rate(call: Callable[[int, int], Awaitable[object]], duration: float) -> float:
+    """Run ``CALLERS`` tasks doing ``await call(caller, n)`` for ``duration`` seconds
+    (n counts each caller's calls); return calls per second over all of them."""
+    done = 0
+
+    async def caller(i: int) -> None:
+        nonlocal done
+        n = 0
+        while trio.current_time() < end:
+            await call(i, n)
+            n += 1
+        done += n
+
+    start = trio.current_time()
+    end = start + duration
+    async with trio.open_nursery() as nursery:
+        for i in range(CALLERS):
+            nursery.start_soon(caller, i)
+    return done / (trio.current_time() - start)
+
+
+async def channel_round_trips(duration: float) -> float:
+    """Calls/s of the reference: request over a channel to one server task, reply over
+    another, with the same callers; the server builds the same answer, no JSON."""
+    requests_send, requests_receive = trio.open_memory_channel[
+        tuple[str, trio.MemorySendChannel[dict[str, str]]]
+    ](CALLERS)
+    replies = [trio.open_memory_channel[dict[str, str]](1) for _ in range(CALLERS)]
+
+    async def server() -> None:
+        async for actor_id, reply in requests_receive:
+            await reply.send({"hello": f"from actor {actor_id}"})
+
+    async def call(i: int, n: int) -> object:
+        await requests_send.send(("1", replies[i][0]))
+        return await replies[i][1].receive()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server)
+        result = await rate(call, duration)
+        nursery.cancel_scope.cancel()
+    return result
+
+
+async def invokes(duration: float, spread: int) -> float:
+    """Calls/s to ``hello`` on ``spread`` actors, activated beforehand."""
+    ids = [str(i) for i in range(spread)]
+    pick = random.Random(0).randrange
+    async with open_runtime(max_actors=10 * spread) as runtime:
+        invoke = runtime.client.invoke
+        for actor_id in ids:
+            await invoke(actor_id, "hello")
+        if spread == 1:
+            return await rate(lambda i, n: invoke("1", "hello"), duration)
+        return await rate(lambda i, n: invoke(ids[pick(spread)], "hello"), duration)
+
+
+async def activations(duration: float) -> float:
+    """Activations/s: every call goes to an id never called before."""
+    async with open_runtime(max_actors=10_000_000) as runtime:
+        invoke = runtime.client.invoke
+        return await rate(lambda i, n: invoke(f"{i}-{n}", "hello"), duration)
+
+
+async def idle_actor_bytes(count: int) -> float:
+    """Resident bytes per idle actor: RSS growth from activating ``count`` actors."""
+    async with open_runtime(max_actors=count + 1) as runtime:
+        invoke = runtime.client.invoke
+        await invoke("warm-up", "hello")  # first-call costs: method tables, imports
+        gc.collect()
+        before = rss_bytes()
+        await call_each(lambda k: invoke(str(k), "hello"), count)
+        gc.collect()
+        after = rss_bytes()
+        stats = runtime.catalog.statistics()
+        assert stats.actors == count + 1 and stats.busy == 0, stats
+    return (after - before) / count
+
+
+async def call_each(call: Callable[[int], Awaitable[object]], count: int) -> None:
+    """Make ``count`` calls, ``call(0)`` to ``call(count - 1)``, from ``CALLERS`` tasks."""
+
+    async def caller(i: int) -> None:
+        for k in range(i, count, CALLERS):
+            await call(k)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(CALLERS):
+            nursery.start_soon(caller, i)
+
+
+async def run(*, duration: float, repeat: int, actors: int) -> list[Figure]:
+    """All of the above; throughput and its reference alternate within each repetition,
+    so their ratio is taken over the same stretch of a noisy machine."""
+    figures = Figures()
+    # First, while the process has not yet freed memory it could reuse.
+    figures.add(f"idle actor memory ({actors:,} actors)", "bytes/actor", await idle_actor_bytes(actors))
+    for _ in range(repeat):
+        reference = await channel_round_trips(duration)
+        hot = await invokes(duration, 1)
+        spread = await invokes(duration, SPREAD)
+        figures.add(f"local invoke, 1 actor, {CALLERS} callers", "calls/s", hot)
+        figures.add(f"local invoke, {SPREAD:,} actors, {CALLERS} callers", "calls/s", spread)
+        figures.add(f"trio channel round trip, {CALLERS} callers", "calls/s", reference)
+        figures.add("local invoke 1 actor / channel round trip", "x", hot / reference)
+        figures.add(f"local invoke {SPREAD:,} actors / channel round trip", "x", spread / reference)
+        figures.add(f"activations, {CALLERS} callers", "actors/s", await activations(duration))
+    return list(figures.values())
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    """This benchmark's own options."""
+    parser.add_argument("--actors", type=int, help="idle actors for the memory figure (200,000)")
+
+
+def options(args: argparse.Namespace) -> dict[str, float | int]:
+    """Keyword arguments of :func:`run` from the command line, ``--quick`` applied."""
+    return {
+        "duration": args.duration or (0.5 if args.quick else 2.0),
+        "repeat": args.repeat or (1 if args.quick else 5),
+        "actors": args.actors or (20_000 if args.quick else 200_000),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    common_arguments(parser)
+    arguments(parser)
+    args = parser.parse_args()
+    print(table(trio.run(partial(run, **options(args)))))
+
+
+if __name__ == "__main__":
+    main()

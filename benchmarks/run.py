@@ -1,0 +1,45 @@
+"""Run every benchmark and print one table.
+
+    python benchmarks/run.py            # full: about three minutes
+    python benchmarks/run.py --quick    # smoke test for CI: a few seconds per benchmark
+
+Each benchmark also runs alone: ``python benchmarks/local_invoke.py``,
+``python benchmarks/http_invoke.py``. Figures are medians (with min and max) over the
+repetitions; on a shared machine, trust the ratios, measured in the same run, more
+than the absolute rates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from functools import partial
+
+import http_invoke
+import local_invoke
+import trio
+from _common import common_arguments, table
+
+BENCHMARKS = ("local", "http")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    common_arguments(parser)
+    local_invoke.arguments(parser)
+    http_invoke.arguments(parser)
+    parser.add_argument("--only", choices=BENCHMARKS, action="append", help="run just this one")
+    args = parser.parse_args()
+    only = args.only or BENCHMARKS
+    figures = []
+    if "local" in only:  # first: its memory figure wants a fresh process
+        figures += trio.run(partial(local_invoke.run, **local_invoke.options(args)))
+    if "http" in only:
+        figures += http_invoke.run(**http_invoke.options(args))
+    print(f"python {platform.python_version()} on {platform.machine()}, {sys.platform}")
+    print(table(figures))
+
+
+if __name__ == "__main__":
+    main()
