@@ -28,12 +28,14 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from _common import Figure, Figures, common_arguments, free_port, table
 
 HERE = Path(__file__).resolve().parent
 CONNECTIONS = 50
 RANDOM_IDS = 10_000
+REFERENCE = "reference: raw ASGI, hypercorn trio"
 
 
 @dataclass
@@ -155,17 +157,19 @@ def run(*, duration: int, repeat: int, generator: str) -> list[Figure]:
         answer = get_json(f"{node}/invoke/1/hello")
         if answer != {"hello": "from actor 1"}:
             raise RuntimeError(f"unexpected answer from the node: {answer!r}")
-        cases = {
-            "hot actor /invoke/1/hello": lambda d: load(f"{node}/invoke/1/hello", d),
-            f"random actor of {RANDOM_IDS:,}": lambda d: load(node, d, random_ids=RANDOM_IDS),
-            "reference: raw ASGI, hypercorn trio": lambda d: load(f"{reference}/", d),
+        cases = {  # name: (url, random ids)
+            "hot actor /invoke/1/hello": (f"{node}/invoke/1/hello", 0),
+            f"random actor of {RANDOM_IDS:,}": (node, RANDOM_IDS),
+            REFERENCE: (f"{reference}/", 0),
         }
-        for case in cases.values():  # warm-up, not reported: imports, activations
-            case(max(1, duration // 3))
+        for url, ids in cases.values():  # warm-up, not reported: imports, activations
+            load(url, max(1, duration // 3), random_ids=ids)
         failed = 0
         for _ in range(repeat):
-            loads = {name: case(duration) for name, case in cases.items()}
-            reference_rps = loads["reference: raw ASGI, hypercorn trio"].rps
+            loads = {
+                name: load(url, duration, random_ids=ids) for name, (url, ids) in cases.items()
+            }
+            reference_rps = loads[REFERENCE].rps
             for name, result in loads.items():
                 figures.add(f"{tag} {name}", "requests/s", result.rps)
                 figures.add(f"{tag} {name}, p50", "ms", result.p50_ms)
@@ -188,7 +192,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def options(args: argparse.Namespace) -> dict[str, int | str]:
+def options(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments of :func:`run` from the command line, ``--quick`` applied."""
     return {
         "duration": max(1, round(args.duration or (1 if args.quick else 10))),

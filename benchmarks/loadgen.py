@@ -16,13 +16,25 @@ import json
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 from urllib.parse import urlsplit
 
 import trio
 
 
-async def connection(host: str, port: int, path: Callable[[], str], end: float, out: dict[str, list[float]]) -> None:
-    """Send requests on one connection until ``end``; record latencies and failures."""
+@dataclass
+class Tally:
+    """What the connections measured: seconds per answered request, failed statuses."""
+
+    latencies: list[float] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+
+
+async def connection(
+    host: str, port: int, path: Callable[[], str], end: float, tally: Tally
+) -> None:
+    """Send requests on one connection until ``end``; record them in ``tally``."""
     stream = await trio.open_tcp_stream(host, port)
     buffer = bytearray()
     async with stream:
@@ -32,9 +44,9 @@ async def connection(host: str, port: int, path: Callable[[], str], end: float, 
                 start = time.perf_counter()
                 await stream.send_all(request)
                 status = await read_response(stream, buffer)
-                out["latencies"].append(time.perf_counter() - start)
+                tally.latencies.append(time.perf_counter() - start)
                 if status >= 400:
-                    out["failed"].append(status)
+                    tally.failed.append(status)
 
 
 async def read_response(stream: trio.SocketStream, buffer: bytearray) -> int:
@@ -57,7 +69,9 @@ async def receive_into(stream: trio.SocketStream, buffer: bytearray) -> None:
     buffer += data
 
 
-async def generate(url: str, connections: int, duration: float, random_ids: int) -> dict[str, float]:
+async def generate(
+    url: str, *, connections: int, duration: float, random_ids: int
+) -> dict[str, float]:
     """Run the load; return requests, seconds, rps, p50_ms, p99_ms, failed."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
@@ -72,20 +86,20 @@ async def generate(url: str, connections: int, duration: float, random_ids: int)
         def path() -> str:
             return fixed
 
-    out: dict[str, list[float]] = {"latencies": [], "failed": []}
+    tally = Tally()
     start = trio.current_time()
     async with trio.open_nursery() as nursery:
         for _ in range(connections):
-            nursery.start_soon(connection, host, port, path, start + duration, out)
+            nursery.start_soon(connection, host, port, path, start + duration, tally)
     seconds = trio.current_time() - start
-    latencies = sorted(out["latencies"])
+    latencies = sorted(tally.latencies)
     return {
         "requests": len(latencies),
         "seconds": seconds,
         "rps": len(latencies) / seconds,
         "p50_ms": 1000 * latencies[len(latencies) // 2],
         "p99_ms": 1000 * latencies[min(len(latencies) - 1, len(latencies) * 99 // 100)],
-        "failed": len(out["failed"]),
+        "failed": len(tally.failed),
     }
 
 
@@ -96,7 +110,12 @@ def main() -> None:
     parser.add_argument("-d", "--duration", type=float, default=5.0, help="seconds")
     parser.add_argument("--random-ids", type=int, default=0, help="GET /invoke/{random id}/hello")
     args = parser.parse_args()
-    print(json.dumps(trio.run(generate, args.url, args.connections, args.duration, args.random_ids)))
+    options = {
+        "connections": args.connections,
+        "duration": args.duration,
+        "random_ids": args.random_ids,
+    }
+    print(json.dumps(trio.run(partial(generate, args.url, **options))))
 
 
 if __name__ == "__main__":

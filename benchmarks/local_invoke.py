@@ -18,6 +18,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 import trio
 from _common import Figure, Figures, common_arguments, rss_bytes, table
@@ -129,7 +130,8 @@ async def idle_actor_bytes(count: int) -> float:
         gc.collect()
         after = rss_bytes()
         stats = runtime.catalog.statistics()
-        assert stats.actors == count + 1 and stats.busy == 0, stats
+        if stats.actors != count + 1 or stats.busy:
+            raise RuntimeError(f"expected {count + 1} idle actors, not {stats}")
     return (after - before) / count
 
 
@@ -150,7 +152,8 @@ async def run(*, duration: float, repeat: int, actors: int) -> list[Figure]:
     so their ratio is taken over the same stretch of a noisy machine."""
     figures = Figures()
     # First, while the process has not yet freed memory it could reuse.
-    figures.add(f"idle actor memory ({actors:,} actors)", "bytes/actor", await idle_actor_bytes(actors))
+    per_actor = await idle_actor_bytes(actors)
+    figures.add(f"idle actor memory ({actors:,} actors)", "bytes/actor", per_actor)
     for _ in range(repeat):
         reference = await channel_round_trips(duration)
         hot = await invokes(duration, 1)
@@ -169,7 +172,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--actors", type=int, help="idle actors for the memory figure (200,000)")
 
 
-def options(args: argparse.Namespace) -> dict[str, float | int]:
+def options(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments of :func:`run` from the command line, ``--quick`` applied."""
     return {
         "duration": args.duration or (0.5 if args.quick else 2.0),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import trio
+import trio.lowlevel
 
 import towtruck
 
@@ -22,8 +23,8 @@ class Counter:
 
     async def increment(self, data: Any) -> int:
         value = self.count
-        await trio.sleep(0)
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint()
         self.count = value + 1
         return self.count
 

@@ -20,8 +20,20 @@ def test_parse(text: str, host: str, port: int) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["not-a-host", "host:", ":80", "host:http", "host:0", "host:65536", "-bad:80", "a b:80",
-     "[nope]:80", "[::1:80", "host:-1", "1.2.3.4.5.6:80x"],
+    [
+        "not-a-host",
+        "host:",
+        ":80",
+        "host:http",
+        "host:0",
+        "host:65536",
+        "-bad:80",
+        "a b:80",
+        "[nope]:80",
+        "[::1:80",
+        "host:-1",
+        "1.2.3.4.5.6:80x",
+    ],
 )
 def test_bad_addresses(text: str) -> None:
     with pytest.raises(towtruck.InvalidAddress):

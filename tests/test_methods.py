@@ -8,8 +8,18 @@ def test_only_public_class_functions_are_callable() -> None:
     actor = Recorder("1", client=None)  # type: ignore[arg-type]
     names = set(methods_of(actor))
     assert {"echo", "plain", "no_data", "static", "fail", "call"} <= names
-    for hidden in ["_private", "activate", "deactivate", "secret", "id", "client", "prop",
-                   "__init__", "__class__", "__dict__"]:
+    for hidden in [
+        "_private",
+        "activate",
+        "deactivate",
+        "secret",
+        "id",
+        "client",
+        "prop",
+        "__init__",
+        "__class__",
+        "__dict__",
+    ]:
         assert hidden not in names
 
 
@@ -23,7 +33,8 @@ def test_calling_passes_data_only_where_taken() -> None:
     assert methods["plain"].call(actor, 3) == "plain 3"
     assert methods["static"].call(actor, 3) == "static"
     assert not methods["no_data"].takes_data
-    assert methods["echo"].is_async and not methods["plain"].is_async
+    assert methods["echo"].is_async
+    assert not methods["plain"].is_async
 
 
 def test_mapping_actors() -> None:

@@ -60,17 +60,19 @@ async def test_actors_may_still_call_each_other_while_calls_in_flight_finish(
 
         return {"relay": relay, "hello": lambda data: "hello"}
 
+    answers: list[Any] = []
     with trio.fail_after(DEADLINE):
-        async with towtruck.open_runtime(create_actor, environ={}) as runtime:
-            async with trio.open_nursery() as nursery:
-                answers: list[Any] = []
+        async with (
+            towtruck.open_runtime(create_actor, environ={}) as runtime,
+            trio.open_nursery() as nursery,
+        ):
 
-                async def call() -> None:
-                    answers.append(await runtime.client.invoke("a", "relay"))
+            async def call() -> None:
+                answers.append(await runtime.client.invoke("a", "relay"))
 
-                nursery.start_soon(call)
-                await trio.sleep(1)
-                nursery.start_soon(runtime.stop)
+            nursery.start_soon(call)
+            await trio.sleep(1)
+            nursery.start_soon(runtime.stop)
     assert answers == ["hello"]
 
 
@@ -79,23 +81,25 @@ async def test_calls_still_running_at_the_shutdown_deadline_fail_with_node_stopp
 ) -> None:
     errors: list[towtruck.TowtruckError] = []
     with trio.fail_after(DEADLINE):
-        async with towtruck.open_runtime(
-            create_recorder, environ={}, shutdown_timeout=2, call_timeout=1000
-        ) as runtime:
-            async with trio.open_nursery() as nursery:
+        async with (
+            towtruck.open_runtime(
+                create_recorder, environ={}, shutdown_timeout=2, call_timeout=1000
+            ) as runtime,
+            trio.open_nursery() as nursery,
+        ):
 
-                async def call() -> None:
-                    try:
-                        await runtime.client.invoke("a", "sleep", 500)
-                    except towtruck.NodeStopping as exc:
-                        errors.append(exc)
+            async def call() -> None:
+                try:
+                    await runtime.client.invoke("a", "sleep", 500)
+                except towtruck.NodeStopping as exc:
+                    errors.append(exc)
 
-                for _ in range(3):
-                    nursery.start_soon(call)
-                await trio.sleep(1)
-                start = trio.current_time()
-                await runtime.stop()
-                assert trio.current_time() - start <= 2 * 2 + 1
+            for _ in range(3):
+                nursery.start_soon(call)
+            await trio.sleep(1)
+            start = trio.current_time()
+            await runtime.stop()
+            assert trio.current_time() - start <= 2 * 2 + 1
     assert len(errors) == 3
 
 

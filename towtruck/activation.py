@@ -249,7 +249,9 @@ class Activation:
                 self._fail_waiting(self._stopped_error())
             self.mailbox = None
 
-    async def _execute(self, method: Method, data: Any, context: CallContext) -> outcome.Outcome[bytes]:
+    async def _execute(
+        self, method: Method, data: Any, context: CallContext
+    ) -> outcome.Outcome[bytes]:
         """Run one method within the call's context and deadline; never raises but
         for cancellation from outside."""
         token = current_context.set(CallContext((*context.chain, self.id), context.deadline))

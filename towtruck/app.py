@@ -58,7 +58,11 @@ class App:
     """
 
     def __init__(
-        self, create_actor: Factory | None = None, *, runtime: Runtime | None = None, **settings: Any
+        self,
+        create_actor: Factory | None = None,
+        *,
+        runtime: Runtime | None = None,
+        **settings: Any,
     ) -> None:
         if runtime is None:
             if create_actor is None:
@@ -72,16 +76,22 @@ class App:
         self._max_body = runtime.settings.max_body
         self._call_timeout = runtime.settings.call_timeout
 
-    async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
         if scope["type"] == "http":
             raw_path = scope.get("raw_path") or scope["path"].encode()
             if raw_path.startswith(b"/invoke/"):
                 await self._invoke(scope, raw_path, receive, send)
                 return
-        await self.routes(scope, receive, send)  # type: ignore[arg-type]
+        await self.routes(scope, receive, send)
 
     async def _invoke(
-        self, scope: HTTPScope, raw_path: bytes, receive: ASGIReceiveCallable, send: ASGISendCallable
+        self,
+        scope: HTTPScope,
+        raw_path: bytes,
+        receive: ASGIReceiveCallable,
+        send: ASGISendCallable,
     ) -> None:
         headers = [_JSON]
         try:
@@ -111,7 +121,9 @@ class App:
             error.__cause__ = exc
             status, answer = 500, codec.error_body(error, debug=self._debug)
         headers.append((b"content-length", str(len(answer)).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers, "trailers": False})
+        await send(
+            {"type": "http.response.start", "status": status, "headers": headers, "trailers": False}
+        )
         await send({"type": "http.response.body", "body": answer, "more_body": False})
 
     async def _read_body(self, scope: HTTPScope, receive: ASGIReceiveCallable) -> bytes:

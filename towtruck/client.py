@@ -37,13 +37,17 @@ class Client:
         self._invoker = invoker
         self._call_timeout = call_timeout
 
-    async def invoke(
-        self, actor_id: str | int, method: str, data: Any = None, *, timeout: float | None = None
-    ) -> Any:
+    async def invoke(self, actor_id: str | int, method: str, data: Any = None) -> Any:
         """Call ``method`` on actor ``actor_id`` and return its result.
 
         ``data`` and the result are copied through JSON, so caller and actor never
         share mutable objects, as when the actor lives on another node.
+
+        The call's deadline is ``call_timeout`` from now, or sooner if the caller's
+        cancel scopes end sooner (``with trio.move_on_after(2): await client.invoke(...)``)
+        or if this runs inside a turn whose own call ends sooner. The deadline travels
+        with the call to the actor and on to the calls it makes in turn, so a whole
+        tree of nested calls gives up together.
 
         A checkpoint. If cancelled while waiting, the call is abandoned: skipped if
         its turn has not started, left to finish (its answer dropped) if it has.
@@ -52,16 +56,14 @@ class Client:
             actor_id: The actor's id; an int is turned into its decimal string.
             method: A public method of the actor.
             data: A JSON-able value, handed to the method.
-            timeout: Seconds to wait; default ``call_timeout``. Inside a turn, never
-                later than the deadline of the call that turn serves.
 
         Raises:
             TowtruckError: a subclass saying what went wrong; :class:`ActorError` if the
-                method raised, :class:`CallTimeout` past the deadline.
+                method raised, :class:`CallTimeout` past ``call_timeout``.
             TypeError: ``data`` is not JSON-able.
         """
         actor_id = check_actor_id(actor_id)
-        deadline = trio.current_time() + (self._call_timeout if timeout is None else timeout)
+        deadline = min(trio.current_time() + self._call_timeout, trio.current_effective_deadline())
         parent = current_context.get()
         if parent is None:
             context = CallContext((), deadline)

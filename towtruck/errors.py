@@ -208,7 +208,7 @@ def status_of(cls: type[TowtruckError]) -> int:
     """The HTTP status for an error class: its own entry in :data:`STATUS`, or its
     nearest listed base's."""
     for base in cls.__mro__:
-        status = STATUS.get(base)  # type: ignore[call-overload]
+        status = STATUS.get(base)
         if status is not None:
             return status
     return 500

@@ -79,16 +79,11 @@ def methods_of(instance: object) -> Mapping[str, Method]:
 
 def hook(instance: object, name: str) -> Callable[[], Any] | None:
     """The actor's ``activate`` or ``deactivate`` hook, if it has one."""
-    if isinstance(instance, Mapping):
-        value = instance.get(name)
-    else:
-        value = getattr(instance, name, None)
+    value = instance.get(name) if isinstance(instance, Mapping) else getattr(instance, name, None)
     return value if callable(value) else None
 
 
-_CLASS_TABLES: weakref.WeakKeyDictionary[type, Mapping[str, Method]] = (
-    weakref.WeakKeyDictionary()
-)
+_CLASS_TABLES: weakref.WeakKeyDictionary[type, Mapping[str, Method]] = weakref.WeakKeyDictionary()
 
 
 def _class_methods(cls: type) -> Mapping[str, Method]:

@@ -159,7 +159,9 @@ class Runtime:
         with trio.move_on_after(timeout) as scope:
             await self.catalog.deactivate_all()
         if scope.cancelled_caught:
-            logger.warning("%d actors still deactivating at shutdown; cancelling", len(self.catalog))
+            logger.warning(
+                "%d actors still deactivating at shutdown; cancelling", len(self.catalog)
+            )
         self._stopped.set()
 
     async def invoke(self, actor_id: str, method: str, data: Any, context: CallContext) -> bytes:

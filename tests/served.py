@@ -1,0 +1,25 @@
+"""An app for ``hypercorn --worker-class trio tests.served:app``: its actors print their
+lifecycle to stdout so the test can see ``deactivate`` run at shutdown."""
+
+import towtruck
+
+
+class Printer:
+    def __init__(self, id: str, client: towtruck.Client) -> None:
+        self.id = id
+
+    async def activate(self) -> None:
+        print(f"activate {self.id}", flush=True)
+
+    async def hello(self, data: object) -> dict[str, str]:
+        return {"hello": f"from actor {self.id}"}
+
+    async def deactivate(self) -> None:
+        print(f"deactivate {self.id}", flush=True)
+
+
+def create_actor(id: str, client: towtruck.Client) -> Printer:
+    return Printer(id, client)
+
+
+app = towtruck.App(create_actor)

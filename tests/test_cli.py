@@ -1,0 +1,100 @@
+"""``towtruck serve`` and ``python -m towtruck``, run as child processes."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import httpx
+import pytest
+import trio
+
+from tests.processes import PROCESS_SECONDS, child_env, run_to_end, running, towtruck_command
+
+pytestmark = pytest.mark.subprocess
+
+SERVING = r"serving on (http://127\.0\.0\.1:\d+)"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_serve_answers_calls_and_stops_gracefully_on_a_signal(
+    http: httpx.AsyncClient, signum: signal.Signals
+) -> None:
+    argv = [*towtruck_command(), "serve", "tests.served:create_actor", "--port", "0"]
+    with trio.fail_after(PROCESS_SECONDS):
+        async with running(argv, ready=SERVING) as (process, match, output):
+            url = match.group(1)
+            assert (await http.get(f"{url}/invoke/1/hello")).json() == {"hello": "from actor 1"}
+            assert (await http.get(f"{url}/invoke/2/hello")).status_code == 200
+            assert (await http.get(f"{url}/health")).json()["actors"] == 2
+            process.send_signal(signum)
+            await process.wait()
+            await output.wait_for("deactivate 2")
+    assert process.returncode == 0, output.text
+    assert "deactivate 1" in output.text
+    assert "stopping gracefully" in output.text
+
+
+async def test_python_m_towtruck_and_settings_from_the_environment(http: httpx.AsyncClient) -> None:
+    argv = [sys.executable, "-m", "towtruck", "serve", "examples.greeter", "--port", "0"]
+    env = child_env(TOWTRUCK_MAX_ACTORS="7", TOWTRUCK_CALL_TIMEOUT="3.5")
+    with trio.fail_after(PROCESS_SECONDS):
+        async with running(argv, ready=SERVING, env=env) as (process, match, _):
+            url = match.group(1)
+            assert (await http.get(f"{url}/invoke/1/hello")).json() == {"hello": "from actor 1"}
+            health = (await http.get(f"{url}/health")).json()
+            assert health["catalog"]["max_actors"] == 7
+            process.send_signal(signal.SIGTERM)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--max-actors", "many"], {}, "--max-actors: expected a whole number"),
+        (["--call-timeout", "0"], {}, "--call-timeout: expected a positive number"),
+        (["--port", "99999"], {}, "--port: expected a port"),
+        (["--peer", "nohost"], {}, "--peers: 'nohost' is not an address"),
+        ([], {"TOWTRUCK_GC_INTERVAL": "soon"}, "TOWTRUCK_GC_INTERVAL: expected a number"),
+        ([], {"TOWTRUCK_MAX_ACTOR": "3"}, "TOWTRUCK_MAX_ACTOR: unknown setting"),
+    ],
+)
+async def test_bad_settings_are_refused_at_start(
+    args: list[str], env: dict[str, str], message: str
+) -> None:
+    argv = [*towtruck_command(), "serve", "examples.greeter", *args]
+    with trio.fail_after(PROCESS_SECONDS):
+        result = await run_to_end(argv, env=child_env(**env))
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        ("no.such.module", "cannot import 'no.such.module'"),
+        ("examples.greeter:nothing", "'examples.greeter' has no callable 'nothing'"),
+    ],
+)
+async def test_a_factory_that_cannot_be_found_is_refused(factory: str, message: str) -> None:
+    with trio.fail_after(PROCESS_SECONDS):
+        result = await run_to_end([*towtruck_command(), "serve", factory])
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+async def test_help_lists_every_setting() -> None:
+    with trio.fail_after(PROCESS_SECONDS):
+        result = await run_to_end([*towtruck_command(), "serve", "--help"])
+    assert result.returncode == 0
+    for flag in [
+        "--host",
+        "--port",
+        "--peer",
+        "--max-actors",
+        "--max-inactivity",
+        "--gc-interval",
+        "--call-timeout",
+        "--mailbox-size",
+        "--max-body",
+    ]:
+        assert flag in result.stdout
