@@ -7,6 +7,7 @@ handling for processes (``towtruck serve``), and :func:`run` is its blocking one
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -96,18 +97,32 @@ async def serve_node(
     task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
     **settings: Any,
 ) -> None:
-    """Run a node until SIGINT (Ctrl-C) or SIGTERM, then stop it gracefully.
+    """Run a node until SIGINT (Ctrl-C) or SIGTERM, then stop it gracefully; a second
+    signal during the graceful stop exits the process at once (status 1).
 
     Must run in the main thread (it installs signal handlers for its duration).
     Reports the node through ``task_status`` once it serves.
     """
+    stopping = trio.Event()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with open_node(create_actor, **settings) as node:
-            logger.info("towtruck node serving on %s", node.url)
-            task_status.started(node)
-            async for signum in signals:
-                logger.info("%s: stopping gracefully", signal.Signals(signum).name)
-                break
+        async with trio.open_nursery() as nursery:
+
+            async def watch_signals() -> None:
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if not stopping.is_set():
+                        logger.info("%s: stopping gracefully (again to stop at once)", name)
+                        stopping.set()
+                    else:
+                        logger.warning("%s again: exiting at once", name)
+                        os._exit(1)
+
+            nursery.start_soon(watch_signals)
+            async with open_node(create_actor, **settings) as node:
+                logger.info("towtruck node serving on %s", node.url)
+                task_status.started(node)
+                await stopping.wait()
+            nursery.cancel_scope.cancel()
 
 
 def run(create_actor: Factory, *, port: int = 8080, **settings: Any) -> None:
