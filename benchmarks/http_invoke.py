@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _common import Figure, Figures, common_arguments, free_port, table
+from _common import Figure, Figures, common_arguments, free_ports, table
 
 HERE = Path(__file__).resolve().parent
 CONNECTIONS = 50
@@ -134,7 +134,7 @@ def _kill(process: subprocess.Popen[bytes]) -> None:
     process.wait()
 
 
-def get_json(url: str) -> object:
+def get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=5) as response:
         return json.loads(response.read())
 
@@ -143,9 +143,10 @@ def run(*, duration: int, repeat: int, generator: str) -> list[Figure]:
     """Start both servers, warm them up, then measure each case ``repeat`` times."""
     load = wrk if generator == "wrk" else python_loadgen
     tag = f"http {generator} -c{CONNECTIONS}"
-    node_port, reference_port = free_port(), free_port()
+    node_port, reference_port = free_ports(2)
     node_command = [sys.executable, "-m", "towtruck", "serve", "examples.greeter:create_actor"]
-    node_command += f"--port {node_port} --max-actors {2 * RANDOM_IDS} --log-level warning".split()
+    node_command += f"--host 127.0.0.1 --port {node_port} --max-actors {2 * RANDOM_IDS}".split()
+    node_command += ["--log-level", "warning"]
     reference_command = [sys.executable, "-m", "hypercorn", "--worker-class", "trio"]
     reference_command += ["--bind", f"127.0.0.1:{reference_port}", "hello_asgi.py:app"]
     node_url, reference_url = f"http://127.0.0.1:{node_port}", f"http://127.0.0.1:{reference_port}"
@@ -162,8 +163,8 @@ def run(*, duration: int, repeat: int, generator: str) -> list[Figure]:
             f"random actor of {RANDOM_IDS:,}": (node, RANDOM_IDS),
             REFERENCE: (f"{reference}/", 0),
         }
-        for url, ids in cases.values():  # warm-up, not reported: imports, activations
-            load(url, max(1, duration // 3), random_ids=ids)
+        for url, ids in cases.values() if duration >= 3 else ():
+            load(url, duration // 3, random_ids=ids)  # warm-up, not reported
         failed = 0
         for _ in range(repeat):
             loads = {
@@ -179,7 +180,7 @@ def run(*, duration: int, repeat: int, generator: str) -> list[Figure]:
                 figures.add(f"{tag} {name} / reference", "x", loads[name].rps / reference_rps)
         figures.add(f"{tag} failed requests, all runs", "requests", failed)
         health = get_json(f"{node}/health")
-        figures.add(f"{tag} node's actors at the end", "actors", health["actors"])  # type: ignore[index]
+        figures.add(f"{tag} node's actors at the end", "actors", health["actors"])
     return list(figures.values())
 
 

@@ -5,7 +5,8 @@ actors, activations/s (every call to a new id), and, as a reference, the same ro
 trip over plain trio memory channels: a server task that takes requests from one
 channel and answers each over the reply channel it carried. The ratio towtruck /
 channels is the cost of the runtime on top of trio's own primitives. It also measures
-resident memory per idle actor: RSS before and after activating ``--actors`` actors.
+resident memory per idle actor: RSS before and after activating ``--actors`` actors,
+and the pause of a full garbage collection with those actors in memory.
 
 Run it alone with ``python benchmarks/local_invoke.py [--quick] [--actors N]``.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import gc
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -119,20 +121,31 @@ async def activations(duration: float) -> float:
         return await rate(lambda i, n: invoke(f"{i}-{n}", "hello"), duration)
 
 
-async def idle_actor_bytes(count: int) -> float:
-    """Resident bytes per idle actor: RSS growth from activating ``count`` actors."""
+async def idle_actors(count: int) -> tuple[float, float, float]:
+    """Resident bytes per idle actor (RSS growth from activating ``count`` actors), and
+    how long a full pass of Python's cyclic garbage collector takes, in ms, before and
+    after: a pause every call sees now and then, as the collector runs by itself."""
     async with open_runtime(max_actors=count + 1) as runtime:
         invoke = runtime.client.invoke
         await invoke("warm-up", "hello")  # first-call costs: method tables, imports
         gc.collect()
+        pause_before = full_collection_ms()
         before = rss_bytes()
         await call_each(lambda k: invoke(str(k), "hello"), count)
         gc.collect()
         after = rss_bytes()
+        pause_after = full_collection_ms()
         stats = runtime.catalog.statistics()
         if stats.actors != count + 1 or stats.busy:
             raise RuntimeError(f"expected {count + 1} idle actors, not {stats}")
-    return (after - before) / count
+    return (after - before) / count, pause_before, pause_after
+
+
+def full_collection_ms() -> float:
+    """Milliseconds ``gc.collect()`` takes now."""
+    start = time.perf_counter()
+    gc.collect()
+    return 1000 * (time.perf_counter() - start)
 
 
 async def call_each(call: Callable[[int], Awaitable[object]], count: int) -> None:
@@ -152,8 +165,10 @@ async def run(*, duration: float, repeat: int, actors: int) -> list[Figure]:
     so their ratio is taken over the same stretch of a noisy machine."""
     figures = Figures()
     # First, while the process has not yet freed memory it could reuse.
-    per_actor = await idle_actor_bytes(actors)
+    per_actor, pause_before, pause_after = await idle_actors(actors)
     figures.add(f"idle actor memory ({actors:,} actors)", "bytes/actor", per_actor)
+    figures.add("full gc.collect(), no actors", "ms", pause_before)
+    figures.add(f"full gc.collect(), {actors:,} idle actors", "ms", pause_after)
     for _ in range(repeat):
         reference = await channel_round_trips(duration)
         hot = await invokes(duration, 1)

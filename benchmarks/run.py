@@ -1,6 +1,6 @@
 """Run every benchmark and print one table.
 
-    python benchmarks/run.py            # full: about three minutes
+    python benchmarks/run.py            # full: about two and a half minutes
     python benchmarks/run.py --quick    # smoke test for CI: a few seconds per benchmark
 
 Each benchmark also runs alone: ``python benchmarks/local_invoke.py``,
