@@ -229,7 +229,7 @@ async def test_health_ping_query_and_rungc(node: towtruck.Node, http: httpx.Asyn
         assert (await http.get(f"{node.url}/rungc")).json() == {"garbageCollected": 0}
     assert health["actors"] == 1
     assert health["node"] == str(node.address)
-    assert health["members"] == [str(node.address)]
+    assert health["members"] == [{"address": str(node.address), "state": "self"}]
     assert (health["calls"], health["errors"], health["in_flight"]) == (2, 1, 0)
     assert health["uptime"] >= 0
     assert abs(health["time"] / 1000 - __import__("time").time()) < 60

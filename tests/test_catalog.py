@@ -361,17 +361,21 @@ async def test_a_cycle_of_independent_calls_ends_with_a_timeout(
             assert await runtime.client.invoke("a", "hello") == "hello"
 
 
-async def test_a_timed_out_call_says_where_it_waited(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    async with towtruck.open_runtime(create_recorder, environ={}, call_timeout=2) as runtime:
+async def test_a_timed_out_call_says_where_it_waited(autojump_clock: trio.testing.MockClock) -> None:
+    def create_actor(id: str, client: towtruck.Client) -> dict[str, Any]:
+        async def stubborn(data: Any) -> None:
+            with trio.CancelScope(shield=True):  # outlives its deadline
+                await trio.sleep(10)
+
+        return {"stubborn": stubborn, "plain": lambda data: "plain"}
+
+    async with towtruck.open_runtime(create_actor, environ={}, call_timeout=2) as runtime:
 
         async def running() -> None:
             with pytest.raises(towtruck.CallTimeout, match="it was running"):
-                await runtime.client.invoke("a", "sleep", 10)
+                await runtime.client.invoke("a", "stubborn")
 
         with trio.fail_after(DEADLINE):
-            await runtime.client.invoke("a", "echo")
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(running)
                 await trio.testing.wait_all_tasks_blocked()

@@ -28,6 +28,7 @@ from .errors import MailboxFull as MailboxFull
 from .errors import MethodNotAllowed as MethodNotAllowed
 from .errors import MethodNotFound as MethodNotFound
 from .errors import NodeStopping as NodeStopping
+from .errors import NotActive as NotActive
 from .errors import NotFound as NotFound
 from .errors import Overloaded as Overloaded
 from .errors import PayloadTooLarge as PayloadTooLarge
@@ -65,6 +66,7 @@ __all__ = [
     "MethodNotFound",
     "Node",
     "NodeStopping",
+    "NotActive",
     "NotFound",
     "Overloaded",
     "PayloadTooLarge",

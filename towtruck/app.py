@@ -2,8 +2,9 @@
 
 ``/invoke/{id}/{method}[/{arg}...]`` is the product's hot path, so it is answered here,
 in plain ASGI, without Quart's routing, request and response objects (a quarter of a
-request's cost in Quart-Trio, measured). Every other route is an ordinary Quart-Trio
-route (:mod:`towtruck.routes`). Both answer errors the same way: JSON
+request's cost in Quart-Trio, measured), and so is ``POST /cluster/forward``, the calls
+other nodes send on. Every other route is an ordinary Quart-Trio route
+(:mod:`towtruck.routes`). Both answer errors the same way: JSON
 ``{"error": {...}}`` with the status of :data:`towtruck.errors.STATUS`.
 
 Paths are split on the raw (still percent-encoded) path, so an id may hold ``/`` as
@@ -13,6 +14,7 @@ Paths are split on the raw (still percent-encoded) path, so an id may hold ``/``
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 from urllib.parse import unquote_to_bytes
 
@@ -76,40 +78,29 @@ class App:
         self._max_body = runtime.settings.max_body
         self._call_timeout = runtime.settings.call_timeout
 
-    async def __call__(
-        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
-    ) -> None:
+    async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         if scope["type"] == "http":
             raw_path = scope.get("raw_path") or scope["path"].encode()
             if raw_path.startswith(b"/invoke/"):
-                await self._invoke(scope, raw_path, receive, send)
+                await self._answer(self._invoke, scope, raw_path, receive, send)
+                return
+            if raw_path == b"/cluster/forward" and scope["method"] == "POST":
+                await self._answer(self._forwarded, scope, raw_path, receive, send)
                 return
         await self.routes(scope, receive, send)
 
-    async def _invoke(
+    async def _answer(
         self,
+        handler: _Handler,
         scope: HTTPScope,
         raw_path: bytes,
         receive: ASGIReceiveCallable,
         send: ASGISendCallable,
     ) -> None:
+        """Run a fast-path handler and send its answer, or its error as JSON."""
         headers = [_JSON]
         try:
-            actor_id, method, args = parse_invoke_path(raw_path)
-            if scope["method"] in BODY_VERBS:
-                if args:
-                    raise BadRequest(
-                        f"{scope['method']} takes its data as a JSON body; extra path"
-                        " segments are the data of GET and DELETE only",
-                        actor=actor_id,
-                        method=method,
-                    )
-                body = await self._read_body(scope, receive)
-                data = codec.loads(body) if body.strip() else None
-            else:
-                data = args
-            context = CallContext((), trio.current_time() + self._call_timeout)
-            status, answer = 200, await self.runtime.invoke(actor_id, method, data, context)
+            status, answer = 200, await handler(scope, raw_path, receive)
         except _ClientGone:
             return
         except TowtruckError as exc:
@@ -125,6 +116,47 @@ class App:
             {"type": "http.response.start", "status": status, "headers": headers, "trailers": False}
         )
         await send({"type": "http.response.body", "body": answer, "more_body": False})
+
+    async def _invoke(
+        self, scope: HTTPScope, raw_path: bytes, receive: ASGIReceiveCallable
+    ) -> bytes:
+        """``/invoke/{id}/{method}[/{arg}...]``, from a client outside the cluster."""
+        actor_id, method, args = parse_invoke_path(raw_path)
+        if scope["method"] in BODY_VERBS:
+            if args:
+                raise BadRequest(
+                    f"{scope['method']} takes its data as a JSON body; extra path"
+                    " segments are the data of GET and DELETE only",
+                    actor=actor_id,
+                    method=method,
+                )
+            body = await self._read_body(scope, receive)
+            data = codec.loads(body) if body.strip() else None
+        else:
+            data = args
+        context = CallContext((), trio.current_time() + self._call_timeout)
+        return await self.runtime.invoke(actor_id, method, data, context)
+
+    async def _forwarded(
+        self, scope: HTTPScope, raw_path: bytes, receive: ASGIReceiveCallable
+    ) -> bytes:
+        """``POST /cluster/forward``: a call another node sent on, with its context."""
+        envelope = codec.loads(await self._read_body(scope, receive))
+        try:
+            actor_id = check_actor_id(envelope["id"])
+            method = envelope["method"]
+            chain = tuple(check_actor_id(link) for link in envelope["chain"])
+            timeout = min(float(envelope["timeout"]), self._call_timeout)
+            hops = int(envelope["hops"])
+            existing = envelope["existing"]
+            if not isinstance(method, str) or not isinstance(existing, bool):
+                raise TypeError
+        except (KeyError, TypeError, ValueError):
+            raise BadRequest("not a forwarded call's envelope") from None
+        context = CallContext(chain, trio.current_time() + timeout, hops)
+        return await self.runtime.invoke(
+            actor_id, method, envelope.get("data"), context, existing=existing
+        )
 
     async def _read_body(self, scope: HTTPScope, receive: ASGIReceiveCallable) -> bytes:
         for name, value in scope["headers"]:
@@ -148,6 +180,9 @@ class App:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+_Handler = Callable[[HTTPScope, bytes, ASGIReceiveCallable], Awaitable[bytes]]
 
 
 class _ClientGone(Exception):

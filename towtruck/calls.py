@@ -27,16 +27,18 @@ class CallContext:
     Attributes:
         chain: Ids of the actors whose turns are waiting on this call, outermost first.
         deadline: When the caller gives up, on trio's clock.
+        hops: How many times the call has been forwarded between nodes.
     """
 
-    __slots__ = ("chain", "deadline")
+    __slots__ = ("chain", "deadline", "hops")
 
-    def __init__(self, chain: tuple[str, ...], deadline: float) -> None:
+    def __init__(self, chain: tuple[str, ...], deadline: float, hops: int = 0) -> None:
         self.chain = chain
         self.deadline = deadline
+        self.hops = hops
 
     def __repr__(self) -> str:
-        return f"CallContext(chain={self.chain!r}, deadline={self.deadline!r})"
+        return f"CallContext(chain={self.chain!r}, deadline={self.deadline!r}, hops={self.hops})"
 
 
 #: The context of the call whose turn is running in this task, if any.

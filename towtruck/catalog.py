@@ -18,12 +18,12 @@ import inspect
 import math
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import trio
 
 from .activation import Activation, ActivationState, DeactivationReason
-from .errors import ActorError, MethodNotFound, NodeStopping, Overloaded
+from .errors import ActorError, MethodNotFound, NodeStopping, NotActive, Overloaded
 from .methods import hook, is_public, methods_of
 from .settings import Settings
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from .calls import CallContext
     from .client import Client
 
-__all__ = ["Catalog", "CatalogStatistics", "Factory"]
+__all__ = ["Catalog", "CatalogObserver", "CatalogStatistics", "Factory"]
 
 #: ``create_actor(id, client)``: builds the object (or mapping) for an actor id.
 Factory = Callable[[str, "Client"], object]
@@ -39,6 +39,16 @@ Factory = Callable[[str, "Client"], object]
 # Actors with a ``deactivate`` hook are deactivated this many at a time, so that
 # collecting a million of them never means a million tasks at once.
 _DEACTIVATION_BATCH: Final = 100
+
+
+class CatalogObserver(Protocol):
+    """Follows which ids are in the table (the cluster's bloom filter does)."""
+
+    def activated(self, actor_id: str) -> None:
+        """``actor_id`` entered the table."""
+
+    def forgotten(self, actor_id: str) -> None:
+        """``actor_id`` left the table."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +98,8 @@ class Catalog:
         self.call_timeout = settings.call_timeout
         #: Put in errors, so a caller knows which node answered.
         self.node_id = ""
+        #: Told of every actor that enters or leaves the table (the bloom filter).
+        self.observer: CatalogObserver | None = None
         # Counters the activations keep up to date.
         self.busy = 0
         self.queued = 0
@@ -111,6 +123,10 @@ class Catalog:
     def __contains__(self, actor_id: object) -> bool:
         return actor_id in self._table
 
+    def ids(self) -> list[str]:
+        """The ids in the table, least recently called first."""
+        return list(self._table)
+
     def get(self, actor_id: str) -> Activation | None:
         """The activation of ``actor_id`` if it is in memory."""
         return self._table.get(actor_id)
@@ -128,10 +144,16 @@ class Catalog:
             deactivations=self.deactivations,
         )
 
-    async def invoke(self, actor_id: str, method: str, data: Any, context: CallContext) -> bytes:
+    async def invoke(
+        self, actor_id: str, method: str, data: Any, context: CallContext, *, create: bool = True
+    ) -> bytes:
         """Call ``method`` on the local actor ``actor_id``, activating it if need be.
 
         A checkpoint. The answer is the method's result as JSON.
+
+        Args:
+            create: Activate the actor if it is not in memory; if False, raise
+                :class:`NotActive` instead.
 
         Raises:
             TowtruckError: see :meth:`Activation.call`, plus :class:`MethodNotFound`,
@@ -149,6 +171,12 @@ class Catalog:
                 await activation.wait_gone(context.deadline)
                 activation = self._table.get(actor_id)
             if activation is None:
+                if not create:
+                    raise NotActive(
+                        f"actor {actor_id!r} is not active on {self.node_id}",
+                        actor=actor_id,
+                        node=self.node_id,
+                    )
                 activation = self._activate(actor_id)
         self._table.move_to_end(actor_id)
         activation.touched = trio.current_time()
@@ -176,6 +204,8 @@ class Catalog:
         activation = Activation(actor_id, instance, methods, self)
         self._table[actor_id] = activation
         self.activations += 1
+        if self.observer is not None:
+            self.observer.activated(actor_id)
         if hook(instance, "activate") is not None:
             activation.state = ActivationState.ACTIVATING
             activation._start()
@@ -196,6 +226,8 @@ class Catalog:
         if self._table.get(activation.id) is activation:
             del self._table[activation.id]
             self.deactivations += 1
+            if self.observer is not None:
+                self.observer.forgotten(activation.id)
 
     async def collect(self) -> int:
         """Deactivate the actors idle past ``max_inactivity`` and, past ``max_actors``,

@@ -10,7 +10,8 @@ The whole tree::
     │   └── SettingsError         a setting has an unknown name or a bad value
     ├── NotFound                  404: there is nothing by that name
     │   ├── RouteNotFound         no route at that path
-    │   └── MethodNotFound        the actor has no public method by that name
+    │   ├── MethodNotFound        the actor has no public method by that name
+    │   └── NotActive             the actor is not active on that node (it was collected)
     ├── MethodNotAllowed          405: the route exists, but not for that HTTP verb
     ├── PayloadTooLarge           413: the body is larger than ``max_body``
     ├── ActorError                500: the actor's own code raised
@@ -48,6 +49,7 @@ __all__ = [
     "MethodNotAllowed",
     "MethodNotFound",
     "NodeStopping",
+    "NotActive",
     "NotFound",
     "Overloaded",
     "PayloadTooLarge",
@@ -120,6 +122,10 @@ class MethodNotFound(NotFound):
     """The actor has no public method by that name."""
 
 
+class NotActive(NotFound):
+    """The actor is not active on the node a call was sent to (it has been collected)."""
+
+
 class MethodNotAllowed(TowtruckError):
     """The route exists, but not for that HTTP verb."""
 
@@ -188,6 +194,7 @@ STATUS: dict[type[TowtruckError], int] = {
     NotFound: 404,
     RouteNotFound: 404,
     MethodNotFound: 404,
+    NotActive: 404,
     MethodNotAllowed: 405,
     PayloadTooLarge: 413,
     ActorError: 500,

@@ -20,8 +20,11 @@ from .address import Address
 from .app import App
 from .catalog import Factory
 from .client import Client
-from .runtime import Runtime, open_runtime
-from .server import hypercorn_config, serve
+from .peers import open_router
+from .router import Router
+from .runtime import Runtime
+from .server import bind, hypercorn_config, serve
+from .settings import Settings
 
 __all__ = ["Node", "open_node", "run", "serve_node"]
 
@@ -33,27 +36,44 @@ class Node:
 
     Attributes:
         url: Base URL of its HTTP surface, ``http://127.0.0.1:PORT``.
-        address: Its ``host:port``.
-        client: Calls actors through this node.
+        address: The ``host:port`` it is reached at (``advertise``, or the bound one).
+        client: Calls actors through this node, wherever they live in the cluster.
         runtime: Its actors, collector and statistics.
+        router: Its view of the cluster and how it routes calls.
     """
 
-    def __init__(self, runtime: Runtime, url: str, stop_http: trio.Event) -> None:
+    def __init__(
+        self, runtime: Runtime, router: Router, url: str, nursery: trio.Nursery
+    ) -> None:
         self.runtime = runtime
+        self.router = router
         self.url = url
-        self.address = Address.parse(url.removeprefix("http://"))
+        self.address = Address.parse(router.me)
         self.client: Client = runtime.client
-        self._stop_http = stop_http
+        self._nursery = nursery
+        self._stop_http = trio.Event()
+        self._killed = False
 
     def __repr__(self) -> str:
         return f"<Node {self.address}>"
 
     async def stop(self) -> None:
-        """Stop gracefully: no new calls, calls in flight finish, every actor's
-        ``deactivate`` runs, the server closes. Takes at most about twice
-        ``shutdown_timeout``. Safe to call more than once."""
+        """Stop gracefully: tell the peers this node is leaving, take no new calls, let
+        the calls in flight finish, run every actor's ``deactivate``, close the server.
+        Takes at most about twice ``shutdown_timeout``. Safe to call more than once."""
+        if self._killed:
+            return
+        await self.router.leave()
         self._stop_http.set()
         await self.runtime.stop()
+
+    def kill(self) -> None:
+        """Stop abruptly, as a crash would: every connection closes at once, turns are
+        cancelled, no ``deactivate`` runs, peers are not told. For tests of failure; it
+        cancels the ``open_node`` block it is called on. Not a checkpoint."""
+        self._killed = True
+        self.runtime.abort()
+        self._nursery.cancel_scope.cancel()
 
 
 @asynccontextmanager
@@ -64,31 +84,39 @@ async def open_node(
 
     ``port=0`` (the default here) binds a free port; ``node.url`` tells which. Other
     settings are :class:`~towtruck.Settings` names, with ``TOWTRUCK_*`` variables
-    filling in those not given.
+    filling in those not given; ``peers=["host:port"]`` joins a cluster.
 
-    The node's runtime and HTTP server run in nurseries this block opens: an error in
-    either propagates out of the block (as an exception group). Leaving the block
-    stops the server (requests in flight get ``shutdown_timeout`` to finish) and then
-    the runtime (see :meth:`Runtime.stop`); if the block is left by cancellation, the
-    server's connections are cut at once, while the runtime still stops gracefully.
-    No task the node started outlives the block.
+    The node's runtime (its actors and background work) and its HTTP server run as
+    sibling tasks of a nursery this block opens: an error in either takes the node
+    down and propagates out of the block (as an exception group). Leaving the block
+    stops the node gracefully (see :meth:`Node.stop`), even when it is left by
+    cancellation. No task the node started outlives the block.
     """
-    async with open_runtime(create_actor, host=host, port=port, **settings) as runtime:
-        stop_http = trio.Event()
-        config = hypercorn_config(runtime.settings)
-        # The server runs in its own nursery inside the runtime's block, so leaving
-        # stops HTTP first (it stops accepting and lets requests in flight finish,
-        # while the runtime still serves them), then the runtime.
-        async with trio.open_nursery() as nursery:
-            urls = await nursery.start(
-                partial(serve, App(runtime=runtime), config, shutdown_trigger=stop_http.wait)
+    config = Settings.load(host=host, port=port, **settings)
+    runtime = Runtime(create_actor, config)
+    http_config = hypercorn_config(config)
+    sockets, urls = bind(http_config)
+    me = config.advertise or urls[0].removeprefix("http://")
+    runtime.node_id = me
+    async with open_router(runtime, me) as router, trio.open_nursery() as nursery:
+        node = Node(runtime, router, urls[0], nursery)
+        await nursery.start(runtime.serve)
+        await nursery.start(
+            partial(
+                serve,
+                App(runtime=runtime),
+                http_config,
+                sockets=sockets,
+                shutdown_trigger=node._stop_http.wait,
             )
-            node = Node(runtime, urls[0], stop_http)
-            runtime.node_id = str(node.address)
-            try:
-                yield node
-            finally:
-                stop_http.set()
+        )
+        await router.start(config.peers)
+        try:
+            yield node
+        finally:
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + 2 * config.shutdown_timeout + 10
+                await node.stop()
 
 
 async def serve_node(

@@ -1,13 +1,17 @@
-"""Every route but ``/invoke``, as a Quart-Trio app, and the node's ASGI lifespan.
+"""Every route but the fast paths of :mod:`towtruck.app`, as a Quart-Trio app, and the
+node's ASGI lifespan.
 
 Served by Hypercorn directly (``hypercorn --worker-class trio module:app``), the app's
 lifespan is what starts the node's runtime: ``before_serving`` runs it in Quart-Trio's
-lifespan nursery and ``after_serving`` stops it gracefully. Under ``open_node`` the
-runtime already runs beside the server, and the lifespan leaves it alone.
+lifespan nursery (clustered if ``advertise`` is set, since only then does the node know
+the address its peers reach it at) and ``after_serving`` stops it gracefully. Under
+``open_node`` the runtime already runs beside the server, and the lifespan leaves it
+alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -18,6 +22,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from . import codec
+from .address import Address
 from .client import check_actor_id
 from .errors import (
     BadRequest,
@@ -25,8 +30,11 @@ from .errors import (
     MethodNotAllowed,
     PayloadTooLarge,
     RouteNotFound,
+    SettingsError,
     TowtruckError,
 )
+from .peers import open_router
+from .router import Router
 from .runtime import Runtime
 
 __all__ = ["build_routes"]
@@ -58,19 +66,36 @@ def build_routes(runtime: Runtime) -> QuartTrio:
     # Quart-Trio gives background work this long at shutdown; stopping the runtime
     # takes at most two shutdown_timeouts (calls in flight, then deactivate hooks).
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 2 * settings.shutdown_timeout + 1
-    started_here = False
+
+    lifespan = contextlib.AsyncExitStack()
 
     @app.before_serving
     async def start_runtime() -> None:
-        nonlocal started_here
-        if not runtime.serving:
-            await app.nursery.start(runtime.serve)
-            started_here = True
+        if runtime.serving:
+            return  # open_node runs it beside the server
+        router = None
+        if settings.peers or settings.advertise:
+            if settings.advertise is None:
+                raise SettingsError(
+                    "a clustered App served by another server needs advertise: the"
+                    " host:port its peers reach it at"
+                )
+            router = await lifespan.enter_async_context(open_router(runtime, settings.advertise))
+            runtime.node_id = settings.advertise
+        await app.nursery.start(runtime.serve)
+        lifespan.push_async_callback(runtime.stop)
+        if router is not None:
+            await router.start(settings.peers)
+            lifespan.push_async_callback(router.leave)
 
     @app.after_serving
     async def stop_runtime() -> None:
-        if started_here:
-            await runtime.stop()
+        await lifespan.aclose()
+
+    def router() -> Router:
+        if not isinstance(runtime.router, Router):
+            raise RouteNotFound("clustering is off on this node: serve it with advertise")
+        return runtime.router
 
     @app.before_request
     async def refuse_large_bodies() -> None:
@@ -96,7 +121,11 @@ def build_routes(runtime: Runtime) -> QuartTrio:
                 "actors": stats.actors.actors,
                 "time": time.time_ns() // 1_000_000,
                 "node": stats.node,
-                "members": [stats.node],
+                "members": (
+                    runtime.router.members()
+                    if isinstance(runtime.router, Router)
+                    else [{"address": stats.node, "state": "self"}]
+                ),
                 "uptime": round(stats.uptime, 3),
                 "calls": stats.calls,
                 "errors": stats.failed,
@@ -114,6 +143,46 @@ def build_routes(runtime: Runtime) -> QuartTrio:
     async def rungc() -> Response:
         """Run the collector now."""
         return json_response({"garbageCollected": await runtime.collect()})
+
+    @app.route("/addserver/<address>", methods=_ACT)
+    async def addserver(address: str) -> Response:
+        """Bring a node, and every node it knows, into this node's cluster."""
+        await router().add_peer(str(Address.parse(address)))
+        return json_response(router().membership.peers())
+
+    @app.route("/removeserver/<address>", methods=_ACT)
+    async def removeserver(address: str) -> Response:
+        """Take a node out of the cluster, everywhere."""
+        await router().remove_peer(str(Address.parse(address)))
+        return json_response(router().membership.peers())
+
+    @app.route("/getservers", methods=_READ)
+    async def getservers() -> Response:
+        """The peers' ``host:port``, up or down."""
+        return json_response(router().membership.peers())
+
+    @app.route("/getbloom", methods=_READ)
+    async def getbloom() -> Response:
+        """This node's bloom filter of active ids (``?since=VERSION``: ``{"unchanged":
+        true}`` if it has not changed; ``?fresh=1``: taken now, not cached)."""
+        directory = router().directory
+        since = request.args.get("since")
+        if since is not None and since == str(directory.bloom.version):
+            return json_response({"unchanged": True})
+        max_age = 0.0 if request.args.get("fresh") else settings.bloom_interval / 2
+        return json_response(directory.snapshot(max_age=max_age).to_payload())
+
+    @app.route("/updateblooms", methods=_ACT)
+    async def updateblooms() -> Response:
+        """Fetch the peers' bloom filters now."""
+        return json_response({"updated": await router().refresh_filters()})
+
+    @app.route("/cluster/heartbeat", methods=["POST"])
+    async def heartbeat() -> Response:
+        """A peer's heartbeat: its view of the membership in, this node's out."""
+        hello = codec.loads(await request.get_data())
+        records = hello.get("members") if isinstance(hello, dict) else None
+        return json_response({"members": router().handle_heartbeat(records)})
 
     @app.errorhandler(TowtruckError)
     async def towtruck_error(error: TowtruckError) -> Response:

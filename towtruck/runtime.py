@@ -13,9 +13,9 @@ import inspect
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -25,9 +25,18 @@ from .client import Client
 from .errors import NodeStopping, TowtruckError
 from .settings import Settings
 
-__all__ = ["Runtime", "RuntimeStatistics", "open_runtime"]
+__all__ = ["Router", "Runtime", "RuntimeStatistics", "open_runtime"]
 
 logger = logging.getLogger("towtruck")
+
+
+class Router(Protocol):
+    """Decides where a call runs. The actor table itself is the router of a lone node;
+    a clustered node's router (:class:`towtruck.router.Router`) forwards calls too."""
+
+    async def invoke(self, actor_id: str, method: str, data: Any, context: CallContext) -> bytes:
+        """Run the call wherever its actor lives; the answer is its result as JSON."""
+        ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +83,9 @@ class Runtime:
         self.settings = settings
         self.client = Client(self, call_timeout=settings.call_timeout)
         self.catalog = Catalog(create_actor, self.client, settings)
+        #: Where calls go; a clustered node replaces it.
+        self.router: Router = self.catalog
+        self._services: list[Callable[[], Awaitable[None]]] = [self._collect_periodically]
         self.node_id = f"{socket.gethostname()}:{os.getpid()}"
         self.calls = 0
         self.failed = 0
@@ -126,12 +138,26 @@ class Runtime:
             async with trio.open_nursery() as nursery:
                 self.catalog.attach(nursery)
                 self._started_at = trio.current_time()
-                nursery.start_soon(self._collect_periodically)
+                for service in self._services:
+                    nursery.start_soon(service)
                 task_status.started()
                 await self._stopped.wait()
                 nursery.cancel_scope.cancel()
         finally:
             self._running = False
+
+    def add_service(self, service: Callable[[], Awaitable[None]]) -> None:
+        """Run ``service`` in the node's nursery, beside the actors, from :meth:`serve`
+        until the node stops (heartbeats, bloom refresh). Call before :meth:`serve`."""
+        if self._started_at is not None:
+            raise RuntimeError("add services before the runtime serves")
+        self._services.append(service)
+
+    def abort(self) -> None:
+        """Stop at once: refuse calls and cancel every turn, with no ``deactivate``.
+        What a crash or ``kill -9`` would do, for tests of failure. Not a checkpoint."""
+        self._taking_calls = False
+        self._stopped.set()
 
     async def stop(self) -> None:
         """Stop gracefully: refuse new calls from outside, let the calls in flight
@@ -164,18 +190,32 @@ class Runtime:
             )
         self._stopped.set()
 
-    async def invoke(self, actor_id: str, method: str, data: Any, context: CallContext) -> bytes:
-        """Run a call on this node (see :meth:`Client.invoke`); the answer is JSON.
+    async def invoke(
+        self,
+        actor_id: str,
+        method: str,
+        data: Any,
+        context: CallContext,
+        *,
+        existing: bool = False,
+    ) -> bytes:
+        """Run a call (see :meth:`Client.invoke`); the answer is its result as JSON.
 
         A checkpoint. Once :meth:`stop` has begun, calls from outside any actor are
         refused with :class:`NodeStopping`.
+
+        Args:
+            existing: Only if the actor is active here (a peer found it here); raise
+                :class:`NotActive` rather than activate or forward it.
         """
         if not self._taking_calls and not context.chain:
             raise NodeStopping("the node is shutting down", node=self.node_id)
         self.calls += 1
         self.in_flight += 1
         try:
-            return await self.catalog.invoke(actor_id, method, data, context)
+            if existing:
+                return await self.catalog.invoke(actor_id, method, data, context, create=False)
+            return await self.router.invoke(actor_id, method, data, context)
         except TowtruckError:
             self.failed += 1
             raise

@@ -26,7 +26,7 @@ from functools import partial
 from typing import Any
 
 import trio
-from hypercorn.config import Config
+from hypercorn.config import Config, Sockets
 from hypercorn.events import Closed, RawData
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
@@ -36,7 +36,7 @@ from hypercorn.utils import repr_socket_addr, wrap_app
 
 from .settings import Settings
 
-__all__ = ["hypercorn_config", "serve"]
+__all__ = ["bind", "hypercorn_config", "serve"]
 
 logger = logging.getLogger("towtruck.http")
 
@@ -116,21 +116,33 @@ class _Connection(TCPServer):
         await self.protocol.handle(Closed())
 
 
+def bind(config: Config) -> tuple[Sockets, list[str]]:
+    """Bind and listen on ``config.bind`` now; returns the sockets (for :func:`serve`)
+    and their URLs, so a node knows its port before it serves."""
+    sockets = config.create_sockets()
+    urls = []
+    for sock in sockets.insecure_sockets:
+        sock.listen(config.backlog)
+        urls.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
+    return sockets, urls
+
+
 async def serve(
     app: ASGIFramework,
     config: Config,
     *,
     shutdown_trigger: Callable[[], Awaitable[object]],
+    sockets: Sockets | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` until ``shutdown_trigger()`` returns, then shut down gracefully.
 
-    Reports the bound URLs (``["http://127.0.0.1:8080"]``) through ``task_status``, so
-    ``await nursery.start(serve, ...)`` learns the port when binding port 0. Runs the
-    app's ASGI lifespan around serving. On shutdown it stops accepting, closes idle
+    Serves on ``sockets`` from :func:`bind`, or binds ``config.bind`` itself. Reports
+    the URLs (``["http://127.0.0.1:8080"]``) through ``task_status``. Runs the app's
+    ASGI lifespan around serving. On shutdown it stops accepting, closes idle
     connections at once, and gives requests in flight ``config.graceful_timeout``
-    before cancelling them. Installs no signal handlers; the caller decides what ends
-    serving.
+    before cancelling them; if cancelled instead, it closes every socket at once.
+    Installs no signal handlers; the caller decides what ends serving.
     """
     wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")
     lifespan_state: dict[str, Any] = {}
@@ -143,29 +155,35 @@ async def serve(
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)
         await lifespan.wait_for_startup()
-        sockets = config.create_sockets()
-        listeners = []
-        urls = []
-        for sock in sockets.insecure_sockets:
-            sock.listen(config.backlog)
-            listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
-            urls.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
+        if sockets is None:
+            sockets, urls = bind(config)
+        else:
+            urls = [
+                f"http://{repr_socket_addr(sock.family, sock.getsockname())}"
+                for sock in sockets.insecure_sockets
+            ]
+        listeners = [
+            trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+            for sock in sockets.insecure_sockets
+        ]
         handler = partial(_Connection, connections, wrapped, config, context, lifespan_state)
         async with trio.open_nursery() as connection_nursery:
-            async with trio.open_nursery() as accept_nursery:
-                accept_nursery.start_soon(
-                    partial(
-                        trio.serve_listeners,
-                        handler,
-                        listeners,
-                        handler_nursery=connection_nursery,
+            try:
+                async with trio.open_nursery() as accept_nursery:
+                    accept_nursery.start_soon(
+                        partial(
+                            trio.serve_listeners,
+                            handler,
+                            listeners,
+                            handler_nursery=connection_nursery,
+                        )
                     )
-                )
-                task_status.started(urls)
-                await shutdown_trigger()
-                accept_nursery.cancel_scope.cancel()
-            for listener in listeners:
-                await listener.aclose()
+                    task_status.started(urls)
+                    await shutdown_trigger()
+                    accept_nursery.cancel_scope.cancel()
+            finally:
+                for listener in listeners:
+                    listener.socket.close()  # refuse new connections, even when cancelled
             await context.terminated.set()
             for connection in list(connections):
                 if connection.idle:

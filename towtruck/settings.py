@@ -35,7 +35,12 @@ class Settings:
     Attributes:
         host: Interface the HTTP server binds.
         port: TCP port the HTTP server binds; 0 picks a free one.
-        peers: ``host:port`` of nodes to join at start (the cluster uses them).
+        peers: ``host:port`` of nodes to join at start.
+        advertise: The ``host:port`` peers should use to reach this node; default the
+            bound address (set it when binding ``0.0.0.0`` or behind NAT).
+        heartbeat_interval: How often each peer is pinged.
+        heartbeat_misses: Missed heartbeats in a row that take a peer out of placement.
+        bloom_interval: How often the peers' bloom filters are fetched.
         max_actors: Most actors held in memory; past it, the least recently used idle
             ones are collected, and when none is idle new activations answer 503.
         max_inactivity: An actor idle this long is collected.
@@ -53,6 +58,10 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     peers: tuple[str, ...] = ()
+    advertise: str | None = None
+    heartbeat_interval: float = 1 * SECONDS
+    heartbeat_misses: int = 3
+    bloom_interval: float = 1 * SECONDS
     max_actors: int = 1000
     max_inactivity: float = 60 * SECONDS
     gc_interval: float = 10 * SECONDS
@@ -118,6 +127,10 @@ _KINDS: Final[dict[str, str]] = {
     "host": "host",
     "port": "port",
     "peers": "addresses",
+    "advertise": "address",
+    "heartbeat_interval": "seconds",
+    "heartbeat_misses": "count",
+    "bloom_interval": "seconds",
     "max_actors": "count",
     "max_inactivity": "seconds",
     "gc_interval": "seconds",
@@ -200,6 +213,12 @@ def _addresses(value: Any) -> tuple[str, ...]:
     return tuple(str(Address.parse(str(item))) for item in items)
 
 
+def _address(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    return str(Address.parse(str(value)))
+
+
 def _flag(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -212,6 +231,7 @@ _CHECKS: Final = {
     "host": _host,
     "port": _port,
     "addresses": _addresses,
+    "address": _address,
     "count": _count,
     "seconds": _seconds,
     "flag": _flag,

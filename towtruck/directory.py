@@ -1,0 +1,212 @@
+"""Where actors live beyond this node: the peers' bloom filters, and a memory of
+where ids were found.
+
+When membership changes, an actor stays on the node where it was activated, so the
+node that now owns its id may not hold it. Before activating an id it owns, a node
+asks (``/query``) only the peers whose bloom filter may hold the id (a peer whose
+filter it has not fetched yet may hold anything), and remembers where the actor was
+found, so later calls go straight there until it is collected. This node's own
+filter is kept here too, updated as actors enter and leave the table, and rebuilt
+(in slices, between checkpoints) when it is sized wrong for the actor count.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Final, Protocol
+from urllib.parse import quote
+
+import trio
+
+from .bloom import BloomFilter, CountingBloom
+from .catalog import Catalog
+from .errors import TowtruckError
+
+__all__ = ["Directory", "PeerClient"]
+
+logger = logging.getLogger("towtruck.cluster")
+
+#: How many "found it on that peer" answers are remembered.
+FOUND_CACHE_SIZE: Final = 100_000
+#: Longest a location query may take before the peer is taken not to hold the actor.
+QUERY_TIMEOUT: Final = 2.0
+# Ids hashed between checkpoints while rebuilding this node's filter.
+_REBUILD_SLICE: Final = 5_000
+
+
+class PeerClient(Protocol):
+    """How the cluster talks to other nodes (:class:`towtruck.peers.HttpPeers`).
+
+    Failures raise :class:`~towtruck.errors.TowtruckError`: :class:`PeerUnavailable`
+    when the peer cannot be reached (``details["delivered"]`` is False when the
+    request certainly never arrived), :class:`CallTimeout` past ``timeout``, or the
+    error the peer answered with.
+    """
+
+    async def forward(self, peer: str, envelope: bytes, timeout: float) -> bytes:
+        """Send a call to ``peer``; the answer is its result as JSON."""
+        ...
+
+    async def post(self, peer: str, path: str, payload: Any, timeout: float) -> Any:
+        """POST JSON to ``peer`` and return the JSON answer."""
+        ...
+
+    async def get(self, peer: str, path: str, timeout: float) -> Any:
+        """GET from ``peer`` and return the JSON answer."""
+        ...
+
+
+class Directory:
+    """This node's knowledge of which actors live where.
+
+    Args:
+        catalog: This node's actor table; the directory follows it to keep this
+            node's bloom filter.
+        peers: The client to query peers with.
+        reachable: Returns the peers worth asking (joined and answering).
+    """
+
+    def __init__(
+        self, catalog: Catalog, peers: PeerClient, reachable: Callable[[], list[str]]
+    ) -> None:
+        self.bloom = CountingBloom()
+        self.filters: dict[str, BloomFilter] = {}
+        self._catalog = catalog
+        self._peers = peers
+        self._reachable = reachable
+        self._found: OrderedDict[str, str] = OrderedDict()
+        self._rebuild_log: list[tuple[bool, str]] | None = None
+        self._snapshot: BloomFilter | None = None
+        self._snapshot_at = -math.inf
+        catalog.observer = self
+
+    # CatalogObserver: keep this node's filter in step with its table.
+
+    def activated(self, actor_id: str) -> None:
+        self.bloom.add(actor_id)
+        if self._rebuild_log is not None:
+            self._rebuild_log.append((True, actor_id))
+
+    def forgotten(self, actor_id: str) -> None:
+        self.bloom.remove(actor_id)
+        if self._rebuild_log is not None:
+            self._rebuild_log.append((False, actor_id))
+
+    async def maintain(self) -> None:
+        """Rebuild this node's filter if it is sized wrong for the actor count.
+
+        A checkpoint every few thousand ids; the old filter keeps serving meanwhile,
+        and what changes during the rebuild is replayed onto the new one.
+        """
+        if not self.bloom.needs_rebuild() or self._rebuild_log is not None:
+            return
+        ids = self._catalog.ids()
+        fresh = CountingBloom(2 * len(ids))
+        self._rebuild_log = []
+        try:
+            for start in range(0, len(ids), _REBUILD_SLICE):
+                for actor_id in ids[start : start + _REBUILD_SLICE]:
+                    fresh.add(actor_id)
+                await trio.lowlevel.checkpoint()
+            for added, actor_id in self._rebuild_log:
+                (fresh.add if added else fresh.remove)(actor_id)
+            fresh.version = self.bloom.version + 1
+            self.bloom = fresh
+        finally:
+            self._rebuild_log = None
+
+    def found(self, actor_id: str) -> str | None:
+        """The peer where ``actor_id`` was last found, if that peer still answers."""
+        peer = self._found.get(actor_id)
+        if peer is not None and peer not in self._reachable():
+            del self._found[actor_id]
+            return None
+        return peer
+
+    def forget(self, actor_id: str) -> None:
+        """The actor was not where it was found: ask again next time."""
+        self._found.pop(actor_id, None)
+
+    async def locate(self, actor_id: str, deadline: float) -> str | None:
+        """The peer where ``actor_id`` is active, or None if no peer holds it.
+
+        Asks, all at once, every reachable peer whose filter may hold the id, and
+        returns the first that does. A peer that does not answer in time is taken not
+        to hold it. A checkpoint.
+        """
+        peer = self.found(actor_id)
+        if peer is not None:
+            return peer
+        candidates = [
+            peer
+            for peer in self._reachable()
+            if (bloom := self.filters.get(peer)) is None or actor_id in bloom
+        ]
+        if not candidates:
+            return None
+        timeout = max(0.0, min(deadline - trio.current_time(), QUERY_TIMEOUT))
+        path = "/query/" + quote(actor_id, safe="")
+        holder: str | None = None
+
+        async def ask(peer: str) -> None:
+            nonlocal holder
+            try:
+                answer = await self._peers.get(peer, path, timeout)
+            except TowtruckError:
+                return
+            if isinstance(answer, dict) and answer.get("exists") is True and holder is None:
+                holder = peer
+                nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            for peer in candidates:
+                nursery.start_soon(ask, peer)
+        if holder is not None:
+            self._remember(actor_id, holder)
+        return holder
+
+    async def refresh(self, *, fresh: bool = False) -> None:
+        """Fetch the filters of every reachable peer (only those that changed).
+
+        ``fresh`` asks the peers for their filter as it is now rather than one
+        cached for up to half a ``bloom_interval``. A peer that does not answer
+        keeps its last filter. A checkpoint.
+        """
+        peers = self._reachable()
+        for gone in set(self.filters) - set(peers):
+            del self.filters[gone]
+
+        async def fetch(peer: str) -> None:
+            known = self.filters.get(peer)
+            query = [f"since={known.version}"] if known is not None else []
+            if fresh:
+                query.append("fresh=1")
+            path = "/getbloom" + ("?" + "&".join(query) if query else "")
+            try:
+                answer = await self._peers.get(peer, path, QUERY_TIMEOUT)
+                if not (isinstance(answer, dict) and answer.get("unchanged")):
+                    self.filters[peer] = BloomFilter.from_payload(answer)
+            except (TowtruckError, ValueError) as exc:
+                logger.debug("no bloom filter from %s: %s", peer, exc)
+
+        async with trio.open_nursery() as nursery:
+            for peer in peers:
+                nursery.start_soon(fetch, peer)
+
+    def snapshot(self, *, max_age: float = 0.0) -> BloomFilter:
+        """This node's filter, as ``/getbloom`` serves it: taken now, or up to
+        ``max_age`` seconds ago (a large filter costs milliseconds to take, and under a
+        stream of activations it changes on every call)."""
+        now = trio.current_time()
+        if self._snapshot is None or now - self._snapshot_at > max_age:
+            self._snapshot, self._snapshot_at = self.bloom.snapshot(), now
+        return self._snapshot
+
+    def _remember(self, actor_id: str, peer: str) -> None:
+        self._found[actor_id] = peer
+        self._found.move_to_end(actor_id)
+        if len(self._found) > FOUND_CACHE_SIZE:
+            self._found.popitem(last=False)

@@ -1,0 +1,331 @@
+"""A clustered node: where each call runs, and how the node keeps its view of the
+cluster (membership, heartbeats, bloom filters) up to date.
+
+Where a call runs, in order:
+
+1. If the actor is active on this node, here, whatever placement says: an actor stays
+   where it was activated until it is collected, so its in-memory state is never
+   thrown away when the membership changes.
+2. Otherwise placement names the owner. If it is another node, the call is forwarded
+   there (once; a hop limit stops a loop while two nodes' views disagree).
+3. If this node owns the id, it first looks for an existing activation elsewhere
+   (:meth:`Directory.locate <towtruck.directory.Directory.locate>`: the peers' bloom
+   filters, then ``/query``) and forwards the call there if there is one; if not, it
+   activates the actor here.
+
+Single activation rests on two rules. Every node that receives a call for an actor
+it does not hold sends it to the owner, so concurrent first calls meet in one actor
+table, where finding and creating an activation is atomic. And after any change of
+membership a node *settles* before it activates ids it owns again: it pushes its view
+to every peer and waits for each to acknowledge (from then on the peer forwards ids it
+no longer owns instead of activating them), then fetches every peer's bloom filter
+(which by then holds whatever the peer activated under the old view). Calls that
+would activate an actor wait for that, a round trip or two; calls to actors already
+active anywhere do not. Losing a node needs no settling: rendezvous hashing moves only
+the lost node's ids, and their actors went with it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final
+
+import trio
+
+from . import codec
+from .calls import CallContext
+from .directory import Directory, PeerClient
+from .errors import (
+    CallTimeout,
+    ForwardingLoop,
+    InvalidAddress,
+    NotActive,
+    NotFound,
+    PeerUnavailable,
+    TowtruckError,
+)
+from .membership import Membership, MemberState
+from .runtime import Runtime
+
+__all__ = ["MAX_HOPS", "Router"]
+
+logger = logging.getLogger("towtruck.cluster")
+
+#: Times a call may be forwarded between nodes before it fails with 508.
+MAX_HOPS: Final = 4
+#: Bound on each step of joining, leaving and spreading a membership change.
+PROTOCOL_TIMEOUT: Final = 5.0
+
+
+class Router:
+    """Routes the calls of a clustered node and keeps its view of the cluster.
+
+    Creating it makes it the runtime's router and adds its heartbeat, settling and
+    bloom-refresh loops to the runtime's services; call :meth:`start` once the node
+    serves HTTP.
+
+    Args:
+        runtime: The node's runtime.
+        me: The ``host:port`` peers reach this node at.
+        peers: The client to talk to peers with.
+    """
+
+    def __init__(self, runtime: Runtime, me: str, peers: PeerClient) -> None:
+        settings = runtime.settings
+        self.me = me
+        self.membership = Membership(me, misses_allowed=settings.heartbeat_misses)
+        self.directory = Directory(runtime.catalog, peers, self._reachable)
+        self._catalog = runtime.catalog
+        self._peers = peers
+        self._heartbeat_interval = settings.heartbeat_interval
+        self._bloom_interval = settings.bloom_interval
+        self._settled = trio.Event()  # set once the view is settled: see the module doc
+        self._settle_due = trio.Event()
+        self._bloom_due = trio.Event()
+        runtime.router = self
+        runtime.add_service(self._heartbeat_periodically)
+        runtime.add_service(self._settle_when_due)
+        runtime.add_service(self._refresh_filters_periodically)
+
+    # The call path.
+
+    async def invoke(self, actor_id: str, method: str, data: Any, context: CallContext) -> bytes:
+        """Run a call where its actor lives (see the module's docstring). A checkpoint."""
+        if actor_id in self._catalog:
+            try:
+                return await self._catalog.invoke(actor_id, method, data, context, create=False)
+            except NotActive:
+                pass  # collected while the call waited: place it afresh
+        owner = self.membership.owner(actor_id)
+        if owner != self.me:
+            return await self._forward(owner, actor_id, method, data, context, existing=False)
+        if not self._settled.is_set():
+            await self._wait_settled(context.deadline)
+            return await self.invoke(actor_id, method, data, context)  # the view moved
+        holder = await self.directory.locate(actor_id, context.deadline)
+        if holder is not None:
+            try:
+                return await self._forward(holder, actor_id, method, data, context, existing=True)
+            except NotActive:
+                self.directory.forget(actor_id)
+        return await self._catalog.invoke(actor_id, method, data, context)
+
+    async def _forward(
+        self,
+        peer: str,
+        actor_id: str,
+        method: str,
+        data: Any,
+        context: CallContext,
+        *,
+        existing: bool,
+    ) -> bytes:
+        if context.hops >= MAX_HOPS:
+            raise ForwardingLoop(
+                f"the call to {method!r} on actor {actor_id!r} was forwarded {context.hops}"
+                " times: the nodes disagree about who owns it (membership is changing)",
+                actor=actor_id,
+                node=self.me,
+            )
+        timeout = context.deadline - trio.current_time()
+        envelope = codec.dumps(
+            {
+                "id": actor_id,
+                "method": method,
+                "data": data,
+                "chain": context.chain,
+                "timeout": timeout,
+                "hops": context.hops + 1,
+                "existing": existing,
+            }
+        )
+        try:
+            return await self._peers.forward(peer, envelope, timeout)
+        except PeerUnavailable as exc:
+            if exc.details.get("delivered") is False and self.membership.missed(
+                peer, certain=True
+            ):
+                logger.warning("%s refused a connection: out of placement", peer)
+                self._bloom_due.set()
+            raise
+
+    async def _wait_settled(self, deadline: float) -> None:
+        with trio.move_on_at(deadline):
+            await self._settled.wait()
+            return
+        raise CallTimeout(
+            f"{self.me} is still settling a change of cluster membership", node=self.me
+        )
+
+    # Membership: joining, adding, removing, leaving.
+
+    async def start(self, peers: tuple[str, ...]) -> None:
+        """Join the cluster through ``peers`` (the ``--peer`` addresses) and settle.
+
+        A peer that does not answer stays a member, out of placement until it answers
+        a heartbeat. Calls that would activate an actor wait until this returns.
+        """
+        for peer in peers:
+            if peer != self.me:
+                self.membership.add(peer)
+                self.membership.missed(peer, certain=True)  # placed once it answers
+        await self._push(self.membership.peers())
+        for peer in self.membership.peers(MemberState.DOWN):
+            logger.warning("could not join through %s yet; will keep trying", peer)
+        await self._settle()
+
+    async def add_peer(self, address: str) -> None:
+        """Bring ``address`` (and every node it knows) into the cluster (``/addserver``);
+        returns once this node has settled the change.
+
+        Raises:
+            InvalidAddress: it is this node's own address.
+            PeerUnavailable: it did not answer; nothing was changed.
+        """
+        if address == self.me:
+            raise InvalidAddress(f"{address} is this node's own address", address=address)
+        self.membership.add(address)
+        try:
+            reply = await self._peers.post(
+                address, "/cluster/heartbeat", self._hello(), PROTOCOL_TIMEOUT
+            )
+        except TowtruckError as exc:
+            self.membership.remove(address)
+            raise PeerUnavailable(
+                f"{address} did not answer: {exc.message}", peer=address
+            ) from exc
+        self.membership.merge(_records(reply))
+        self.membership.heard_from(address)
+        await self._settle()
+
+    async def remove_peer(self, address: str) -> None:
+        """Take ``address`` out of the cluster, on every node and on itself
+        (``/removeserver``); returns once this node has settled the change.
+
+        Raises:
+            InvalidAddress: it is this node's own address.
+            NotFound: it is not a member.
+        """
+        if address == self.me:
+            raise InvalidAddress(f"{address} is this node's own address", address=address)
+        if self.membership.state(address) in (None, MemberState.REMOVED):
+            raise NotFound(f"{address} is not a member of this cluster", address=address)
+        self.membership.remove(address)
+        await self._settle(extra=[address])
+
+    async def leave(self) -> None:
+        """Tell every peer this node is leaving, so they stop placing actors on it
+        (a graceful shutdown does this first). Bounded by ``PROTOCOL_TIMEOUT``."""
+        peers = self.membership.peers(MemberState.ALIVE)
+        if peers:
+            self.membership.remove(self.me)
+            await self._push(peers)
+
+    def handle_heartbeat(self, records: Any) -> list[dict[str, Any]]:
+        """A peer's heartbeat (or pushed change): take in its records, answer ours."""
+        if isinstance(records, list) and self.membership.merge(records):
+            self._settle_soon()
+        return self.membership.records()
+
+    async def refresh_filters(self) -> list[str]:
+        """Fetch the peers' bloom filters now (``/updateblooms``); returns the peers."""
+        await self.directory.refresh(fresh=True)
+        return sorted(self.directory.filters)
+
+    def members(self) -> list[dict[str, str]]:
+        """This node and its joined peers with their state, for ``/health``."""
+        listed = [self.me, *self.membership.peers()]
+        return [{"address": a, "state": _state(self.membership, a)} for a in listed]
+
+    # Settling a change of membership.
+
+    def _settle_soon(self) -> None:
+        if self._settled.is_set():
+            self._settled = trio.Event()
+        self._settle_due.set()
+
+    async def _settle_when_due(self) -> None:
+        while True:
+            await self._settle_due.wait()
+            self._settle_due = trio.Event()
+            await self._settle()
+
+    async def _settle(self, extra: list[str] | None = None) -> None:
+        """Push this node's view to every live peer (and ``extra``) and wait for their
+        acknowledgements, then fetch their filters fresh; again while decisions keep
+        changing meanwhile. Calls that would activate an actor wait for this."""
+        if self._settled.is_set():
+            self._settled = trio.Event()
+        while True:
+            decisions = self.membership.decisions
+            await self._push(self.membership.peers(MemberState.ALIVE) + (extra or []))
+            extra = None
+            await self.directory.refresh(fresh=True)
+            if self.membership.decisions == decisions:
+                break
+        self._settled.set()
+
+    async def _push(self, peers: list[str]) -> None:
+        async with trio.open_nursery() as nursery:
+            for peer in set(peers):
+                nursery.start_soon(self._heartbeat, peer, PROTOCOL_TIMEOUT)
+
+    # Background work, run in the node's nursery.
+
+    async def _heartbeat_periodically(self) -> None:
+        while True:
+            started = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                for peer in self.membership.peers():
+                    nursery.start_soon(self._heartbeat, peer, self._heartbeat_interval)
+            await trio.sleep_until(started + self._heartbeat_interval)
+
+    async def _heartbeat(self, peer: str, timeout: float) -> None:
+        try:
+            reply = await self._peers.post(peer, "/cluster/heartbeat", self._hello(), timeout)
+        except TowtruckError:
+            if self.membership.missed(peer):
+                logger.warning(
+                    "%s missed %d heartbeats: out of placement",
+                    peer,
+                    self.membership.misses_allowed,
+                )
+                self._bloom_due.set()
+            return
+        if self.membership.merge(_records(reply)):
+            self._settle_soon()
+        if self.membership.heard_from(peer):
+            logger.info("%s answers again: back in placement", peer)
+            self._bloom_due.set()
+
+    async def _refresh_filters_periodically(self) -> None:
+        while True:
+            with trio.move_on_after(self._bloom_interval):
+                await self._bloom_due.wait()
+            self._bloom_due = trio.Event()
+            await self.directory.refresh()
+            await self.directory.maintain()
+
+    def _hello(self) -> dict[str, Any]:
+        return {"from": self.me, "members": self.membership.records()}
+
+    def _reachable(self) -> list[str]:
+        """Peers that may hold actors: the live ones, and removed ones whose last
+        filter still held some (they serve those until they are collected)."""
+        live = self.membership.peers(MemberState.ALIVE)
+        leaving = [
+            peer
+            for peer in self.membership.peers(MemberState.REMOVED)
+            if (bloom := self.directory.filters.get(peer)) is not None and bloom.count > 0
+        ]
+        return live + leaving
+
+
+def _records(reply: Any) -> list[Any]:
+    members = reply.get("members") if isinstance(reply, dict) else None
+    return members if isinstance(members, list) else []
+
+
+def _state(membership: Membership, address: str) -> str:
+    state = membership.state(address)
+    return state.value if state is not None else "unknown"
