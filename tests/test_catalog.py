@@ -361,7 +361,9 @@ async def test_a_cycle_of_independent_calls_ends_with_a_timeout(
             assert await runtime.client.invoke("a", "hello") == "hello"
 
 
-async def test_a_timed_out_call_says_where_it_waited(autojump_clock: trio.testing.MockClock) -> None:
+async def test_a_timed_out_call_says_where_it_waited(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     def create_actor(id: str, client: towtruck.Client) -> dict[str, Any]:
         async def stubborn(data: Any) -> None:
             with trio.CancelScope(shield=True):  # outlives its deadline

@@ -45,6 +45,9 @@ from .runtime import Runtime as Runtime
 from .runtime import RuntimeStatistics as RuntimeStatistics
 from .runtime import open_runtime as open_runtime
 from .settings import Settings as Settings
+from .testing import Cluster as Cluster
+from .testing import ClusterClient as ClusterClient
+from .testing import cluster as cluster
 
 __all__ = [
     "ActivationState",
@@ -55,6 +58,8 @@ __all__ = [
     "CallTimeout",
     "CatalogStatistics",
     "Client",
+    "Cluster",
+    "ClusterClient",
     "DeactivationReason",
     "ForwardingLoop",
     "InternalError",
@@ -78,6 +83,7 @@ __all__ = [
     "SettingsError",
     "TowtruckError",
     "Unavailable",
+    "cluster",
     "open_node",
     "open_runtime",
     "run",

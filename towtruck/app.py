@@ -78,7 +78,9 @@ class App:
         self._max_body = runtime.settings.max_body
         self._call_timeout = runtime.settings.call_timeout
 
-    async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
         if scope["type"] == "http":
             raw_path = scope.get("raw_path") or scope["path"].encode()
             if raw_path.startswith(b"/invoke/"):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ import trio
 from . import __version__
 from .catalog import Factory
 from .errors import SettingsError
-from .node import serve_node
+from .node import configure_logging, serve_node
 from .settings import Settings
 
 __all__ = ["main"]
@@ -34,6 +33,10 @@ _VALUE_FLAGS = [
     ("--max-body", "max_body", "largest request body, in bytes (1048576)"),
     ("--shutdown-timeout", "shutdown_timeout", "seconds for each phase of shutdown (5)"),
     ("--keep-alive-timeout", "keep_alive_timeout", "seconds an idle connection stays open (5)"),
+    ("--advertise", "advertise", "host:port peers reach this node at (default: the bound one)"),
+    ("--heartbeat-interval", "heartbeat_interval", "seconds between heartbeats to each peer (1)"),
+    ("--heartbeat-misses", "heartbeat_misses", "missed heartbeats that take a peer out (3)"),
+    ("--bloom-interval", "bloom_interval", "seconds between fetches of peers' bloom filters (1)"),
 ]
 _SWITCHES = [
     ("--access-log", "access_log", "log every request (costs throughput)"),
@@ -110,8 +113,6 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         factory = load_factory(args.factory)
     except SettingsError as exc:
         parser.exit(2, f"towtruck: error: {exc.message}\n")
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
+    configure_logging(args.log_level)
     trio.run(partial(serve_node, factory, **dataclasses.asdict(settings)))
     sys.exit(0)

@@ -42,19 +42,19 @@ class PeerClient(Protocol):
 
     Failures raise :class:`~towtruck.errors.TowtruckError`: :class:`PeerUnavailable`
     when the peer cannot be reached (``details["delivered"]`` is False when the
-    request certainly never arrived), :class:`CallTimeout` past ``timeout``, or the
-    error the peer answered with.
+    request certainly never arrived), or the error the peer answered with. Each call
+    is bounded by the caller's cancel scope, not by a timeout of its own.
     """
 
-    async def forward(self, peer: str, envelope: bytes, timeout: float) -> bytes:
+    async def forward(self, peer: str, envelope: bytes) -> bytes:
         """Send a call to ``peer``; the answer is its result as JSON."""
         ...
 
-    async def post(self, peer: str, path: str, payload: Any, timeout: float) -> Any:
+    async def post(self, peer: str, path: str, payload: Any) -> Any:
         """POST JSON to ``peer`` and return the JSON answer."""
         ...
 
-    async def get(self, peer: str, path: str, timeout: float) -> Any:
+    async def get(self, peer: str, path: str) -> Any:
         """GET from ``peer`` and return the JSON answer."""
         ...
 
@@ -147,23 +147,23 @@ class Directory:
         ]
         if not candidates:
             return None
-        timeout = max(0.0, min(deadline - trio.current_time(), QUERY_TIMEOUT))
         path = "/query/" + quote(actor_id, safe="")
         holder: str | None = None
 
         async def ask(peer: str) -> None:
             nonlocal holder
             try:
-                answer = await self._peers.get(peer, path, timeout)
+                answer = await self._peers.get(peer, path)
             except TowtruckError:
                 return
             if isinstance(answer, dict) and answer.get("exists") is True and holder is None:
                 holder = peer
                 nursery.cancel_scope.cancel()
 
-        async with trio.open_nursery() as nursery:
-            for peer in candidates:
-                nursery.start_soon(ask, peer)
+        with trio.move_on_at(min(deadline, trio.current_time() + QUERY_TIMEOUT)):
+            async with trio.open_nursery() as nursery:
+                for peer in candidates:
+                    nursery.start_soon(ask, peer)
         if holder is not None:
             self._remember(actor_id, holder)
         return holder
@@ -186,11 +186,12 @@ class Directory:
                 query.append("fresh=1")
             path = "/getbloom" + ("?" + "&".join(query) if query else "")
             try:
-                answer = await self._peers.get(peer, path, QUERY_TIMEOUT)
+                with trio.fail_after(QUERY_TIMEOUT):
+                    answer = await self._peers.get(peer, path)
                 if not (isinstance(answer, dict) and answer.get("unchanged")):
                     self.filters[peer] = BloomFilter.from_payload(answer)
-            except (TowtruckError, ValueError) as exc:
-                logger.debug("no bloom filter from %s: %s", peer, exc)
+            except (TowtruckError, ValueError, trio.TooSlowError) as exc:
+                logger.debug("no bloom filter from %s: %r", peer, exc)
 
         async with trio.open_nursery() as nursery:
             for peer in peers:

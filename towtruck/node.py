@@ -26,7 +26,7 @@ from .runtime import Runtime
 from .server import bind, hypercorn_config, serve
 from .settings import Settings
 
-__all__ = ["Node", "open_node", "run", "serve_node"]
+__all__ = ["Node", "configure_logging", "open_node", "run", "serve_node"]
 
 logger = logging.getLogger("towtruck")
 
@@ -42,9 +42,7 @@ class Node:
         router: Its view of the cluster and how it routes calls.
     """
 
-    def __init__(
-        self, runtime: Runtime, router: Router, url: str, nursery: trio.Nursery
-    ) -> None:
+    def __init__(self, runtime: Runtime, router: Router, url: str, nursery: trio.Nursery) -> None:
         self.runtime = runtime
         self.router = router
         self.url = url
@@ -153,11 +151,20 @@ async def serve_node(
             nursery.cancel_scope.cancel()
 
 
+def configure_logging(level: str) -> None:
+    """Log to stderr at ``level`` (unless the program set up logging already), without
+    httpx's line per request between nodes."""
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
 def run(create_actor: Factory, *, port: int = 8080, **settings: Any) -> None:
     """Serve a node until Ctrl-C or SIGTERM: the one-liner for scripts.
 
     ``towtruck.run(create_actor, port=8080)`` blocks; it is ``trio.run`` of
     :func:`serve_node`, with logging to stderr if the program set up none.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging("info")
     trio.run(partial(serve_node, create_actor, port=port, **settings))

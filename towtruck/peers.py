@@ -5,9 +5,9 @@ small :class:`~towtruck.directory.PeerClient` interface, so the forwarding of ca
 move to another transport (a multiplexed connection) without touching the rest.
 httpx errors are translated here, once, into towtruck's: a connection that could not
 be made is :class:`PeerUnavailable` with ``delivered=False`` (the call certainly did
-not run, so the peer is taken out of placement at once); a timeout is
-:class:`CallTimeout`; an error body from the peer is rebuilt as the same towtruck
-error (:func:`towtruck.errors.from_payload`).
+not run, so the peer is taken out of placement at once); an error body from the peer
+is rebuilt as the same towtruck error (:func:`towtruck.errors.from_payload`). Requests
+have no timeouts of their own: the caller's cancel scope bounds them.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import httpx
 import trio
 
 from . import codec
-from .errors import CallTimeout, InvalidJSON, PeerUnavailable, TowtruckError, from_payload
+from .errors import InvalidJSON, PeerUnavailable, TowtruckError, from_payload
 from .router import Router
 from .runtime import Runtime
 
@@ -47,32 +47,31 @@ class HttpPeers:
         """Close every connection."""
         await self._client.aclose()
 
-    async def forward(self, peer: str, envelope: bytes, timeout: float) -> bytes:
+    async def forward(self, peer: str, envelope: bytes) -> bytes:
         """POST a call's envelope to ``peer``'s ``/cluster/forward``; the answer is the
         result as JSON. See :class:`~towtruck.directory.PeerClient` for errors."""
-        return await self._request("POST", peer, "/cluster/forward", envelope, timeout)
+        return await self._request("POST", peer, "/cluster/forward", envelope)
 
-    async def post(self, peer: str, path: str, payload: Any, timeout: float) -> Any:
+    async def post(self, peer: str, path: str, payload: Any) -> Any:
         """POST JSON, return the JSON answer."""
-        return codec.loads(await self._request("POST", peer, path, codec.dumps(payload), timeout))
+        return codec.loads(await self._request("POST", peer, path, codec.dumps(payload)))
 
-    async def get(self, peer: str, path: str, timeout: float) -> Any:
+    async def get(self, peer: str, path: str) -> Any:
         """GET, return the JSON answer."""
-        return codec.loads(await self._request("GET", peer, path, None, timeout))
+        return codec.loads(await self._request("GET", peer, path, None))
 
-    async def _request(
-        self, verb: str, peer: str, path: str, body: bytes | None, timeout: float
-    ) -> bytes:
+    async def _request(self, verb: str, peer: str, path: str, body: bytes | None) -> bytes:
+        request = self._client.build_request(verb, f"http://{peer}{path}")
+        if body is not None:
+            request.headers.update({**_JSON, "content-length": str(len(body))})
+            request.stream = _Body(body)
         try:
-            with trio.fail_after(max(timeout, 0.0)):
-                response = await self._client.request(
-                    verb, f"http://{peer}{path}", content=body, headers=_JSON if body else None
-                )
-        except trio.TooSlowError:
-            raise CallTimeout(f"{peer} did not answer in time", peer=peer) from None
+            response = await self._client.send(request)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise PeerUnavailable(
-                f"could not connect to {peer}: {exc or type(exc).__name__}", peer=peer, delivered=False
+                f"could not connect to {peer}: {exc or type(exc).__name__}",
+                peer=peer,
+                delivered=False,
             ) from exc
         except httpx.TransportError as exc:
             raise PeerUnavailable(
@@ -86,6 +85,28 @@ class HttpPeers:
             payload = None
         error: TowtruckError = from_payload(payload, response.status_code)
         raise error
+
+
+class _Body(httpx.AsyncByteStream):
+    """A request body sent in one piece.
+
+    httpx wraps ``content=bytes`` in a stream whose ``__aiter__`` is an async generator;
+    when a peer dies mid-request the generator is left suspended, and its finalizer
+    complains on stderr ("Exception ignored in ... ByteStream.__aiter__"). A plain
+    iterator has nothing to finalize.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self._data: bytes | None = data
+
+    def __aiter__(self) -> _Body:
+        return self
+
+    async def __anext__(self) -> bytes:
+        data, self._data = self._data, None
+        if data is None:
+            raise StopAsyncIteration
+        return data
 
 
 @asynccontextmanager

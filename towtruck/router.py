@@ -82,6 +82,7 @@ class Router:
         self._settled = trio.Event()  # set once the view is settled: see the module doc
         self._settle_due = trio.Event()
         self._bloom_due = trio.Event()
+        self._left = False
         runtime.router = self
         runtime.add_service(self._heartbeat_periodically)
         runtime.add_service(self._settle_when_due)
@@ -127,24 +128,28 @@ class Router:
                 actor=actor_id,
                 node=self.me,
             )
-        timeout = context.deadline - trio.current_time()
         envelope = codec.dumps(
             {
                 "id": actor_id,
                 "method": method,
                 "data": data,
                 "chain": context.chain,
-                "timeout": timeout,
+                "timeout": context.deadline - trio.current_time(),
                 "hops": context.hops + 1,
                 "existing": existing,
             }
         )
         try:
-            return await self._peers.forward(peer, envelope, timeout)
+            with trio.move_on_at(context.deadline):
+                return await self._peers.forward(peer, envelope)
+            raise CallTimeout(
+                f"no answer from {peer} for {method!r} on actor {actor_id!r} in time",
+                actor=actor_id,
+                method=method,
+                node=peer,
+            )
         except PeerUnavailable as exc:
-            if exc.details.get("delivered") is False and self.membership.missed(
-                peer, certain=True
-            ):
+            if exc.details.get("delivered") is False and self.membership.missed(peer, certain=True):
                 logger.warning("%s refused a connection: out of placement", peer)
                 self._bloom_due.set()
             raise
@@ -186,14 +191,12 @@ class Router:
             raise InvalidAddress(f"{address} is this node's own address", address=address)
         self.membership.add(address)
         try:
-            reply = await self._peers.post(
-                address, "/cluster/heartbeat", self._hello(), PROTOCOL_TIMEOUT
-            )
-        except TowtruckError as exc:
+            with trio.fail_after(PROTOCOL_TIMEOUT):
+                reply = await self._peers.post(address, "/cluster/heartbeat", self._hello())
+        except (TowtruckError, trio.TooSlowError) as exc:
             self.membership.remove(address)
-            raise PeerUnavailable(
-                f"{address} did not answer: {exc.message}", peer=address
-            ) from exc
+            reason = exc.message if isinstance(exc, TowtruckError) else "timed out"
+            raise PeerUnavailable(f"{address} did not answer: {reason}", peer=address) from exc
         self.membership.merge(_records(reply))
         self.membership.heard_from(address)
         await self._settle()
@@ -217,9 +220,11 @@ class Router:
         """Tell every peer this node is leaving, so they stop placing actors on it
         (a graceful shutdown does this first). Bounded by ``PROTOCOL_TIMEOUT``."""
         peers = self.membership.peers(MemberState.ALIVE)
-        if peers:
+        if peers and not self._left:
+            self._left = True
             self.membership.remove(self.me)
-            await self._push(peers)
+            with trio.move_on_after(PROTOCOL_TIMEOUT):
+                await self._push(peers)
 
     def handle_heartbeat(self, records: Any) -> list[dict[str, Any]]:
         """A peer's heartbeat (or pushed change): take in its records, answer ours."""
@@ -280,10 +285,12 @@ class Router:
                     nursery.start_soon(self._heartbeat, peer, self._heartbeat_interval)
             await trio.sleep_until(started + self._heartbeat_interval)
 
-    async def _heartbeat(self, peer: str, timeout: float) -> None:
+    async def _heartbeat(self, peer: str, seconds: float) -> None:
+        """Exchange views with ``peer``; no answer within ``seconds`` is a miss."""
         try:
-            reply = await self._peers.post(peer, "/cluster/heartbeat", self._hello(), timeout)
-        except TowtruckError:
+            with trio.fail_after(seconds):
+                reply = await self._peers.post(peer, "/cluster/heartbeat", self._hello())
+        except (TowtruckError, trio.TooSlowError):
             if self.membership.missed(peer):
                 logger.warning(
                     "%s missed %d heartbeats: out of placement",
@@ -295,7 +302,7 @@ class Router:
         if self.membership.merge(_records(reply)):
             self._settle_soon()
         if self.membership.heard_from(peer):
-            logger.info("%s answers again: back in placement", peer)
+            logger.info("%s answers: in placement", peer)
             self._bloom_due.set()
 
     async def _refresh_filters_periodically(self) -> None:

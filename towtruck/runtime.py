@@ -146,6 +146,10 @@ class Runtime:
         finally:
             self._running = False
 
+    async def wait_stopped(self) -> None:
+        """Wait until the runtime has stopped (gracefully or by :meth:`abort`)."""
+        await self._stopped.wait()
+
     def add_service(self, service: Callable[[], Awaitable[None]]) -> None:
         """Run ``service`` in the node's nursery, beside the actors, from :meth:`serve`
         until the node stops (heartbeats, bloom refresh). Call before :meth:`serve`."""

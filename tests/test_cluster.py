@@ -1,0 +1,348 @@
+"""Clustering on real nodes: Hypercorn on 127.0.0.1, HTTP between them."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+import httpx
+import pytest
+import trio
+
+import towtruck
+from examples import chain
+from tests.actors import create_counter
+from towtruck import placement
+from towtruck.bloom import BloomFilter
+from towtruck.router import MAX_HOPS
+
+#: Quick failure detection: a dead node leaves placement after 3 x 0.2 s.
+FAST = {"environ": {}, "heartbeat_interval": 0.2, "heartbeat_misses": 3, "bloom_interval": 0.2}
+TEST_SECONDS = 60
+POLL_SECONDS = 0.05
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]]) -> None:
+    """Poll ``check`` until it is true (bound it with ``trio.fail_after``)."""
+    while True:
+        if await check():
+            return
+        await trio.sleep(POLL_SECONDS)
+
+
+async def servers(http: httpx.AsyncClient, node: towtruck.Node) -> list[str]:
+    return (await http.get(f"{node.url}/getservers")).json()  # type: ignore[no-any-return]
+
+
+def owned_by(
+    node: towtruck.Node, members: list[towtruck.Node], count: int, prefix: str
+) -> list[str]:
+    """Ids that placement gives to ``node`` among ``members``."""
+    names = [str(m.address) for m in members]
+    ids = (f"{prefix}{i}" for i in itertools.count())
+    return list(
+        itertools.islice((i for i in ids if placement.owner(i, names) == str(node.address)), count)
+    )
+
+
+async def test_every_node_lists_every_other(http: httpx.AsyncClient) -> None:
+    with trio.fail_after(TEST_SECONDS):
+        async with towtruck.cluster(create_counter, size=3, **FAST) as c:
+            for node in c.nodes:
+                others = sorted(str(n.address) for n in c.nodes if n is not node)
+                assert await servers(http, node) == others
+                members = (await http.get(f"{node.url}/health")).json()["members"]
+                assert members[0] == {"address": str(node.address), "state": "self"}
+                assert sorted(m["address"] for m in members[1:]) == others
+                assert {m["state"] for m in members[1:]} == {"alive"}
+
+
+async def test_concurrent_first_calls_on_every_node_make_one_activation() -> None:
+    ids = [f"first{i}" for i in range(60)]
+    limits = httpx.Limits(max_connections=200)
+    with trio.fail_after(TEST_SECONDS):
+        async with (
+            towtruck.cluster(create_counter, size=3, **FAST) as c,
+            httpx.AsyncClient(timeout=20, limits=limits) as http,
+        ):
+            statuses: list[int] = []
+
+            async def increment(node: towtruck.Node, actor_id: str) -> None:
+                response = await http.post(f"{node.url}/invoke/{actor_id}/increment")
+                statuses.append(response.status_code)
+
+            async with trio.open_nursery() as nursery:
+                for actor_id in ids:
+                    for node in c.nodes:
+                        nursery.start_soon(increment, node, actor_id)
+            assert statuses == [200] * len(ids) * 3
+            for actor_id in ids:
+                assert len(c.holders(actor_id)) == 1, actor_id
+                answers = [
+                    (await http.get(f"{node.url}/query/{actor_id}")).json()["exists"]
+                    for node in c.nodes
+                ]
+                assert answers.count(True) == 1
+                assert await c.client.invoke(actor_id, "get") == 3
+            assert sum(n.runtime.catalog.statistics().activations for n in c.nodes) == len(ids)
+
+
+async def test_reentrant_calls_across_nodes(http: httpx.AsyncClient) -> None:
+    with trio.fail_after(TEST_SECONDS):
+        async with towtruck.cluster(chain.create_actor, size=2, **FAST) as c:
+            first, second = c.nodes
+            (a,) = owned_by(first, c.nodes, 1, "a")
+            (b,) = owned_by(second, c.nodes, 1, "b")
+            answer = (await http.get(f"{second.url}/invoke/{a}/ask/{b}")).json()
+            assert answer == {"answer": f"from actor {b}", "asker says": f"from actor {a}"}
+            assert c.holders(a) == [first]
+            assert c.holders(b) == [second]
+
+
+async def test_addserver_brings_a_lone_node_and_its_peers_together(
+    http: httpx.AsyncClient,
+) -> None:
+    with trio.fail_after(TEST_SECONDS):
+        async with (
+            towtruck.cluster(create_counter, size=2, **FAST) as c,
+            towtruck.open_node(create_counter, **FAST) as lone,
+        ):
+            await lone.client.invoke("mine", "increment")
+            response = await http.get(f"{c.nodes[0].url}/addserver/{lone.address}")
+            assert response.status_code == 200, response.text
+            everyone = sorted(str(n.address) for n in [*c.nodes, lone])
+
+            async def all_joined() -> bool:
+                for node in [*c.nodes, lone]:
+                    others = [a for a in everyone if a != str(node.address)]
+                    if await servers(http, node) != others:
+                        return False
+                return True
+
+            with trio.fail_after(2):
+                await wait_until(all_joined)
+            # The actor stays where it was activated, whoever owns its id now.
+            for node in c.nodes:
+                assert (await http.get(f"{node.url}/invoke/mine/increment")).json() in (2, 3)
+            assert await lone.client.invoke("mine", "get") == 3
+
+
+@pytest.mark.parametrize(
+    "address", ["not-a-host", "host:http", "host:0", "host:70000", "[::1", "a b:80", "SELF"]
+)
+async def test_bad_addresses_are_400(http: httpx.AsyncClient, address: str) -> None:
+    with trio.fail_after(TEST_SECONDS):
+        async with towtruck.open_node(create_counter, **FAST) as node:
+            address = str(node.address) if address == "SELF" else address
+            for route in ("addserver", "removeserver"):
+                response = await http.get(f"{node.url}/{route}/{address}")
+                assert response.status_code == 400, response.text
+                assert response.json()["error"]["type"] == "InvalidAddress"
+            assert (await http.get(f"{node.url}/ping")).status_code == 200
+
+
+async def test_addserver_of_a_node_that_does_not_answer_is_503(http: httpx.AsyncClient) -> None:
+    with trio.fail_after(TEST_SECONDS):
+        async with towtruck.open_node(create_counter, **FAST) as node:
+            with trio.socket.socket() as unused:
+                await unused.bind(("127.0.0.1", 0))
+                port = unused.getsockname()[1]
+            response = await http.get(f"{node.url}/addserver/127.0.0.1:{port}")
+            assert response.status_code == 503
+            assert response.json()["error"]["type"] == "PeerUnavailable"
+            assert await servers(http, node) == []
+
+
+async def test_removeserver_takes_a_node_out_everywhere(http: httpx.AsyncClient) -> None:
+    with trio.fail_after(TEST_SECONDS):
+        async with towtruck.cluster(create_counter, size=3, **FAST) as c:
+            a, b, gone = c.nodes
+            response = await http.get(f"{a.url}/removeserver/{gone.address}")
+            assert response.json() == [str(b.address)]
+
+            async def spread() -> bool:
+                return (
+                    await servers(http, b) == [str(a.address)] and await servers(http, gone) == []
+                )
+
+            with trio.fail_after(2):
+                await wait_until(spread)
+            for i in range(30):
+                assert (await http.post(f"{a.url}/invoke/r{i}/increment")).status_code == 200
+                assert (await http.post(f"{b.url}/invoke/r{i}/increment")).json() == 2
+                assert gone not in c.holders(f"r{i}")
+            response = await http.get(f"{a.url}/removeserver/{gone.address}")
+            assert response.status_code == 404
+
+
+async def test_a_forwarding_loop_is_cut_with_508(http: httpx.AsyncClient) -> None:
+    with trio.fail_after(TEST_SECONDS):
+        async with towtruck.cluster(create_counter, size=2, **FAST) as c:
+            first, second = c.nodes
+            (elsewhere,) = owned_by(second, c.nodes, 1, "loop")
+            envelope = {
+                "id": elsewhere,
+                "method": "get",
+                "data": None,
+                "chain": [],
+                "timeout": 5,
+                "hops": MAX_HOPS,
+                "existing": False,
+            }
+            response = await http.post(f"{first.url}/cluster/forward", json=envelope)
+            assert response.status_code == 508
+            assert response.json()["error"]["type"] == "ForwardingLoop"
+            response = await http.post(f"{first.url}/cluster/forward", json={"id": "x"})
+            assert response.status_code == 400
+
+
+async def test_killing_a_node_under_load(http: httpx.AsyncClient) -> None:
+    settings = {**FAST, "call_timeout": 5}
+    limits = httpx.Limits(max_connections=50)
+    with trio.fail_after(TEST_SECONDS):
+        async with (
+            towtruck.cluster(create_counter, size=3, **settings) as c,
+            httpx.AsyncClient(timeout=10, limits=limits) as client,
+        ):
+            *survivors, victim = c.nodes
+            ids = [f"k{i}" for i in range(90)]
+            for actor_id in ids:
+                await c.client.invoke(actor_id, "increment")
+            victims_ids = [i for i in ids if c.holders(i) == [victim]]
+            assert victims_ids
+            outcomes: Counter[str] = Counter()
+            stop = trio.Event()
+
+            async def load(worker: int) -> None:
+                for turn in itertools.count():
+                    if stop.is_set():
+                        return
+                    node = survivors[(worker + turn) % 2]
+                    response = await client.post(
+                        f"{node.url}/invoke/{ids[(worker * 7 + turn) % len(ids)]}/increment"
+                    )
+                    error = response.json()["error"]["type"] if response.status_code != 200 else ""
+                    outcomes[f"{response.status_code} {error}".strip()] += 1
+
+            async with trio.open_nursery() as nursery:
+                for worker in range(8):
+                    nursery.start_soon(load, worker)
+                with trio.fail_after(20):
+                    await wait_until(lambda: _at_least(outcomes, 100))
+                c.kill(victim)
+                killed = sum(outcomes.values())
+                with trio.fail_after(30):
+                    await wait_until(lambda: _at_least(outcomes, killed + 300))
+                stop.set()
+            # Every call completed; the only failures are the victim's calls in flight.
+            assert set(outcomes) <= {"200", "503 PeerUnavailable"}, outcomes
+
+            async def victims_actors_answer() -> bool:
+                for actor_id in victims_ids:
+                    response = await client.post(f"{survivors[0].url}/invoke/{actor_id}/increment")
+                    if response.status_code != 200:
+                        return False
+                return True
+
+            with trio.fail_after(0.2 * 3 + 1):
+                await wait_until(victims_actors_answer)
+            for actor_id in victims_ids:
+                assert len(c.holders(actor_id)) == 1
+
+
+async def _at_least(outcomes: Counter[str], count: int) -> bool:
+    return sum(outcomes.values()) >= count
+
+
+async def test_a_node_joining_under_load_makes_no_duplicate_and_loses_nothing() -> None:
+    limits = httpx.Limits(max_connections=50)
+    ids = [f"j{i}" for i in range(80)]
+    successes: Counter[str] = Counter()
+    failures: list[str] = []
+    with trio.fail_after(TEST_SECONDS):
+        async with (
+            towtruck.cluster(create_counter, size=2, **FAST) as c,
+            httpx.AsyncClient(timeout=10, limits=limits) as client,
+        ):
+            joined = trio.Event()
+            stop = trio.Event()
+
+            async def load(worker: int) -> None:
+                for turn in itertools.count():
+                    if stop.is_set():
+                        return
+                    live = c.live
+                    node = live[(worker + turn) % len(live)]
+                    # Half the ids are first called while the new node joins.
+                    pool = ids if joined.is_set() else ids[: len(ids) // 2]
+                    actor_id = pool[(worker * 13 + turn) % len(pool)]
+                    response = await client.post(f"{node.url}/invoke/{actor_id}/increment")
+                    if response.status_code == 200:
+                        successes[actor_id] += 1
+                    else:
+                        failures.append(response.text)
+
+            async with trio.open_nursery() as nursery:
+                for worker in range(8):
+                    nursery.start_soon(load, worker)
+                with trio.fail_after(20):
+                    await wait_until(lambda: _at_least(successes, 300))
+                joined.set()
+                await c.add_node()
+                before = sum(successes.values())
+                with trio.fail_after(30):
+                    await wait_until(lambda: _at_least(successes, before + 600))
+                stop.set()
+            assert failures == []
+            for actor_id in ids:
+                holders = c.holders(actor_id)
+                assert len(holders) == 1, (actor_id, holders)
+                assert await c.client.invoke(actor_id, "get") == successes[actor_id], actor_id
+            assert sum(n.runtime.catalog.statistics().activations for n in c.nodes) == len(ids)
+            assert any(c.holders(i) == [c.nodes[2]] for i in ids), "the new node owns some"
+
+
+async def test_bloom_routes(http: httpx.AsyncClient) -> None:
+    with trio.fail_after(TEST_SECONDS):
+        async with towtruck.cluster(create_counter, size=2, **FAST) as c:
+            first, second = c.nodes
+            mine = owned_by(first, c.nodes, 5, "bloom")
+            for actor_id in mine:
+                await first.client.invoke(actor_id, "increment")
+            payload = (await http.get(f"{first.url}/getbloom?fresh=1")).json()
+            bloom = BloomFilter.from_payload(payload)
+            assert all(actor_id in bloom for actor_id in mine)
+            assert bloom.count == 5
+            again = (await http.get(f"{first.url}/getbloom?since={bloom.version}")).json()
+            assert again == {"unchanged": True}
+            updated = (await http.get(f"{second.url}/updateblooms")).json()
+            assert updated == {"updated": [str(first.address)]}
+            assert second.router.directory.filters[str(first.address)].count == 5
+
+
+async def test_the_cluster_helper(http: httpx.AsyncClient) -> None:
+    with trio.fail_after(TEST_SECONDS):
+        async with towtruck.cluster(create_counter, size=2, **FAST) as c:
+            assert len(c.nodes) == 2
+            assert await c.client.invoke("h", "increment") == 1
+            assert await c.client.invoke("h", "increment") == 2
+            third = await c.add_node()
+            assert len(c.live) == 3
+            await c.stop(c.nodes[0])
+            assert c.nodes[0] not in c.live
+            c.kill(third)
+            with pytest.raises(httpx.ConnectError):
+                await http.get(f"{third.url}/ping")
+
+            survivor = c.nodes[1]
+
+            async def third_is_down() -> bool:
+                members = (await http.get(f"{survivor.url}/health")).json()["members"]
+                return {"address": str(third.address), "state": "down"} in members
+
+            with trio.fail_after(0.2 * 3 + 1):
+                await wait_until(third_is_down)
+            assert await servers(http, survivor) == [str(third.address)], "down, not removed"
+            for i in range(10):
+                assert await c.client.invoke(f"after{i}", "increment") == 1

@@ -1,0 +1,79 @@
+"""A cluster of ``towtruck serve`` processes, as users run one."""
+
+from __future__ import annotations
+
+import signal
+from contextlib import AsyncExitStack
+
+import httpx
+import pytest
+import trio
+
+from tests.processes import PROCESS_SECONDS, running, towtruck_command
+from tests.test_cluster import wait_until
+
+pytestmark = [pytest.mark.subprocess, pytest.mark.slow]
+
+SERVING = r"serving on (http://127\.0\.0\.1:\d+)"
+FAST = ["--heartbeat-interval", "0.2", "--bloom-interval", "0.2", "--port", "0"]
+
+
+async def test_serve_processes_form_a_cluster_and_survive_kill_9(http: httpx.AsyncClient) -> None:
+    serve = [*towtruck_command(), "serve", "tests.actors:create_counter", *FAST]
+    with trio.fail_after(PROCESS_SECONDS * 2):
+        async with AsyncExitStack() as stack:
+            first, match, _ = await stack.enter_async_context(running(serve, ready=SERVING))
+            urls = [match.group(1)]
+            processes = [first]
+            for _ in range(2):
+                peer = urls[0].removeprefix("http://")
+                process, match, _ = await stack.enter_async_context(
+                    running([*serve, "--peer", peer], ready=SERVING)
+                )
+                processes.append(process)
+                urls.append(match.group(1))
+            addresses = [url.removeprefix("http://") for url in urls]
+
+            async def joined() -> bool:
+                for url, me in zip(urls, addresses, strict=True):
+                    others = sorted(a for a in addresses if a != me)
+                    if (await http.get(f"{url}/getservers")).json() != others:
+                        return False
+                return True
+
+            with trio.fail_after(5):
+                await wait_until(joined)
+            ids = [f"p{i}" for i in range(30)]
+            for round_ in range(3):
+                for actor_id in ids:
+                    response = await http.post(f"{urls[round_]}/invoke/{actor_id}/increment")
+                    assert response.json() == round_ + 1
+            holders = {
+                actor_id: [
+                    url
+                    for url in urls
+                    if (await http.get(f"{url}/query/{actor_id}")).json()["exists"]
+                ]
+                for actor_id in ids
+            }
+            assert all(len(h) == 1 for h in holders.values()), holders
+            assert any(h == [urls[2]] for h in holders.values())
+
+            processes[2].send_signal(signal.SIGKILL)
+            await processes[2].wait()
+
+            async def survivors_answer_for_everyone() -> bool:
+                for actor_id in ids:
+                    response = await http.post(f"{urls[0]}/invoke/{actor_id}/increment")
+                    if response.status_code != 200:
+                        assert response.json()["error"]["type"] == "PeerUnavailable"
+                        return False
+                return True
+
+            with trio.fail_after(0.2 * 3 + 1):
+                await wait_until(survivors_answer_for_everyone)
+            for process in processes[:2]:
+                process.send_signal(signal.SIGTERM)
+            for process in processes[:2]:
+                await process.wait()
+                assert process.returncode == 0

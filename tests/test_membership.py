@@ -1,0 +1,57 @@
+from towtruck.membership import Membership, MemberState
+
+
+def make(me: str = "a:1") -> Membership:
+    return Membership(me, misses_allowed=3)
+
+
+def test_a_node_alone_owns_everything() -> None:
+    membership = make()
+    assert membership.placement() == ("a:1",)
+    assert membership.owner("anything") == "a:1"
+    assert membership.state("a:1") is MemberState.SELF
+
+
+def test_decisions_spread_and_the_newest_wins() -> None:
+    a, b = make("a:1"), make("b:1")
+    a.add("b:1")
+    assert b.merge(a.records())
+    assert b.placement() == ("a:1", "b:1")
+    assert not b.merge(a.records()), "the same records twice change nothing"
+    a.remove("b:1")
+    old = [dict(r) for r in b.records()]
+    b.merge(a.records())  # b learns it was removed: it forgets its peers
+    assert b.placement() == ("b:1",)
+    assert b.peers() == []
+    a.merge(old)  # stale gossip cannot undo the removal
+    assert a.state("b:1") is MemberState.REMOVED
+    a.add("b:1")
+    assert a.state("b:1") is MemberState.ALIVE
+
+
+def test_liveness_is_local_and_comes_back() -> None:
+    membership = make()
+    membership.merge([{"address": "b:1", "joined": True, "version": 1}])
+    assert not membership.missed("b:1")
+    assert not membership.missed("b:1")
+    assert membership.missed("b:1"), "the third miss takes it out"
+    assert membership.state("b:1") is MemberState.DOWN
+    assert membership.placement() == ("a:1",)
+    assert membership.peers() == ["b:1"], "still pinged"
+    assert membership.heard_from("b:1")
+    assert membership.placement() == ("a:1", "b:1")
+    assert membership.missed("b:1", certain=True)
+
+
+def test_malformed_records_are_skipped() -> None:
+    membership = make()
+    assert not membership.merge([{"address": "b:1"}, "junk", {"joined": True}])
+    assert membership.peers() == []
+
+
+def test_versions_move_past_every_version_seen() -> None:
+    membership = make()
+    far_future = 10**30
+    membership.merge([{"address": "b:1", "joined": False, "version": far_future}])
+    membership.add("b:1")
+    assert membership.state("b:1") is MemberState.ALIVE
