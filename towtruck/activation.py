@@ -138,16 +138,19 @@ class Activation:
         return method
 
     async def call(self, method: Method, data: Any, context: CallContext) -> bytes:
-        """Queue a call and wait for its turn's answer: the result as JSON.
+        """Run a call in its turn and return its answer: the result as JSON.
 
-        A checkpoint. Cancelling the caller abandons the call (it is skipped if its
-        turn has not started) but never cancels a turn that is running.
+        A checkpoint. Cancelling the caller never cancels a turn that is running: a
+        call waiting in the mailbox is abandoned (and skipped), a call running in the
+        caller's own task (see :meth:`_turn_here`) finishes first.
 
         Raises:
             MailboxFull: ``mailbox_size`` calls are already waiting.
             CallTimeout: no answer by ``context.deadline``.
             TowtruckError: the turn's error (:class:`ActorError` if the method raised).
         """
+        if not self.running and self.state is ActivationState.VALID:
+            return await self._turn_here(method, data, context)
         mailbox = self.mailbox
         if mailbox is None:
             mailbox = self.mailbox = deque()
@@ -162,7 +165,7 @@ class Activation:
         self._catalog.queued += 1
         if not self.running:
             self._start()
-        with trio.move_on_at(context.deadline):
+        with trio.CancelScope(deadline=context.deadline):
             return await call.reply.wait()
         waiting = "was still waiting in the mailbox" if call in mailbox else "was running"
         raise CallTimeout(
@@ -172,10 +175,41 @@ class Activation:
             method=method.name,
         )
 
+    async def _turn_here(self, method: Method, data: Any, context: CallContext) -> bytes:
+        """Run an uncontended call in the caller's own task, holding the actor's turn.
+
+        An idle actor has no task; spawning one for a single call, then switching to
+        it and back, costs more than the call itself. So when the actor is idle the
+        caller runs the turn (``running`` keeps others in the mailbox meanwhile),
+        shielded from the caller's cancellation so the turn stays whole; the call's
+        deadline and the node stopping still end it. Calls that queued meanwhile go to
+        a task of the actor's own afterwards, so one caller never drains another's.
+        """
+        catalog = self._catalog
+        self.running = True
+        catalog.busy += 1
+        try:
+            result = await self._execute(method, data, context, here=True)
+        finally:
+            self.running = False
+            catalog.busy -= 1
+            self.touched = now = trio.current_time()
+            if self.mailbox or self.state is ActivationState.DEACTIVATING:
+                self._start()
+        if now > context.deadline:  # the method outlived its deadline
+            raise CallTimeout(
+                f"call to {method.name!r} on actor {self.id!r} timed out: it was running",
+                actor=self.id,
+                method=method.name,
+            )
+        # A checkpoint, as every call must be: the turn may not have yielded at all.
+        await trio.lowlevel.checkpoint()
+        return result
+
     async def call_inline(self, method: Method, data: Any, context: CallContext) -> bytes:
         """Run a reentrant call now, in the caller's task, inside the turn that is
         already running for the same call chain (it would deadlock in the mailbox)."""
-        return (await self._execute(method, data, context)).unwrap()
+        return await self._execute(method, data, context)
 
     def request_deactivation(self, reason: DeactivationReason) -> None:
         """Start deactivating: finish the mailbox, run ``deactivate``, leave the table.
@@ -232,10 +266,13 @@ class Activation:
                         continue
                     try:
                         result = await self._execute(call.method, call.data, call.context)
+                    except TowtruckError as exc:
+                        call.reply.set(outcome.Error(exc))
                     except BaseException:  # cancelled: the node is stopping
                         call.reply.set(outcome.Error(self._stopped_error()))
                         raise
-                    call.reply.set(result)
+                    else:
+                        call.reply.set(outcome.Value(result))
                     turns += 1
                     if turns % _TURNS_PER_YIELD == 0:
                         await trio.lowlevel.checkpoint()
@@ -250,31 +287,56 @@ class Activation:
             self.mailbox = None
 
     async def _execute(
-        self, method: Method, data: Any, context: CallContext
-    ) -> outcome.Outcome[bytes]:
-        """Run one method within the call's context and deadline; never raises but
-        for cancellation from outside."""
+        self, method: Method, data: Any, context: CallContext, *, here: bool = False
+    ) -> bytes:
+        """Run one method within the call's context and deadline: its result as JSON.
+        ``here``: in the caller's task, shielded from the caller's cancellation.
+
+        Raises:
+            TowtruckError: whatever went wrong, the method's own exceptions as
+                :class:`ActorError`; only cancellation from outside raises otherwise.
+        """
         token = current_context.set(CallContext((*context.chain, self.id), context.deadline))
         try:
             result = method.call(self.instance, data)
-            if method.is_async or inspect.isawaitable(result):
-                with trio.move_on_at(context.deadline) as scope:
-                    result = await result
+            if method.is_async and not method.may_suspend:
+                # An ``async def`` with no ``await`` in it finishes in one step: no
+                # deadline can fall inside it, so it needs no cancel scope (the
+                # largest cost of a local call otherwise).
+                try:
+                    result.send(None)
+                except StopIteration as done:
+                    result = done.value
+                else:  # pragma: no cover (impossible: it has nothing to wait on)
+                    raise RuntimeError(f"{method.name} suspended without an await")
+            elif method.is_async or inspect.isawaitable(result):
+                scope = trio.CancelScope(deadline=context.deadline, shield=here)
+                if here:
+                    self._catalog.turns_here.add(scope)
+                try:
+                    with scope:
+                        result = await result
+                finally:
+                    if here:
+                        self._catalog.turns_here.discard(scope)
                 if scope.cancelled_caught:
-                    return outcome.Error(
-                        CallTimeout(
-                            f"{method.name!r} on actor {self.id!r} was cancelled at the call's deadline",
-                            actor=self.id,
-                            method=method.name,
-                        )
-                    )
-            return outcome.Value(codec.dumps(result))
-        except TowtruckError as exc:
-            return outcome.Error(exc)
+                    raise self._cancelled_error(method.name, context)
+            return codec.dumps(result)
+        except TowtruckError:
+            raise
         except Exception as exc:
-            return outcome.Error(self._actor_error(method.name, exc))
+            raise self._actor_error(method.name, exc) from exc
         finally:
             current_context.reset(token)
+
+    def _cancelled_error(self, method: str, context: CallContext) -> TowtruckError:
+        if trio.current_time() < context.deadline:
+            return self._stopped_error()
+        return CallTimeout(
+            f"{method!r} on actor {self.id!r} was cancelled at the call's deadline",
+            actor=self.id,
+            method=method,
+        )
 
     async def _activate(self) -> bool:
         activate = hook(self.instance, "activate")

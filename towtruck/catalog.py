@@ -100,6 +100,9 @@ class Catalog:
         self.node_id = ""
         #: Told of every actor that enters or leaves the table (the bloom filter).
         self.observer: CatalogObserver | None = None
+        #: Cancel scopes of the turns running in their callers' tasks (see
+        #: ``Activation._turn_here``), to cancel them when the node stops.
+        self.turns_here: set[trio.CancelScope] = set()
         # Counters the activations keep up to date.
         self.busy = 0
         self.queued = 0
@@ -179,7 +182,6 @@ class Catalog:
                     )
                 activation = self._activate(actor_id)
         self._table.move_to_end(actor_id)
-        activation.touched = trio.current_time()
         return await activation.call(activation.lookup(method), data, context)
 
     def _activate(self, actor_id: str) -> Activation:
@@ -277,3 +279,8 @@ class Catalog:
         with trio.move_on_after(self.call_timeout + 1):
             for activation in batch:
                 await activation.wait_gone(math.inf)
+
+    def cancel_turns_here(self) -> None:
+        """Cancel the turns running in callers' tasks: the node is stopping now."""
+        for scope in list(self.turns_here):
+            scope.cancel()

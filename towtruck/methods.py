@@ -10,6 +10,7 @@ of class methods are built once per class and shared by its actors.
 
 from __future__ import annotations
 
+import dis
 import inspect
 import weakref
 from collections.abc import Callable, Mapping
@@ -35,9 +36,11 @@ class Method:
         bound: Pass the actor object as the first argument.
         takes_data: Pass the call's data (``def ping(self)`` takes none).
         is_async: Calling it returns a coroutine to await.
+        may_suspend: Its coroutine may wait (it has an ``await``, ``async for`` or
+            ``async with``); an ``async def`` without any runs to the end in one step.
     """
 
-    __slots__ = ("bound", "function", "is_async", "name", "takes_data")
+    __slots__ = ("bound", "function", "is_async", "may_suspend", "name", "takes_data")
 
     def __init__(self, name: str, function: Callable[..., Any], *, bound: bool) -> None:
         self.name = name
@@ -45,6 +48,7 @@ class Method:
         self.bound = bound
         self.takes_data = _takes_data(function, bound=bound)
         self.is_async = inspect.iscoroutinefunction(function)
+        self.may_suspend = self.is_async and _may_suspend(function)
 
     def call(self, instance: object, data: Any) -> Any:
         """Call it: the result, or for an async method the coroutine to await."""
@@ -103,6 +107,22 @@ def is_public(name: str) -> bool:
     """Whether ``name`` may be called from outside: an identifier, not private, not
     a hook."""
     return name.isidentifier() and not name.startswith("_") and name not in HOOKS
+
+
+# Opcodes through which a coroutine can give control back to the event loop, across
+# CPython 3.11 to 3.13. A coroutine function whose own code has none of them (no
+# ``await``, ``async for`` or ``async with``) cannot suspend: calling ``send(None)`` on
+# its coroutine runs it to the end.
+_SUSPENDING_OPCODES: Final = frozenset(
+    {"GET_AWAITABLE", "SEND", "YIELD_VALUE", "GET_AITER", "GET_ANEXT", "BEFORE_ASYNC_WITH"}
+)
+
+
+def _may_suspend(function: Callable[..., Any]) -> bool:
+    code = getattr(function, "__code__", None)
+    if code is None or not code.co_flags & inspect.CO_COROUTINE:
+        return True  # not a plain ``async def``: assume it may
+    return any(op.opname in _SUSPENDING_OPCODES for op in dis.get_instructions(code))
 
 
 def _takes_data(function: Callable[..., Any], *, bound: bool) -> bool:

@@ -161,6 +161,7 @@ class Runtime:
         """Stop at once: refuse calls and cancel every turn, with no ``deactivate``.
         What a crash or ``kill -9`` would do, for tests of failure. Not a checkpoint."""
         self._taking_calls = False
+        self.catalog.cancel_turns_here()
         self._stopped.set()
 
     async def stop(self) -> None:
@@ -192,6 +193,7 @@ class Runtime:
             logger.warning(
                 "%d actors still deactivating at shutdown; cancelling", len(self.catalog)
             )
+        self.catalog.cancel_turns_here()
         self._stopped.set()
 
     async def invoke(
