@@ -46,14 +46,35 @@ class Load:
     p50_ms: float
     p99_ms: float
     failed: int  # non-2xx answers and socket errors
+    requests: int  # answered, failed or not
 
 
-def wrk(url: str, duration: int, *, random_ids: int = 0) -> Load:
-    """Run ``wrk -t1 -c50 --latency`` against ``url`` and parse its report."""
-    command = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration}s", "--latency", url]
-    if random_ids:
+def wrk(
+    url: str,
+    duration: int,
+    *,
+    random_ids: int = 0,
+    ids_file: Path | None = None,
+    connections: int = CONNECTIONS,
+    seed: int = 0,
+) -> Load:
+    """Run ``wrk -t1 --latency`` (50 connections unless told) on ``url``; parse its report.
+
+    Args:
+        url: Every request's URL, or the base URL when ids are random.
+        duration: Seconds.
+        random_ids: Call hello on a random actor among 1..``random_ids`` per request.
+        ids_file: Call hello on a random actor among this file's lines instead.
+        connections: Connections, all on one thread.
+        seed: Varies the random ids between loads started in the same second.
+    """
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url]
+    env = {**os.environ, "RANDOM_IDS": str(random_ids), "SEED": str(seed)}
+    if ids_file is not None:
+        env["IDS_FILE"] = str(ids_file)
+    if random_ids or ids_file:
         command[-1:-1] = ["-s", str(HERE / "random_ids.lua")]
-    out = _output(command, duration, env={**os.environ, "RANDOM_IDS": str(random_ids)})
+    out = _output(command, duration, env=env)
     failed = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
     failed += int(m[1]) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
     return Load(
@@ -61,15 +82,29 @@ def wrk(url: str, duration: int, *, random_ids: int = 0) -> Load:
         p50_ms=_milliseconds(_field(r"\s50%\s+(\S+)", out)),
         p99_ms=_milliseconds(_field(r"\s99%\s+(\S+)", out)),
         failed=failed,
+        requests=int(_field(r"(\d+) requests in", out)),
     )
 
 
-def python_loadgen(url: str, duration: int, *, random_ids: int = 0) -> Load:
-    """The same load from ``loadgen.py`` in a child process."""
-    command = [sys.executable, str(HERE / "loadgen.py"), url, f"-c{CONNECTIONS}", f"-d{duration}"]
+def python_loadgen(
+    url: str,
+    duration: int,
+    *,
+    random_ids: int = 0,
+    ids_file: Path | None = None,
+    connections: int = CONNECTIONS,
+    seed: int = 0,
+) -> Load:
+    """The same load as :func:`wrk`, from ``loadgen.py`` in a child process (which seeds
+    itself: ``seed`` is unused)."""
+    command = [sys.executable, str(HERE / "loadgen.py"), url, f"-c{connections}", f"-d{duration}"]
     command += [f"--random-ids={random_ids}"]
+    if ids_file is not None:
+        command += [f"--ids-file={ids_file}"]
     result = json.loads(_output(command, duration))
-    return Load(result["rps"], result["p50_ms"], result["p99_ms"], result["failed"])
+    return Load(
+        result["rps"], result["p50_ms"], result["p99_ms"], result["failed"], result["requests"]
+    )
 
 
 def _output(command: list[str], duration: int, env: dict[str, str] | None = None) -> str:
@@ -93,10 +128,12 @@ def _milliseconds(text: str) -> float:
 
 
 @contextlib.contextmanager
-def server(name: str, command: list[str], url: str, *, cwd: Path) -> Iterator[str]:
+def server(
+    name: str, command: list[str], url: str, *, cwd: Path, log_path: Path | None = None
+) -> Iterator[str]:
     """Run a server in its own process group until the block ends, even on error;
-    yield its URL once ``/ping`` answers."""
-    with tempfile.TemporaryFile("w+") as log:
+    yield its URL once ``/ping`` answers. Its output goes to ``log_path`` if given."""
+    with open(log_path, "w+") if log_path else tempfile.TemporaryFile("w+") as log:
         process = subprocess.Popen(
             command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )

@@ -7,6 +7,7 @@ as wrk would, though it needs more CPU per request than wrk does.
 
     python benchmarks/loadgen.py http://127.0.0.1:8080/invoke/1/hello -c 50 -d 5
     python benchmarks/loadgen.py http://127.0.0.1:8080 --random-ids 10000
+    python benchmarks/loadgen.py http://127.0.0.1:8080 --ids-file ids.txt  # one id a line
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import trio
@@ -70,12 +72,21 @@ async def receive_into(stream: trio.SocketStream, buffer: bytearray) -> None:
 
 
 async def generate(
-    url: str, *, connections: int, duration: float, random_ids: int
+    url: str, *, connections: int, duration: float, random_ids: int, ids: list[str]
 ) -> dict[str, float]:
-    """Run the load; return requests, seconds, rps, p50_ms, p99_ms, failed."""
+    """Run the load; return requests, seconds, rps, p50_ms, p99_ms, failed.
+
+    Each request calls hello on a random actor among ``ids`` if there are any, else
+    among 1..``random_ids`` if that is set; otherwise every request GETs ``url``.
+    """
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    if random_ids:
+    if ids:
+        choose = random.Random().choice
+
+        def path() -> str:
+            return f"/invoke/{choose(ids)}/hello"
+    elif random_ids:
         pick = random.Random().randint
 
         def path() -> str:
@@ -109,11 +120,13 @@ def main() -> None:
     parser.add_argument("-c", "--connections", type=int, default=50)
     parser.add_argument("-d", "--duration", type=float, default=5.0, help="seconds")
     parser.add_argument("--random-ids", type=int, default=0, help="GET /invoke/{random id}/hello")
+    parser.add_argument("--ids-file", help="pick the random ids among this file's lines")
     args = parser.parse_args()
     options = {
         "connections": args.connections,
         "duration": args.duration,
         "random_ids": args.random_ids,
+        "ids": Path(args.ids_file).read_text().split() if args.ids_file else [],
     }
     print(json.dumps(trio.run(partial(generate, args.url, **options))))
 

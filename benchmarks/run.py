@@ -1,12 +1,13 @@
 """Run every benchmark and print one table.
 
-    python benchmarks/run.py            # full: about two and a half minutes
-    python benchmarks/run.py --quick    # smoke test for CI: a few seconds per benchmark
+    python benchmarks/run.py                  # full: about four and a half minutes
+    python benchmarks/run.py --quick          # smoke test for CI: seconds per benchmark
+    python benchmarks/run.py --only cluster   # just that one (repeatable)
 
 Each benchmark also runs alone: ``python benchmarks/local_invoke.py``,
-``python benchmarks/http_invoke.py``. Figures are medians (with min and max) over the
-repetitions; on a shared machine, trust the ratios, measured in the same run, more
-than the absolute rates.
+``python benchmarks/http_invoke.py``, ``python benchmarks/cluster.py``. Figures are
+medians (with min and max) over the repetitions; on a shared machine, trust the
+ratios, measured in the same run, more than the absolute rates.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import platform
 import sys
 from functools import partial
 
+import cluster
 import http_invoke
 import local_invoke
 import trio
 from _common import common_arguments, table
 
-BENCHMARKS = ("local", "http")
+BENCHMARKS = ("local", "http", "cluster")
 
 
 def main() -> None:
@@ -29,6 +31,7 @@ def main() -> None:
     common_arguments(parser)
     local_invoke.arguments(parser)
     http_invoke.arguments(parser)
+    cluster.arguments(parser)
     parser.add_argument("--only", choices=BENCHMARKS, action="append", help="run just this one")
     args = parser.parse_args()
     only = args.only or BENCHMARKS
@@ -37,6 +40,8 @@ def main() -> None:
         figures += trio.run(partial(local_invoke.run, **local_invoke.options(args)))
     if "http" in only:
         figures += http_invoke.run(**http_invoke.options(args))
+    if "cluster" in only:
+        figures += cluster.run(**cluster.options(args))
     print(f"python {platform.python_version()} on {platform.machine()}, {sys.platform}")
     print(table(figures))
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 import towtruck
@@ -23,7 +24,7 @@ class Kinds:
         return "quick"
 
     async def waits(self, data: Any) -> str:
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         return "waits"
 
     async def loops(self, data: Any) -> list[Any]:
@@ -116,22 +117,24 @@ async def test_stopping_cuts_turns_running_in_callers_tasks(
 
     errors: list[towtruck.TowtruckError] = []
     with trio.fail_after(DEADLINE):
-        async with towtruck.open_runtime(
-            create_actor, environ={}, call_timeout=1000, shutdown_timeout=1
-        ) as runtime:
-            async with trio.open_nursery() as nursery:
+        async with (
+            towtruck.open_runtime(
+                create_actor, environ={}, call_timeout=1000, shutdown_timeout=1
+            ) as runtime,
+            trio.open_nursery() as nursery,
+        ):
 
-                async def call() -> None:
-                    try:
-                        await runtime.client.invoke("a", "forever")
-                    except towtruck.NodeStopping as exc:
-                        errors.append(exc)
+            async def call() -> None:
+                try:
+                    await runtime.client.invoke("a", "forever")
+                except towtruck.NodeStopping as exc:
+                    errors.append(exc)
 
-                nursery.start_soon(call)
-                await trio.testing.wait_all_tasks_blocked()
-                start = trio.current_time()
-                await runtime.stop()
-                assert trio.current_time() - start <= 3
+            nursery.start_soon(call)
+            await trio.testing.wait_all_tasks_blocked()
+            start = trio.current_time()
+            await runtime.stop()
+            assert trio.current_time() - start <= 3
     assert len(errors) == 1
 
 

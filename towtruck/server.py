@@ -98,6 +98,12 @@ class _Connection(TCPServer):
         finally:
             self._connections.discard(self)
 
+    async def _close(self) -> None:
+        try:
+            await super()._close()
+        finally:  # cancelled (a node killed): close the socket anyway, not at GC
+            self.stream.socket.close()
+
     async def _read_data(self) -> None:
         while True:
             with trio.CancelScope(deadline=self._idle_deadline) as scope:
