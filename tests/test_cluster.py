@@ -346,3 +346,22 @@ async def test_the_cluster_helper(http: httpx.AsyncClient) -> None:
             assert await servers(http, survivor) == [str(third.address)], "down, not removed"
             for i in range(10):
                 assert await c.client.invoke(f"after{i}", "increment") == 1
+
+
+async def test_a_peer_taken_for_down_while_alive_keeps_its_actors(
+    http: httpx.AsyncClient,
+) -> None:
+    with trio.fail_after(TEST_SECONDS):
+        async with towtruck.cluster(create_counter, size=2, **FAST) as c:
+            first, second = c.nodes
+            ids = owned_by(second, c.nodes, 20, "slow")
+            for actor_id in ids:
+                await first.client.invoke(actor_id, "increment")
+            await first.router.refresh_filters()
+            # As if second were too loaded to answer heartbeats: first takes it for down
+            # and owns its ids, but must find the actors where they are.
+            first.router.membership.missed(str(second.address), certain=True)
+            for actor_id in ids:
+                response = await http.post(f"{first.url}/invoke/{actor_id}/increment")
+                assert response.json() == 2, actor_id
+                assert c.holders(actor_id) == [second]

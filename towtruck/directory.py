@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any, Final, Protocol
 from urllib.parse import quote
 
@@ -24,6 +23,7 @@ import trio
 from .bloom import BloomFilter, CountingBloom
 from .catalog import Catalog
 from .errors import TowtruckError
+from .membership import Membership, MemberState
 
 __all__ = ["Directory", "PeerClient"]
 
@@ -62,21 +62,25 @@ class PeerClient(Protocol):
 class Directory:
     """This node's knowledge of which actors live where.
 
+    Which peers may hold actors: the live ones; the down ones, by the last filter they
+    served (a peer may be taken for down while it is only slow, say under overload,
+    and its actors must not be activated a second time elsewhere; one that refuses
+    connections is gone, and its filter is dropped); and removed ones whose last filter
+    still held actors (they serve those until they are collected).
+
     Args:
         catalog: This node's actor table; the directory follows it to keep this
             node's bloom filter.
         peers: The client to query peers with.
-        reachable: Returns the peers worth asking (joined and answering).
+        membership: Who the peers are and how they are doing.
     """
 
-    def __init__(
-        self, catalog: Catalog, peers: PeerClient, reachable: Callable[[], list[str]]
-    ) -> None:
+    def __init__(self, catalog: Catalog, peers: PeerClient, membership: Membership) -> None:
         self.bloom = CountingBloom()
         self.filters: dict[str, BloomFilter] = {}
         self._catalog = catalog
         self._peers = peers
-        self._reachable = reachable
+        self._membership = membership
         self._found: OrderedDict[str, str] = OrderedDict()
         self._rebuild_log: list[tuple[bool, str]] | None = None
         self._snapshot: BloomFilter | None = None
@@ -118,10 +122,21 @@ class Directory:
         finally:
             self._rebuild_log = None
 
+    def holders(self) -> list[str]:
+        """The peers that may hold actors (see the class's docstring)."""
+        membership = self._membership
+        live = membership.peers(MemberState.ALIVE)
+        held = [
+            peer
+            for peer in membership.peers(MemberState.DOWN, MemberState.REMOVED)
+            if (bloom := self.filters.get(peer)) is not None and bloom.count > 0
+        ]
+        return live + held
+
     def found(self, actor_id: str) -> str | None:
-        """The peer where ``actor_id`` was last found, if that peer still answers."""
+        """The peer where ``actor_id`` was last found, if that peer is still live."""
         peer = self._found.get(actor_id)
-        if peer is not None and peer not in self._reachable():
+        if peer is not None and self._membership.state(peer) is not MemberState.ALIVE:
             del self._found[actor_id]
             return None
         return peer
@@ -133,16 +148,16 @@ class Directory:
     async def locate(self, actor_id: str, deadline: float) -> str | None:
         """The peer where ``actor_id`` is active, or None if no peer holds it.
 
-        Asks, all at once, every reachable peer whose filter may hold the id, and
-        returns the first that does. A peer that does not answer in time is taken not
-        to hold it. A checkpoint.
+        Asks, all at once, every peer that may hold actors and whose filter may hold
+        the id, and returns the first that does. A peer that does not answer in time is
+        taken not to hold it; one that refuses the connection is gone. A checkpoint.
         """
         peer = self.found(actor_id)
         if peer is not None:
             return peer
         candidates = [
             peer
-            for peer in self._reachable()
+            for peer in self.holders()
             if (bloom := self.filters.get(peer)) is None or actor_id in bloom
         ]
         if not candidates:
@@ -154,7 +169,9 @@ class Directory:
             nonlocal holder
             try:
                 answer = await self._peers.get(peer, path)
-            except TowtruckError:
+            except TowtruckError as exc:
+                if exc.details.get("delivered") is False:
+                    self.filters.pop(peer, None)  # nothing listens there: its actors are gone
                 return
             if isinstance(answer, dict) and answer.get("exists") is True and holder is None:
                 holder = peer
@@ -169,15 +186,18 @@ class Directory:
         return holder
 
     async def refresh(self, *, fresh: bool = False) -> None:
-        """Fetch the filters of every reachable peer (only those that changed).
+        """Fetch the filters of the live peers, and of removed peers that still held
+        actors (only those that changed); keep the last filter of down peers.
 
         ``fresh`` asks the peers for their filter as it is now rather than one
         cached for up to half a ``bloom_interval``. A peer that does not answer
         keeps its last filter. A checkpoint.
         """
-        peers = self._reachable()
-        for gone in set(self.filters) - set(peers):
+        membership = self._membership
+        holders = self.holders()
+        for gone in set(self.filters) - set(holders):
             del self.filters[gone]
+        peers = [p for p in holders if membership.state(p) is not MemberState.DOWN]
 
         async def fetch(peer: str) -> None:
             known = self.filters.get(peer)

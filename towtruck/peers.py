@@ -27,8 +27,11 @@ from .runtime import Runtime
 __all__ = ["HttpPeers", "open_router"]
 
 _JSON: Final = {"content-type": "application/json"}
-# Connections kept open per node for forwarding; more wait for one to be free.
-_LIMITS: Final = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+# Forwarded calls and the cluster's own messages (heartbeats, filters, queries) use
+# separate connection pools, so a flood of forwarded calls can never hold up a
+# heartbeat long enough for a healthy peer to be taken for down.
+_CALL_LIMITS: Final = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+_CONTROL_LIMITS: Final = httpx.Limits(max_connections=32, max_keepalive_connections=16)
 
 
 class HttpPeers:
@@ -39,34 +42,39 @@ class HttpPeers:
     """
 
     def __init__(self, cluster_headers: dict[str, str] | None = None) -> None:
-        self._client = httpx.AsyncClient(
-            limits=_LIMITS, timeout=None, headers=cluster_headers, trust_env=False
+        self._calls, self._control = (
+            httpx.AsyncClient(limits=limits, timeout=None, headers=cluster_headers, trust_env=False)
+            for limits in (_CALL_LIMITS, _CONTROL_LIMITS)
         )
 
     async def aclose(self) -> None:
         """Close every connection."""
-        await self._client.aclose()
+        await self._calls.aclose()
+        await self._control.aclose()
 
     async def forward(self, peer: str, envelope: bytes) -> bytes:
         """POST a call's envelope to ``peer``'s ``/cluster/forward``; the answer is the
         result as JSON. See :class:`~towtruck.directory.PeerClient` for errors."""
-        return await self._request("POST", peer, "/cluster/forward", envelope)
+        return await self._request(self._calls, "POST", peer, "/cluster/forward", envelope)
 
     async def post(self, peer: str, path: str, payload: Any) -> Any:
         """POST JSON, return the JSON answer."""
-        return codec.loads(await self._request("POST", peer, path, codec.dumps(payload)))
+        body = codec.dumps(payload)
+        return codec.loads(await self._request(self._control, "POST", peer, path, body))
 
     async def get(self, peer: str, path: str) -> Any:
         """GET, return the JSON answer."""
-        return codec.loads(await self._request("GET", peer, path, None))
+        return codec.loads(await self._request(self._control, "GET", peer, path, None))
 
-    async def _request(self, verb: str, peer: str, path: str, body: bytes | None) -> bytes:
-        request = self._client.build_request(verb, f"http://{peer}{path}")
+    async def _request(
+        self, client: httpx.AsyncClient, verb: str, peer: str, path: str, body: bytes | None
+    ) -> bytes:
+        request = client.build_request(verb, f"http://{peer}{path}")
         if body is not None:
             request.headers.update({**_JSON, "content-length": str(len(body))})
             request.stream = _Body(body)
         try:
-            response = await self._client.send(request)
+            response = await client.send(request)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise PeerUnavailable(
                 f"could not connect to {peer}: {exc or type(exc).__name__}",

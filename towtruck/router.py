@@ -22,7 +22,8 @@ no longer owns instead of activating them), then fetches every peer's bloom filt
 (which by then holds whatever the peer activated under the old view). Calls that
 would activate an actor wait for that, a round trip or two; calls to actors already
 active anywhere do not. Losing a node needs no settling: rendezvous hashing moves only
-the lost node's ids, and their actors went with it.
+the lost node's ids; their actors went with it, or, if the node was only too slow to
+answer heartbeats, the owner finds them through the last filter the node served.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class Router:
         settings = runtime.settings
         self.me = me
         self.membership = Membership(me, misses_allowed=settings.heartbeat_misses)
-        self.directory = Directory(runtime.catalog, peers, self._reachable)
+        self.directory = Directory(runtime.catalog, peers, self.membership)
         self._catalog = runtime.catalog
         self._peers = peers
         self._heartbeat_interval = settings.heartbeat_interval
@@ -83,6 +84,8 @@ class Router:
         self._settle_due = trio.Event()
         self._bloom_due = trio.Event()
         self._left = False
+        #: Calls this node sent on to another.
+        self.forwarded = 0
         runtime.router = self
         runtime.add_service(self._heartbeat_periodically)
         runtime.add_service(self._settle_when_due)
@@ -139,6 +142,7 @@ class Router:
                 "existing": existing,
             }
         )
+        self.forwarded += 1
         try:
             with trio.move_on_at(context.deadline):
                 return await self._peers.forward(peer, envelope)
@@ -315,17 +319,6 @@ class Router:
 
     def _hello(self) -> dict[str, Any]:
         return {"from": self.me, "members": self.membership.records()}
-
-    def _reachable(self) -> list[str]:
-        """Peers that may hold actors: the live ones, and removed ones whose last
-        filter still held some (they serve those until they are collected)."""
-        live = self.membership.peers(MemberState.ALIVE)
-        leaving = [
-            peer
-            for peer in self.membership.peers(MemberState.REMOVED)
-            if (bloom := self.directory.filters.get(peer)) is not None and bloom.count > 0
-        ]
-        return live + leaving
 
 
 def _records(reply: Any) -> list[Any]:

@@ -130,6 +130,9 @@ def build_routes(runtime: Runtime) -> QuartTrio:
                 "calls": stats.calls,
                 "errors": stats.failed,
                 "in_flight": stats.in_flight,
+                "forwarded": (
+                    runtime.router.forwarded if isinstance(runtime.router, Router) else 0
+                ),
                 "catalog": dataclasses.asdict(stats.actors),
             }
         )
