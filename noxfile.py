@@ -8,9 +8,11 @@ nox.options.default_venv_backend = "venv"
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the test suite (``-- -k pattern`` and other pytest options pass through)."""
+    """Run the test suite on the compiled h11 where it installs, then on the pure one
+    (``-- -k pattern`` and other pytest options pass through)."""
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs)
+    session.run("pytest", "-p", "tests.pure_h11", *session.posargs)
 
 
 @nox.session

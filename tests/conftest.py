@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import httpx
+import towtruck  # noqa: F401  (before httpx: it may put the compiled h11 in place)
+
+import httpx  # noqa: I001
 import pytest
 
 #: Wall-clock bound for a test that talks to real servers.

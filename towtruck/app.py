@@ -14,7 +14,6 @@ Paths are split on the raw (still percent-encoded) path, so an id may hold ``/``
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any, Final
 from urllib.parse import unquote_to_bytes
 
@@ -75,75 +74,93 @@ class App:
         self.runtime = runtime
         self.routes = build_routes(runtime)
         self._debug = runtime.settings.debug
-        self._max_body = runtime.settings.max_body
+        #: Largest request body accepted, in bytes.
+        self.max_body = runtime.settings.max_body
         self._call_timeout = runtime.settings.call_timeout
+
+    def is_fast(self, verb: str, raw_path: bytes) -> bool:
+        """Whether a request goes to a fast route (``/invoke``, ``/cluster/forward``)."""
+        return raw_path.startswith(b"/invoke/") or (
+            raw_path == b"/cluster/forward" and verb == "POST"
+        )
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
         if scope["type"] == "http":
             raw_path = scope.get("raw_path") or scope["path"].encode()
-            if raw_path.startswith(b"/invoke/"):
-                await self._answer(self._invoke, scope, raw_path, receive, send)
-                return
-            if raw_path == b"/cluster/forward" and scope["method"] == "POST":
-                await self._answer(self._forwarded, scope, raw_path, receive, send)
+            if self.is_fast(scope["method"], raw_path):
+                error: TowtruckError | None = None
+                try:
+                    body = await self._read_body(scope, receive)
+                except _ClientGone:
+                    return
+                except PayloadTooLarge as exc:
+                    body, error = b"", exc
+                status, headers, answer = await self.respond(scope["method"], raw_path, body, error)
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": status,
+                        "headers": headers,
+                        "trailers": False,
+                    }
+                )
+                await send({"type": "http.response.body", "body": answer, "more_body": False})
                 return
         await self.routes(scope, receive, send)
 
-    async def _answer(
-        self,
-        handler: _Handler,
-        scope: HTTPScope,
-        raw_path: bytes,
-        receive: ASGIReceiveCallable,
-        send: ASGISendCallable,
-    ) -> None:
-        """Run a fast-path handler and send its answer, or its error as JSON."""
+    async def respond(
+        self, verb: str, raw_path: bytes, body: bytes, error: TowtruckError | None = None
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Answer a request to a fast route: status, headers and body, errors as JSON.
+
+        Shared by the ASGI entry point and by the server's own fast lane
+        (:mod:`towtruck.connection`), which hands over the request without ASGI.
+
+        Args:
+            error: A problem found while reading the request (a body over
+                ``max_body``), to answer instead.
+        """
         headers = [_JSON]
         try:
-            status, answer = 200, await handler(scope, raw_path, receive)
-        except _ClientGone:
-            return
+            if error is not None:
+                raise error
+            if raw_path.startswith(b"/invoke/"):
+                status, answer = 200, await self._invoke(verb, raw_path, body)
+            else:
+                status, answer = 200, await self._forwarded(body)
         except TowtruckError as exc:
             status, answer = exc.status, codec.error_body(exc, debug=self._debug)
             headers.extend(exc.headers)
         except Exception as exc:
-            logger.exception("error answering %s %r", scope["method"], raw_path)
-            error = InternalError(f"towtruck failed answering this call: {type(exc).__name__}")
-            error.__cause__ = exc
-            status, answer = 500, codec.error_body(error, debug=self._debug)
+            logger.exception("error answering %s %r", verb, raw_path)
+            failure = InternalError(f"towtruck failed answering this call: {type(exc).__name__}")
+            failure.__cause__ = exc
+            status, answer = 500, codec.error_body(failure, debug=self._debug)
         headers.append((b"content-length", str(len(answer)).encode()))
-        await send(
-            {"type": "http.response.start", "status": status, "headers": headers, "trailers": False}
-        )
-        await send({"type": "http.response.body", "body": answer, "more_body": False})
+        return status, headers, answer
 
-    async def _invoke(
-        self, scope: HTTPScope, raw_path: bytes, receive: ASGIReceiveCallable
-    ) -> bytes:
+    async def _invoke(self, verb: str, raw_path: bytes, body: bytes) -> bytes:
         """``/invoke/{id}/{method}[/{arg}...]``, from a client outside the cluster."""
         actor_id, method, args = parse_invoke_path(raw_path)
-        if scope["method"] in BODY_VERBS:
+        if verb in BODY_VERBS:
             if args:
                 raise BadRequest(
-                    f"{scope['method']} takes its data as a JSON body; extra path"
-                    " segments are the data of GET and DELETE only",
+                    f"{verb} takes its data as a JSON body; extra path segments are the"
+                    " data of GET and DELETE only",
                     actor=actor_id,
                     method=method,
                 )
-            body = await self._read_body(scope, receive)
             data = codec.loads(body) if body.strip() else None
         else:
             data = args
         context = CallContext((), trio.current_time() + self._call_timeout)
         return await self.runtime.invoke(actor_id, method, data, context)
 
-    async def _forwarded(
-        self, scope: HTTPScope, raw_path: bytes, receive: ASGIReceiveCallable
-    ) -> bytes:
+    async def _forwarded(self, body: bytes) -> bytes:
         """``POST /cluster/forward``: a call another node sent on, with its context."""
-        envelope = codec.loads(await self._read_body(scope, receive))
+        envelope = codec.loads(body)
         try:
             actor_id = check_actor_id(envelope["id"])
             method = envelope["method"]
@@ -162,10 +179,10 @@ class App:
 
     async def _read_body(self, scope: HTTPScope, receive: ASGIReceiveCallable) -> bytes:
         for name, value in scope["headers"]:
-            if name == b"content-length" and int(value) > self._max_body:
+            if name == b"content-length" and int(value) > self.max_body:
                 raise PayloadTooLarge(
-                    f"the body is {int(value)} bytes; max_body is {self._max_body}",
-                    max_body=self._max_body,
+                    f"the body is {int(value)} bytes; max_body is {self.max_body}",
+                    max_body=self.max_body,
                 )
         chunks = []
         size = 0
@@ -175,16 +192,13 @@ class App:
                 raise _ClientGone
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self._max_body:
+            if size > self.max_body:
                 raise PayloadTooLarge(
-                    f"the body is over max_body ({self._max_body} bytes)", max_body=self._max_body
+                    f"the body is over max_body ({self.max_body} bytes)", max_body=self.max_body
                 )
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
-
-
-_Handler = Callable[[HTTPScope, bytes, ASGIReceiveCallable], Awaitable[bytes]]
 
 
 class _ClientGone(Exception):

@@ -1,0 +1,306 @@
+"""One HTTP connection on Hypercorn's trio worker, with its per-request costs cut.
+
+Written against Hypercorn 0.18 (``pyproject.toml`` pins ``hypercorn>=0.18,<0.19`` and a
+test checks the pin). Every piece replaces one part of Hypercorn's ``TCPServer`` and
+``H11Protocol`` and is small enough to send upstream:
+
+**Keep-alive timeouts without a timer per request.** Hypercorn restarts a connection's
+keep-alive timer after each response by spawning a task (``nursery.start``, a lock, a
+cancel scope) from inside the app's ``send``. Quart-Trio calls ``send`` from its
+per-request nursery and cancels that nursery as soon as the response is out, which
+cancels the timer before it starts: an idle keep-alive connection then stays open for
+ever. Here a connection only notes when it became idle; one reaper task per server
+(:func:`reap_idle`) closes the connections idle past ``keep_alive_timeout``, a few
+times a second. A per-connection deadline would do too, but moving it twice per
+request costs more than the reaper's sweep.
+
+**Fast routes skip ASGI.** For each request Hypercorn spawns a task to run the ASGI
+app, feeds it through a memory channel, and writes the status line and headers, the
+body and the terminator with three ``send_all`` calls, each behind a lock. A request
+to one of the app's fast routes (``/invoke/...``, ``/cluster/forward``: see
+:class:`FastRoutes`) is instead answered in the connection's own task, straight from
+the h11 events, and its whole response goes out in one ``send_all``. Everything else
+(Quart's routes, websockets, HTTP/2) takes Hypercorn's ordinary path. Running the call
+in the connection's task holds up nothing: HTTP/1.1 answers one request at a time.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Final, Protocol
+from wsgiref.handlers import format_date_time
+
+import h11
+import trio
+from hypercorn.events import Closed, RawData
+from hypercorn.protocol import ProtocolWrapper
+from hypercorn.protocol.events import Body, EndBody, Event, StreamClosed
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.trio.task_group import TaskGroup
+from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import parse_socket_addr
+
+from .errors import PayloadTooLarge, TowtruckError
+
+__all__ = ["Connection", "FastRoutes", "reap_idle"]
+
+_STREAM_ID: Final = 1  # HTTP/1.1 has one stream; Hypercorn numbers it 1
+# A request refused before its body was read (too large) is answered, then the
+# connection reads and drops what the client still sends, up to these bounds, before
+# closing: closing with unread data makes the kernel reset the connection, and the
+# client may lose the answer it was sent (a "lingering close", as nginx does).
+_LINGER_SECONDS: Final = 2.0
+_LINGER_BYTES: Final = 4 * 1024 * 1024
+
+
+class FastRoutes(Protocol):
+    """The routes a connection answers without ASGI (:class:`towtruck.App`)."""
+
+    max_body: int
+
+    def is_fast(self, verb: str, raw_path: bytes) -> bool:
+        """Whether this request goes to a fast route."""
+        ...
+
+    async def respond(
+        self, verb: str, raw_path: bytes, body: bytes, error: TowtruckError | None = None
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Status, headers and body of the answer (``error``: answer that instead)."""
+        ...
+
+
+class Connection(TCPServer):
+    """Hypercorn's connection handler with the keep-alive timer as a read deadline and
+    a fast lane for ``fast`` routes. Plain TCP only (towtruck serves no TLS).
+
+    Args:
+        connections: The server's live connections, kept up to date, so a graceful
+            shutdown can close the idle ones at once.
+        fast: The app's fast routes, or None to send everything through ASGI.
+        *args: Hypercorn's ``TCPServer`` arguments.
+    """
+
+    def __init__(self, connections: set[Connection], fast: FastRoutes | None, *args: Any) -> None:
+        super().__init__(*args)
+        self.idle_task = _IdleTimer(self)  # type: ignore[assignment]
+        self._connections = connections
+        self._fast = fast
+        #: When the connection last became idle (between requests), or None if busy.
+        self.idle_since: float | None = None
+        #: Read and drop what the client still sends before closing (see _LINGER_*).
+        self.linger = False
+
+    def close_now(self) -> None:
+        """Close the socket at once; the read loop ends. For idle connections only."""
+        self.stream.socket.close()
+
+    async def run(self) -> None:
+        self._connections.add(self)
+        try:
+            socket = self.stream.socket
+            client = parse_socket_addr(socket.family, socket.getpeername())
+            server = parse_socket_addr(socket.family, socket.getsockname())
+            async with TaskGroup() as task_group:
+                self._task_group = task_group
+                arguments = (
+                    self.app,
+                    self.config,
+                    self.context,
+                    task_group,
+                    ConnectionState(self.state),
+                    False,
+                    client,
+                    server,
+                    self.protocol_send,
+                )
+                self.protocol = ProtocolWrapper(*arguments)
+                if self._fast is not None:
+                    self.protocol.protocol = _FastH11Protocol(self, self._fast, *arguments)
+                await self.protocol.initiate()
+                await self.idle_task.restart(task_group, self._idle_timeout)
+                await self._read_data()
+        except OSError:
+            pass
+        finally:
+            await self._close()
+            self._connections.discard(self)
+
+    async def write(self, data: bytes) -> None:
+        """Send bytes now: the fast lane's one write per response. Takes the send lock
+        without a checkpoint when it is free (it always is, for HTTP/1.1); unlike
+        Hypercorn's own sends it is not shielded, as only the connection's task writes
+        here and it is cancelled only when the connection is torn down anyway."""
+        lock = self.send_lock
+        if lock.locked():
+            await lock.acquire()
+        else:
+            lock.acquire_nowait()
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.protocol.handle(Closed())
+        finally:
+            lock.release()
+
+    async def _close(self) -> None:
+        try:
+            if self.linger:
+                self.linger = False
+                with trio.move_on_after(_LINGER_SECONDS):
+                    await self.stream.send_eof()
+                    left = _LINGER_BYTES
+                    while left > 0 and (data := await self.stream.receive_some(MAX_RECV)):
+                        left -= len(data)
+            await super()._close()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:  # cancelled (a node killed): close the socket anyway, not at GC
+            self.stream.socket.close()
+
+    async def _read_data(self) -> None:
+        while True:
+            try:
+                data = await self.stream.receive_some(MAX_RECV)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                break  # closed by the reaper, or by the peer abruptly
+            await self.protocol.handle(RawData(bytes(data)))
+            if data == b"":
+                break
+        await self.protocol.handle(Closed())
+
+
+class _IdleTimer:
+    """Stands in for Hypercorn's ``TrioSingleTask`` as a connection's keep-alive timer:
+    it only notes when the connection became idle (see :func:`reap_idle`)."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+
+    async def restart(self, task_group: object, action: object) -> None:
+        self._connection.idle_since = trio.current_time()
+
+    async def stop(self) -> None:
+        self._connection.idle_since = None
+
+
+async def reap_idle(connections: set[Connection], keep_alive_timeout: float) -> None:
+    """Close the connections idle longer than ``keep_alive_timeout``, for ever, checking
+    four times per timeout (at most once a second)."""
+    tick = min(1.0, keep_alive_timeout / 4)
+    while True:
+        await trio.sleep(tick)
+        expired = trio.current_time() - keep_alive_timeout
+        for connection in list(connections):
+            if connection.idle_since is not None and connection.idle_since <= expired:
+                connection.close_now()
+
+
+class _FastH11Protocol(H11Protocol):
+    """Hypercorn's HTTP/1.1 protocol, answering fast routes in the connection's task."""
+
+    def __init__(self, connection: Connection, fast: FastRoutes, *args: Any) -> None:
+        super().__init__(*args)
+        self.connection_handler = connection
+        self._fast = fast
+
+    async def _create_stream(self, request: h11.Request) -> None:
+        verb = request.method.decode("ascii").upper()
+        raw_path = request.target.partition(b"?")[0]
+        if verb == "HEAD" or not self._fast.is_fast(verb, raw_path):
+            await super()._create_stream(request)
+            return
+        stream = _FastStream(self, verb, raw_path, request.headers)
+        self.stream = stream  # type: ignore[assignment]
+        self.keep_alive_requests += 1
+        await self.context.mark_request()
+        if stream.error is not None:  # refused on its headers: answer before its body
+            await stream.answer()
+
+    async def send_answer(
+        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> None:
+        """Send a whole response in one write, then end the request's cycle."""
+        headers.append((b"date", _date()))
+        if self.keep_alive_requests >= self.config.keep_alive_max_requests:
+            headers.append((b"connection", b"close"))
+        try:
+            data = b"".join(
+                (
+                    self.connection.send(h11.Response(status_code=status, headers=headers)),
+                    self.connection.send(h11.Data(data=body)),
+                    self.connection.send(h11.EndOfMessage()),
+                )
+            )
+        except h11.LocalProtocolError:
+            if self.connection.their_state != h11.ERROR:
+                raise
+        else:
+            await self.connection_handler.write(data)
+        await self.stream_send(StreamClosed(stream_id=_STREAM_ID))
+
+
+class _FastStream:
+    """One request to a fast route: its body gathered from h11's events, its answer
+    computed by the app and sent by the protocol in one write."""
+
+    def __init__(
+        self, protocol: _FastH11Protocol, verb: str, raw_path: bytes, headers: Any
+    ) -> None:
+        self._protocol = protocol
+        self._verb = verb
+        self._raw_path = raw_path
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._max_body = protocol._fast.max_body
+        self.closed = False
+        self.error: TowtruckError | None = None
+        for name, value in headers:
+            if name == b"content-length" and int(value) > self._max_body:
+                self.error = _too_large(self._max_body)
+
+    @property
+    def idle(self) -> bool:
+        return False
+
+    async def handle(self, event: Event) -> None:
+        if self.closed:
+            return
+        if isinstance(event, Body):
+            self._size += len(event.data)
+            if self._size > self._max_body:
+                self.error = _too_large(self._max_body)
+                await self.answer()
+            else:
+                self._chunks.append(bytes(event.data))
+        elif isinstance(event, EndBody):
+            await self.answer()
+        elif isinstance(event, StreamClosed):
+            self.closed = True
+
+    async def answer(self) -> None:
+        """Compute the answer and send it (once)."""
+        self.closed = True
+        if self.error is not None:  # refused before the body was all read
+            self._protocol.connection_handler.linger = True
+        body = b"".join(self._chunks)
+        status, headers, answer = await self._protocol._fast.respond(
+            self._verb, self._raw_path, body, self.error
+        )
+        await self._protocol.send_answer(status, headers, answer)
+
+
+def _too_large(max_body: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the body is over max_body ({max_body} bytes)", max_body=max_body)
+
+
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def _date() -> bytes:
+    """The ``Date`` header's value, formatted once a second."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, format_date_time(now).encode("ascii"))
+    return _date_cache[1]
