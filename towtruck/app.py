@@ -14,13 +14,14 @@ Paths are split on the raw (still percent-encoded) path, so an id may hold ``/``
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 from urllib.parse import unquote_to_bytes
 
 import trio
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope, Scope
 
-from . import codec
+from . import codec, lanes
 from .calls import CallContext
 from .catalog import Factory
 from .client import check_actor_id
@@ -140,6 +141,19 @@ class App:
             status, answer = 500, codec.error_body(failure, debug=self._debug)
         headers.append((b"content-length", str(len(answer)).encode()))
         return status, headers, answer
+
+    async def serve_lane(
+        self,
+        stream: trio.SocketStream,
+        initial: bytes,
+        stopping: Callable[[], Awaitable[object]],
+    ) -> None:
+        """Answer the calls a peer sends on a lane (see :mod:`towtruck.lanes`)."""
+        await lanes.serve_lane(stream, initial, self._answer_forwarded, stopping)
+
+    async def _answer_forwarded(self, envelope: bytes) -> tuple[int, bytes]:
+        status, _, answer = await self.respond("POST", b"/cluster/forward", envelope)
+        return status, answer
 
     async def _invoke(self, verb: str, raw_path: bytes, body: bytes) -> bytes:
         """``/invoke/{id}/{method}[/{arg}...]``, from a client outside the cluster."""

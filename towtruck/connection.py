@@ -22,12 +22,16 @@ to one of the app's fast routes (``/invoke/...``, ``/cluster/forward``: see
 the h11 events, and its whole response goes out in one ``send_all``. Everything else
 (Quart's routes, websockets, HTTP/2) takes Hypercorn's ordinary path. Running the call
 in the connection's task holds up nothing: HTTP/1.1 answers one request at a time.
+
+**Lanes.** A peer's ``GET /cluster/lane`` with ``Upgrade: towtruck-lane`` is answered
+``101`` and the connection is handed to the app's lane (:mod:`towtruck.lanes`).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Final, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, NoReturn, Protocol
 from wsgiref.handlers import format_date_time
 
 import h11
@@ -42,6 +46,7 @@ from hypercorn.typing import ConnectionState
 from hypercorn.utils import parse_socket_addr
 
 from .errors import PayloadTooLarge, TowtruckError
+from .lanes import LANE_PATH, UPGRADE
 
 __all__ = ["Connection", "FastRoutes", "reap_idle"]
 
@@ -58,6 +63,16 @@ class FastRoutes(Protocol):
     """The routes a connection answers without ASGI (:class:`towtruck.App`)."""
 
     max_body: int
+
+    async def serve_lane(
+        self,
+        stream: trio.SocketStream,
+        initial: bytes,
+        stopping: Callable[[], Awaitable[object]],
+    ) -> None:
+        """Answer calls on a connection upgraded to a lane (:mod:`towtruck.lanes`)
+        until the peer closes it or ``stopping()`` returns."""
+        ...
 
     def is_fast(self, verb: str, raw_path: bytes) -> bool:
         """Whether this request goes to a fast route."""
@@ -164,7 +179,16 @@ class Connection(TCPServer):
                 data = await self.stream.receive_some(MAX_RECV)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 break  # closed by the reaper, or by the peer abruptly
-            await self.protocol.handle(RawData(bytes(data)))
+            try:
+                await self.protocol.handle(RawData(bytes(data)))
+            except _UpgradedToLane as upgraded:
+                assert self._fast is not None
+                await self._fast.serve_lane(
+                    self.stream,  # type: ignore[arg-type]
+                    upgraded.initial,
+                    self.context.terminated.wait,
+                )
+                break
             if data == b"":
                 break
         await self.protocol.handle(Closed())
@@ -207,6 +231,8 @@ class _FastH11Protocol(H11Protocol):
     async def _create_stream(self, request: h11.Request) -> None:
         verb = request.method.decode("ascii").upper()
         raw_path = request.target.partition(b"?")[0]
+        if raw_path == LANE_PATH and verb == "GET" and _upgrade_to(request) == UPGRADE:
+            await self._accept_lane()
         if verb == "HEAD" or not self._fast.is_fast(verb, raw_path):
             await super()._create_stream(request)
             return
@@ -216,6 +242,13 @@ class _FastH11Protocol(H11Protocol):
         await self.context.mark_request()
         if stream.error is not None:  # refused on its headers: answer before its body
             await stream.answer()
+
+    async def _accept_lane(self) -> NoReturn:
+        switch = h11.InformationalResponse(
+            status_code=101, headers=[(b"connection", b"upgrade"), (b"upgrade", UPGRADE)]
+        )
+        await self.connection_handler.write(self.connection.send(switch))
+        raise _UpgradedToLane(self.connection.trailing_data[0])
 
     async def send_answer(
         self, status: int, headers: list[tuple[bytes, bytes]], body: bytes
@@ -288,6 +321,21 @@ class _FastStream:
             self._verb, self._raw_path, body, self.error
         )
         await self._protocol.send_answer(status, headers, answer)
+
+
+class _UpgradedToLane(Exception):  # noqa: N818 (a signal, not an error)
+    """Raised out of the protocol to hand the connection over to a lane."""
+
+    def __init__(self, initial: bytes) -> None:
+        super().__init__()
+        self.initial = initial
+
+
+def _upgrade_to(request: h11.Request) -> bytes:
+    for name, value in request.headers:
+        if name == b"upgrade":
+            return bytes(value).strip().lower()
+    return b""
 
 
 def _too_large(max_body: int) -> PayloadTooLarge:

@@ -21,6 +21,7 @@ import trio
 
 from . import codec
 from .errors import InvalidJSON, PeerUnavailable, TowtruckError, from_payload
+from .lanes import Lanes, open_lanes
 from .router import Router
 from .runtime import Runtime
 
@@ -35,13 +36,18 @@ _CONTROL_LIMITS: Final = httpx.Limits(max_connections=32, max_keepalive_connecti
 
 
 class HttpPeers:
-    """This node's HTTP client for its peers. Close it with :meth:`aclose`.
+    """This node's client for its peers: calls on lanes (HTTP requests to peers that
+    take none), the rest over HTTP. Close it with :meth:`aclose`.
 
     Args:
+        lanes: The node's lanes, or None to forward calls as HTTP requests.
         cluster_headers: Sent with every request (the cluster's credentials).
     """
 
-    def __init__(self, cluster_headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, lanes: Lanes | None = None, cluster_headers: dict[str, str] | None = None
+    ) -> None:
+        self._lanes = lanes
         self._calls, self._control = (
             httpx.AsyncClient(limits=limits, timeout=None, headers=cluster_headers, trust_env=False)
             for limits in (_CALL_LIMITS, _CONTROL_LIMITS)
@@ -53,8 +59,13 @@ class HttpPeers:
         await self._control.aclose()
 
     async def forward(self, peer: str, envelope: bytes) -> bytes:
-        """POST a call's envelope to ``peer``'s ``/cluster/forward``; the answer is the
-        result as JSON. See :class:`~towtruck.directory.PeerClient` for errors."""
+        """Send a call's envelope to ``peer`` on a lane, or as ``POST /cluster/forward``
+        if it takes no lanes; the answer is the result as JSON. See
+        :class:`~towtruck.directory.PeerClient` for errors."""
+        if self._lanes is not None:
+            answer = await self._lanes.call(peer, envelope)
+            if answer is not None:
+                return answer
         return await self._request(self._calls, "POST", peer, "/cluster/forward", envelope)
 
     async def post(self, peer: str, path: str, payload: Any) -> Any:
@@ -124,9 +135,10 @@ async def open_router(runtime: Runtime, me: str) -> AsyncIterator[Router]:
     talks to peers over HTTP. Enter it before the runtime serves (the router adds its
     loops to the runtime's services) and call ``router.start(peers)`` once HTTP is up.
     Closes every connection to peers on the way out."""
-    peers = HttpPeers()
-    try:
-        yield Router(runtime, me, peers)
-    finally:
-        with trio.CancelScope(shield=True):
-            await peers.aclose()
+    async with open_lanes() as lanes:
+        peers = HttpPeers(lanes)
+        try:
+            yield Router(runtime, me, peers)
+        finally:
+            with trio.CancelScope(shield=True):
+                await peers.aclose()
