@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+# isort: off
 import towtruck  # noqa: F401  (before httpx: it may put the compiled h11 in place)
 
-import httpx  # noqa: I001
+# isort: on
+import httpx
 import pytest
 
 #: Wall-clock bound for a test that talks to real servers.

@@ -323,8 +323,9 @@ class _FastStream:
         await self._protocol.send_answer(status, headers, answer)
 
 
-class _UpgradedToLane(Exception):  # noqa: N818 (a signal, not an error)
-    """Raised out of the protocol to hand the connection over to a lane."""
+class _UpgradedToLane(Exception):
+    """Raised out of the protocol to hand the connection over to a lane (a signal,
+    not an error)."""
 
     def __init__(self, initial: bytes) -> None:
         super().__init__()
