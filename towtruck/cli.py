@@ -18,6 +18,7 @@ from .catalog import Factory
 from .errors import SettingsError
 from .node import configure_logging, serve_node
 from .settings import Settings
+from .workers import supervise
 
 __all__ = ["main"]
 
@@ -37,6 +38,7 @@ _VALUE_FLAGS = [
     ("--heartbeat-interval", "heartbeat_interval", "seconds between heartbeats to each peer (1)"),
     ("--heartbeat-misses", "heartbeat_misses", "missed heartbeats that take a peer out (3)"),
     ("--bloom-interval", "bloom_interval", "seconds between fetches of peers' bloom filters (1)"),
+    ("--workers", "workers", "node processes behind the one port, or auto: one per core (1)"),
 ]
 _SWITCHES = [
     ("--access-log", "access_log", "log every request (costs throughput)"),
@@ -73,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
         serve.add_argument(flag, dest=name, help=text)
     for flag, name, text in _SWITCHES:
         serve.add_argument(flag, dest=name, action="store_const", const=True, help=text)
+    serve.add_argument("--listen-fds", help=argparse.SUPPRESS)  # from --workers' supervisor
     serve.add_argument(
         "--log-level",
         default="info",
@@ -108,11 +111,18 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     args = parser.parse_args(argv)
     flags = {name: getattr(args, name) for _, name, _ in _VALUE_FLAGS + _SWITCHES}
     flags["peers"] = args.peers
+    if flags["workers"] == "auto":
+        flags["workers"] = str(os.cpu_count() or 1)
     try:
         settings = Settings.load(flags=flags)
         factory = load_factory(args.factory)
+        if settings.workers > 1 and settings.advertise and not args.listen_fds:
+            raise SettingsError("--advertise: each worker advertises its own port; give --host")
     except SettingsError as exc:
         parser.exit(2, f"towtruck: error: {exc.message}\n")
     configure_logging(args.log_level)
-    trio.run(partial(serve_node, factory, **dataclasses.asdict(settings)))
+    if settings.workers > 1 and not args.listen_fds:
+        sys.exit(trio.run(supervise, args.factory, settings, args.log_level))
+    fds = [int(fd) for fd in args.listen_fds.split(",")] if args.listen_fds else []
+    trio.run(partial(serve_node, factory, listen_fds=fds, **dataclasses.asdict(settings)))
     sys.exit(0)

@@ -10,7 +10,7 @@ import gc
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -77,13 +77,20 @@ class Node:
 
 @asynccontextmanager
 async def open_node(
-    create_actor: Factory, *, host: str = "127.0.0.1", port: int = 0, **settings: Any
+    create_actor: Factory,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    listen_fds: Sequence[int] = (),
+    **settings: Any,
 ) -> AsyncIterator[Node]:
     """Run a node inside the caller's trio program for the duration of the block.
 
     ``port=0`` (the default here) binds a free port; ``node.url`` tells which. Other
     settings are :class:`~towtruck.Settings` names, with ``TOWTRUCK_*`` variables
     filling in those not given; ``peers=["host:port"]`` joins a cluster.
+    ``listen_fds`` are sockets already listening to serve on instead of binding
+    ``host:port`` (how ``towtruck serve --workers`` hands its workers their sockets).
 
     The node's runtime (its actors and background work) and its HTTP server run as
     sibling tasks of a nursery this block opens: an error in either takes the node
@@ -94,7 +101,7 @@ async def open_node(
     config = Settings.load(host=host, port=port, **settings)
     runtime = Runtime(create_actor, config)
     http_config = hypercorn_config(config)
-    sockets, urls = bind(http_config)
+    sockets, urls = bind(http_config, listen_fds)
     me = config.advertise or urls[0].removeprefix("http://")
     runtime.node_id = me
     async with open_router(runtime, me) as router, trio.open_nursery() as nursery:

@@ -10,7 +10,7 @@ idle connections at once instead of waiting them out.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -42,9 +42,12 @@ def hypercorn_config(settings: Settings) -> Config:
     return config
 
 
-def bind(config: Config) -> tuple[Sockets, list[str]]:
-    """Bind and listen on ``config.bind`` now; returns the sockets (for :func:`serve`)
-    and their URLs, so a node knows its port before it serves."""
+def bind(config: Config, fds: Sequence[int] = ()) -> tuple[Sockets, list[str]]:
+    """Bind and listen on ``config.bind`` now, or take over the listening sockets
+    ``fds`` (a process manager's: see :mod:`towtruck.workers`); returns the sockets
+    (for :func:`serve`) and their URLs, so a node knows its port before it serves."""
+    if fds:
+        config.bind = [f"fd://{fd}" for fd in fds]
     sockets = config.create_sockets()
     urls = []
     for sock in sockets.insecure_sockets:

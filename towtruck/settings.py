@@ -41,6 +41,8 @@ class Settings:
         heartbeat_interval: How often each peer is pinged.
         heartbeat_misses: Missed heartbeats in a row that take a peer out of placement.
         bloom_interval: How often the peers' bloom filters are fetched.
+        workers: Node processes ``towtruck serve`` runs behind one address and port,
+            a local cluster (``auto`` on the command line: one per core).
         max_actors: Most actors held in memory; past it, the least recently used idle
             ones are collected, and when none is idle new activations answer 503.
         max_inactivity: An actor idle this long is collected.
@@ -62,6 +64,7 @@ class Settings:
     heartbeat_interval: float = 1 * SECONDS
     heartbeat_misses: int = 3
     bloom_interval: float = 1 * SECONDS
+    workers: int = 1
     max_actors: int = 1000
     max_inactivity: float = 60 * SECONDS
     gc_interval: float = 10 * SECONDS
@@ -131,6 +134,7 @@ _KINDS: Final[dict[str, str]] = {
     "heartbeat_interval": "seconds",
     "heartbeat_misses": "count",
     "bloom_interval": "seconds",
+    "workers": "count",
     "max_actors": "count",
     "max_inactivity": "seconds",
     "gc_interval": "seconds",
