@@ -1,0 +1,97 @@
+"""The server's fast lane for /invoke: pipelining, HEAD, query strings, Connection: close."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+
+import towtruck
+from tests.actors import create_counter
+from tests.conftest import NETWORK_TEST_SECONDS
+
+
+@pytest.fixture
+async def node() -> AsyncIterator[towtruck.Node]:
+    async with towtruck.open_node(create_counter, environ={}) as node:
+        yield node
+
+
+async def exchange(node: towtruck.Node, requests: bytes, answers: int) -> list[bytes]:
+    """Send raw requests on one connection; read ``answers`` whole responses."""
+    async with await trio.open_tcp_stream(node.address.host, node.address.port) as stream:
+        await stream.send_all(requests)
+        received = b""
+        responses: list[bytes] = []
+        while len(responses) < answers:
+            chunk = await stream.receive_some()
+            assert chunk, f"closed after {responses}"
+            received += chunk
+            while b"\r\n\r\n" in received:
+                head, _, rest = received.partition(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                if len(rest) < length:
+                    break
+                responses.append(head + b"\r\n\r\n" + rest[:length])
+                received = rest[length:]
+        return responses
+
+
+async def test_pipelined_requests_are_answered_in_order(node: towtruck.Node) -> None:
+    request = b"POST /invoke/c/increment HTTP/1.1\r\nhost: t\r\ncontent-length: 0\r\n\r\n"
+    with trio.fail_after(NETWORK_TEST_SECONDS):
+        responses = await exchange(
+            node, request * 3 + b"GET /health HTTP/1.1\r\nhost: t\r\n\r\n", 4
+        )
+    assert [r.rsplit(b"\r\n\r\n", 1)[1] for r in responses[:3]] == [b"1", b"2", b"3"]
+    assert b'"actors":1' in responses[3]
+
+
+async def test_the_query_string_is_not_part_of_the_path(node: towtruck.Node) -> None:
+    with trio.fail_after(NETWORK_TEST_SECONDS):
+        (response,) = await exchange(node, b"GET /invoke/c/get?x=1 HTTP/1.1\r\nhost: t\r\n\r\n", 1)
+    assert response.startswith(b"HTTP/1.1 200")
+    assert response.endswith(b"\r\n\r\n0")
+
+
+async def test_head_is_answered_without_a_body(node: towtruck.Node) -> None:
+    with trio.fail_after(NETWORK_TEST_SECONDS):
+        async with await trio.open_tcp_stream(node.address.host, node.address.port) as stream:
+            await stream.send_all(
+                b"HEAD /invoke/c/get HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
+            )
+            received = b""
+            while chunk := await stream.receive_some():
+                received += chunk
+    assert received.startswith(b"HTTP/1.1 200")
+    assert received.endswith(b"\r\n\r\n")
+
+
+async def test_connection_close_is_honoured(node: towtruck.Node) -> None:
+    with trio.fail_after(NETWORK_TEST_SECONDS):
+        async with await trio.open_tcp_stream(node.address.host, node.address.port) as stream:
+            await stream.send_all(
+                b"GET /invoke/c/get HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
+            )
+            received = b""
+            while chunk := await stream.receive_some():  # ends: the server closes
+                received += chunk
+    assert received.startswith(b"HTTP/1.1 200")
+    assert b"connection: close" in received.lower()
+
+
+async def test_a_malformed_request_is_refused_and_the_node_serves_on(node: towtruck.Node) -> None:
+    with trio.fail_after(NETWORK_TEST_SECONDS):
+        async with await trio.open_tcp_stream(node.address.host, node.address.port) as stream:
+            await stream.send_all(b"GET /invoke/c/get HTTP/1.1\r\nbad header\r\n\r\n")
+            received = b""
+            while chunk := await stream.receive_some():
+                received += chunk
+        assert received.startswith(b"HTTP/1.1 400")
+        (response,) = await exchange(node, b"GET /invoke/c/get HTTP/1.1\r\nhost: t\r\n\r\n", 1)
+    assert response.startswith(b"HTTP/1.1 200")

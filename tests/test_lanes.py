@@ -1,0 +1,102 @@
+"""Lanes: calls between nodes on persistent upgraded connections."""
+
+from __future__ import annotations
+
+import socket
+from functools import partial
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as stock_serve
+
+import towtruck
+from tests.actors import create_counter, create_recorder
+from tests.test_cluster import FAST, TEST_SECONDS, owned_by
+from towtruck.lanes import _frame, _split
+
+
+def test_frames_split_at_their_boundaries_only() -> None:
+    data = _frame(1, b"C", b"hello") + _frame(2, b"A", b"\x00\xc8{}")
+    buffer = bytearray(data[:7])
+    assert _split(buffer) == []
+    assert buffer == data[:7]
+    buffer += data[7:-1]
+    assert _split(buffer) == [(1, b"C", b"hello")]
+    buffer += data[-1:]
+    assert _split(buffer) == [(2, b"A", b"\x00\xc8{}")]
+    assert buffer == b""
+
+
+async def test_calls_to_a_peer_share_one_lane() -> None:
+    with trio.fail_after(TEST_SECONDS):
+        async with towtruck.cluster(create_counter, size=2, **FAST) as c:
+            first, second = c.nodes
+            ids = owned_by(second, c.nodes, 50, "lane")
+            answers: list[Any] = []
+
+            async def increment(actor_id: str) -> None:
+                answers.append(await first.client.invoke(actor_id, "increment"))
+
+            async with trio.open_nursery() as nursery:
+                for actor_id in ids * 4:
+                    nursery.start_soon(increment, actor_id)
+            assert sorted(answers) == sorted([1, 2, 3, 4] * len(ids))
+            lanes = first.router.directory._peers._lanes  # type: ignore[attr-defined]
+            assert list(lanes._lanes) == [str(second.address)]
+            assert first.router.forwarded == len(ids) * 4
+
+
+async def test_a_broken_lane_fails_its_calls_at_once() -> None:
+    with trio.fail_after(TEST_SECONDS):
+        async with towtruck.cluster(create_recorder, size=2, call_timeout=30, **FAST) as c:
+            first, second = c.nodes
+            (remote,) = owned_by(second, c.nodes, 1, "sleepy")
+            async with trio.open_nursery() as nursery:
+
+                async def call() -> None:
+                    with pytest.raises(towtruck.PeerUnavailable):
+                        await first.client.invoke(remote, "sleep", 25)
+
+                nursery.start_soon(call)
+                while not c.holders(remote):
+                    await trio.sleep(0.01)
+                start = trio.current_time()
+                c.kill(second)
+            assert trio.current_time() - start < 25, (
+                "failed when the lane broke, not at its deadline"
+            )
+
+
+async def test_a_peer_that_takes_no_lanes_gets_calls_over_http(http: httpx.AsyncClient) -> None:
+    """A node served by stock Hypercorn (``towtruck.App`` with ``advertise``) answers
+    forwarded calls on ``POST /cluster/forward``."""
+    with socket.socket() as reserved:
+        reserved.bind(("127.0.0.1", 0))
+        port = reserved.getsockname()[1]
+    with trio.fail_after(TEST_SECONDS):
+        async with towtruck.open_node(create_counter, **FAST) as node:
+            app = towtruck.App(
+                create_counter, environ={}, advertise=f"127.0.0.1:{port}", peers=[str(node.address)]
+            )
+            config = Config()
+            config.bind = [f"127.0.0.1:{port}"]
+            async with trio.open_nursery() as nursery:
+                stop = trio.Event()
+                await nursery.start(partial(stock_serve, app, config, shutdown_trigger=stop.wait))
+                while (await http.get(f"{node.url}/getservers")).json() != [f"127.0.0.1:{port}"]:
+                    await trio.sleep(0.01)
+                names = [str(node.address), f"127.0.0.1:{port}"]
+                from towtruck import placement
+
+                remote = next(
+                    f"s{i}" for i in range(1000) if placement.owner(f"s{i}", names) == names[1]
+                )
+                assert await node.client.invoke(remote, "increment") == 1
+                assert await node.client.invoke(remote, "increment") == 2
+                lanes = node.router.directory._peers._lanes  # type: ignore[attr-defined]
+                assert lanes.refused == {names[1]}
+                assert remote in app.runtime.catalog
+                stop.set()

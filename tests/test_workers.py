@@ -1,0 +1,65 @@
+"""``towtruck serve --workers 2``: two node processes behind one port."""
+
+from __future__ import annotations
+
+import signal
+
+import httpx
+import pytest
+import trio
+
+from tests.processes import PROCESS_SECONDS, running, towtruck_command
+
+pytestmark = [pytest.mark.subprocess, pytest.mark.slow]
+
+
+async def test_two_workers_serve_one_port_as_one_cluster() -> None:
+    argv = [
+        *towtruck_command(),
+        "serve",
+        "tests.actors:create_counter",
+        "--workers",
+        "2",
+        "--port",
+        "0",
+        "--heartbeat-interval",
+        "0.2",
+    ]
+    with trio.fail_after(PROCESS_SECONDS):
+        async with running(argv, ready=r"2 workers serving on (http://127\.0\.0\.1:\d+)") as (
+            supervisor,
+            match,
+            output,
+        ):
+            url = match.group(1)
+            nodes: set[str] = set()
+            # A new connection each time, so calls land on either worker.
+            for round_ in range(1, 4):
+                for i in range(20):
+                    async with httpx.AsyncClient(timeout=10) as client:
+                        response = await client.post(f"{url}/invoke/w{i}/increment")
+                        assert response.json() == round_, output.text
+                        nodes.add((await client.get(f"{url}/health")).json()["node"])
+            assert len(nodes) == 2, "both workers answered"
+            supervisor.send_signal(signal.SIGTERM)
+            await supervisor.wait()
+    assert supervisor.returncode == 0, output.text
+    assert output.text.count("stopping gracefully") >= 2
+
+
+async def test_advertise_is_refused_with_workers() -> None:
+    from tests.processes import run_to_end
+
+    argv = [
+        *towtruck_command(),
+        "serve",
+        "examples.greeter",
+        "--workers",
+        "2",
+        "--advertise",
+        "a:1",
+    ]
+    with trio.fail_after(PROCESS_SECONDS):
+        result = await run_to_end(argv)
+    assert result.returncode == 2
+    assert "--advertise" in result.stderr
