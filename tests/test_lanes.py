@@ -14,7 +14,8 @@ from hypercorn.trio import serve as stock_serve
 
 import towtruck
 from tests.actors import create_counter, create_recorder
-from tests.test_cluster import FAST, TEST_SECONDS, owned_by
+from tests.test_cluster import FAST, TEST_SECONDS, owned_by, wait_until
+from towtruck import placement
 from towtruck.lanes import _frame, _split
 
 
@@ -61,8 +62,11 @@ async def test_a_broken_lane_fails_its_calls_at_once() -> None:
                         await first.client.invoke(remote, "sleep", 25)
 
                 nursery.start_soon(call)
-                while not c.holders(remote):
-                    await trio.sleep(0.01)
+
+                async def running() -> bool:
+                    return bool(c.holders(remote))
+
+                await wait_until(running)
                 start = trio.current_time()
                 c.kill(second)
             assert trio.current_time() - start < 25, (
@@ -86,10 +90,13 @@ async def test_a_peer_that_takes_no_lanes_gets_calls_over_http(http: httpx.Async
             async with trio.open_nursery() as nursery:
                 stop = trio.Event()
                 await nursery.start(partial(stock_serve, app, config, shutdown_trigger=stop.wait))
-                while (await http.get(f"{node.url}/getservers")).json() != [f"127.0.0.1:{port}"]:
-                    await trio.sleep(0.01)
+
+                async def joined() -> bool:
+                    peers = (await http.get(f"{node.url}/getservers")).json()
+                    return bool(peers == [f"127.0.0.1:{port}"])
+
+                await wait_until(joined)
                 names = [str(node.address), f"127.0.0.1:{port}"]
-                from towtruck import placement
 
                 remote = next(
                     f"s{i}" for i in range(1000) if placement.owner(f"s{i}", names) == names[1]
