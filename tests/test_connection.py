@@ -42,6 +42,16 @@ async def exchange(node: towtruck.Node, requests: bytes, answers: int) -> list[b
         return responses
 
 
+async def until_closed(node: towtruck.Node, request: bytes) -> bytes:
+    """Send one raw request; read everything until the server closes the connection."""
+    async with await trio.open_tcp_stream(node.address.host, node.address.port) as stream:
+        await stream.send_all(request)
+        received = b""
+        while chunk := await stream.receive_some():
+            received += chunk
+        return received
+
+
 async def test_pipelined_requests_are_answered_in_order(node: towtruck.Node) -> None:
     request = b"POST /invoke/c/increment HTTP/1.1\r\nhost: t\r\ncontent-length: 0\r\n\r\n"
     with trio.fail_after(NETWORK_TEST_SECONDS):
@@ -61,37 +71,25 @@ async def test_the_query_string_is_not_part_of_the_path(node: towtruck.Node) -> 
 
 async def test_head_is_answered_without_a_body(node: towtruck.Node) -> None:
     with trio.fail_after(NETWORK_TEST_SECONDS):
-        async with await trio.open_tcp_stream(node.address.host, node.address.port) as stream:
-            await stream.send_all(
-                b"HEAD /invoke/c/get HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
-            )
-            received = b""
-            while chunk := await stream.receive_some():
-                received += chunk
+        received = await until_closed(
+            node, b"HEAD /invoke/c/get HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
+        )
     assert received.startswith(b"HTTP/1.1 200")
     assert received.endswith(b"\r\n\r\n")
 
 
 async def test_connection_close_is_honoured(node: towtruck.Node) -> None:
     with trio.fail_after(NETWORK_TEST_SECONDS):
-        async with await trio.open_tcp_stream(node.address.host, node.address.port) as stream:
-            await stream.send_all(
-                b"GET /invoke/c/get HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
-            )
-            received = b""
-            while chunk := await stream.receive_some():  # ends: the server closes
-                received += chunk
+        received = await until_closed(
+            node, b"GET /invoke/c/get HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
+        )
     assert received.startswith(b"HTTP/1.1 200")
     assert b"connection: close" in received.lower()
 
 
 async def test_a_malformed_request_is_refused_and_the_node_serves_on(node: towtruck.Node) -> None:
     with trio.fail_after(NETWORK_TEST_SECONDS):
-        async with await trio.open_tcp_stream(node.address.host, node.address.port) as stream:
-            await stream.send_all(b"GET /invoke/c/get HTTP/1.1\r\nbad header\r\n\r\n")
-            received = b""
-            while chunk := await stream.receive_some():
-                received += chunk
+        received = await until_closed(node, b"GET /invoke/c/get HTTP/1.1\r\nbad header\r\n\r\n")
         assert received.startswith(b"HTTP/1.1 400")
         (response,) = await exchange(node, b"GET /invoke/c/get HTTP/1.1\r\nhost: t\r\n\r\n", 1)
     assert response.startswith(b"HTTP/1.1 200")
