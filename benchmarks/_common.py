@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import os
 import socket
 import statistics
+from pathlib import Path
 
 
 @dataclasses.dataclass
@@ -38,11 +40,7 @@ class Figures(dict[str, Figure]):
 
 def table(figures: list[Figure]) -> str:
     """Format figures as a plain-text table: median, min and max over repetitions."""
-    rows = [("benchmark", "median", "min", "max", "unit", "n")]
-    for f in figures:
-        if f.values:
-            low, high = min(f.values), max(f.values)
-            rows.append((f.name, _num(f.median), _num(low), _num(high), f.unit, str(len(f.values))))
+    rows = _rows(figures)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
     for n, row in enumerate(rows):
@@ -55,7 +53,25 @@ def table(figures: list[Figure]) -> str:
     return "\n".join(lines)
 
 
-def _num(value: float) -> str:
+def markdown_table(figures: list[Figure]) -> str:
+    """The same table in Markdown."""
+    rows = _rows(figures)
+    lines = ["| " + " | ".join(row) + " |" for row in rows]
+    lines.insert(1, "|---|--:|--:|--:|---|--:|")
+    return "\n".join(lines)
+
+
+def _rows(figures: list[Figure]) -> list[tuple[str, ...]]:
+    rows = [("benchmark", "median", "min", "max", "unit", "n")]
+    for f in figures:
+        if f.values:
+            low, high = min(f.values), max(f.values)
+            rows.append((f.name, num(f.median), num(low), num(high), f.unit, str(len(f.values))))
+    return rows
+
+
+def num(value: float) -> str:
+    """A figure's value as the tables print it: three significant digits or more."""
     if value != value:  # NaN
         return "-"
     if abs(value) >= 100:
@@ -86,3 +102,34 @@ def rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS in /proc/self/status (not Linux?)")
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (children, their children...), from ``/proc``: they
+    may have left its process group and session, as ``towtruck serve --workers`` does."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))):
+            parents.setdefault(int(stat[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds (user and system) these processes have used, each with its children
+    that have ended and been waited for; processes already gone count 0."""
+    ticks = sum(sum(map(int, stat[11:15])) for pid in pids if (stat := _stat(pid)))
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first), or []."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # gone
+        return []
+    return text.rpartition(")")[2].split()

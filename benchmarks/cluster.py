@@ -1,7 +1,8 @@
 """Cluster benchmark: three towtruck nodes in three processes, joined as users join them.
 
-Node 1 is ``python -m towtruck serve examples.greeter:create_actor --max-actors 50000``;
-nodes 2 and 3 add ``--peer`` node 1. Once every node sees the other two alive:
+Node 1 is ``python -m towtruck serve examples.greeter:create_actor --max-actors 1000000
+--max-inactivity 3600`` (so that collection never runs into the measurements); nodes 2
+and 3 add ``--peer`` node 1. Once every node sees the other two alive:
 
 1. **Throughput over the cluster**: three loads at once, one per node (``wrk -t1 -c16``,
    each request to a random actor among 10,000): the total rate, each node's p50 and
@@ -16,6 +17,11 @@ nodes 2 and 3 add ``--peer`` node 1. Once every node sees the other two alive:
 3. **Single activation**: after the load, ``/query`` on every node for a sample of the
    10,000 ids and for the 1,000 activated in (2). No id may be active on two nodes, and
    each of the 1,000 must be active on one.
+4. **Cold activations**: three loads at once again, but every request goes to an id
+   never used before (``new_ids.lua``: a prefix per node and run, then a counter).
+   Activations/s over the cluster, exact, from the nodes' ``/health``
+   ``catalog.activations``; requests/s; the worst node's p99; failed requests. Then
+   (3) for a sample of the ids answered.
 
 The nodes' warnings and errors are counted, and the first few printed to stderr. Run it
 alone with ``python benchmarks/cluster.py [--quick] [--generator python]``.
@@ -50,6 +56,11 @@ SPREAD_CONNECTIONS = 16  # per node
 FORWARD_CONNECTIONS = 50
 POOL = 500  # actors of each kind in the forward cases
 JOIN_SECONDS = 30.0
+#: The calls to node 1 in case 2, by pool, for the figures' names.
+KINDS = {
+    "local": "local calls (actors on node 1)",
+    "forwarded": "forwarded calls (actors on node 2)",
+}
 
 
 @contextlib.contextmanager
@@ -62,7 +73,8 @@ def cluster(logs: Path) -> Iterator[list[str]]:
         for n, member in enumerate(members, 1):
             host, port = member.split(":")
             command = [sys.executable, "-m", "towtruck", "serve", "examples.greeter:create_actor"]
-            command += ["--host", host, "--port", port, "--max-actors", "50000"]
+            command += ["--host", host, "--port", port, "--max-actors", "1000000"]
+            command += ["--max-inactivity", "3600"]
             command += ["--peer", members[0]] if n > 1 else []
             log = logs / f"node{n}.log"
             stack.enter_context(
@@ -134,24 +146,33 @@ class Cases:
         elsewhere = sum(placement.owner(i, self.members) != m for m in self.members for i in ids)
         self.figures.add(f"{tag}, forwarded by placement", "%", 100 * elsewhere / NODES / len(ids))
 
-    def _load_all(self) -> list[Load]:
-        """Load every node at once, each with its own random sequence of ids."""
-        options = {"random_ids": RANDOM_IDS, "connections": SPREAD_CONNECTIONS}
+    def _load_all(self, new_ids: str = "") -> list[Load]:
+        """Load every node at once, each with its own random sequence of ids, or, with
+        ``new_ids``, with new ids: ``{new_ids}{n}-1``, ``-2``... on node ``n``."""
         with ThreadPoolExecutor(NODES) as pool:
-            runs = [
-                pool.submit(self.load, f"http://{member}", self.duration, seed=n, **options)
-                for n, member in enumerate(self.members)
-            ]
+            runs = []
+            for n, member in enumerate(self.members):
+                ids = {"new_ids": f"{new_ids}{n}-"} if new_ids else {"random_ids": RANDOM_IDS}
+                url = f"http://{member}"
+                runs.append(
+                    pool.submit(
+                        self.load, url, self.duration, connections=SPREAD_CONNECTIONS, seed=n, **ids
+                    )
+                )
             return [run.result() for run in runs]
 
     def _calls(self) -> int:
         """Calls the nodes have received, a forwarded call counted on both nodes."""
         return sum(get_json(f"http://{m}/health")["calls"] for m in self.members)
 
+    def _activations(self) -> int:
+        """Actors the nodes have activated since they started."""
+        return sum(get_json(f"http://{m}/health")["catalog"]["activations"] for m in self.members)
+
     def sequential_forward_cost(self, local: list[str], remote: list[str], calls: int) -> None:
         """Case 2, one request at a time: ``calls`` to node 1 for ``local`` actors
         interleaved with as many for ``remote`` ones."""
-        tag = "cluster sequential"
+        tag = "cluster sequential on node 1"
         interleaved = [actor for pair in zip(local, remote, strict=True) for actor in pair]
         paths = [f"/invoke/{interleaved[n % len(interleaved)]}/hello" for n in range(2 * calls)]
         for _ in range(self.repeat):
@@ -159,9 +180,11 @@ class Cases:
             p50 = {}
             for name, values in (("local", seconds[0::2]), ("forwarded", seconds[1::2])):
                 p50[name] = percentile(values, 0.5)
-                self.figures.add(f"{tag} {name} call, p50", "ms", 1e3 * p50[name])
-                self.figures.add(f"{tag} {name} call, p99", "ms", 1e3 * percentile(values, 0.99))
-            self.figures.add(f"{tag} forwarded / local, p50", "x", p50["forwarded"] / p50["local"])
+                self.figures.add(f"{tag}, {KINDS[name]}, p50", "ms", 1e3 * p50[name])
+                p99 = percentile(values, 0.99)
+                self.figures.add(f"{tag}, {KINDS[name]}, p99", "ms", 1e3 * p99)
+            ratio = p50["forwarded"] / p50["local"]
+            self.figures.add(f"{tag}, forwarded / local call, p50", "x", ratio)
 
     def concurrent_forward_cost(self, ids_files: dict[str, Path]) -> None:
         """Case 2 under load: ``FORWARD_CONNECTIONS`` connections to node 1, for the
@@ -175,20 +198,41 @@ class Cases:
                     url, self.duration, ids_file=path, connections=FORWARD_CONNECTIONS
                 )
                 rps[name], failed = result.rps, failed + result.failed
-                self.figures.add(f"{tag}, {name} actors", "requests/s", result.rps)
-                self.figures.add(f"{tag}, {name} actors, p50", "ms", result.p50_ms)
-            self.figures.add(f"{tag}, forwarded / local", "x", rps["forwarded"] / rps["local"])
+                self.figures.add(f"{tag}, {KINDS[name]}", "requests/s", result.rps)
+                self.figures.add(f"{tag}, {KINDS[name]}, p50", "ms", result.p50_ms)
+            ratio = rps["forwarded"] / rps["local"]
+            self.figures.add(f"{tag}, forwarded / local calls", "x", ratio)
         self.figures.add(f"{tag}, failed, all runs", "requests", failed)
 
-    def single_activation(self, sample: list[str], warmed: list[str]) -> None:
+    def single_activation(self, name: str, sample: list[str], warmed: list[str]) -> None:
         """Case 3: no id active on two nodes; every one of ``warmed`` active on one."""
         counts = active_on(self.members, sample + warmed)
+        tag = f"single activation, {name}:"
         on_two = sum(count > 1 for count in counts)
         nowhere = sum(count == 0 for count in counts[len(sample) :])
-        self.figures.add(f"single activation: ids on 2+ nodes, of {len(counts):,}", "ids", on_two)
-        self.figures.add(
-            f"single activation: warmed ids nowhere, of {len(warmed):,}", "ids", nowhere
-        )
+        self.figures.add(f"{tag} ids on 2+ nodes, of {len(counts):,}", "ids", on_two)
+        self.figures.add(f"{tag} answered ids nowhere, of {len(warmed):,}", "ids", nowhere)
+
+    def cold_activations(self, sample: int) -> list[str]:
+        """Case 4: a load on every node at once, each request for a new id; return
+        ``sample`` of the ids answered."""
+        tag = f"cluster {self.generator} {NODES}x-c{SPREAD_CONNECTIONS} new ids"
+        answered: list[str] = []
+        for run in range(self.repeat):
+            before = self._activations()
+            loads = self._load_all(new_ids=f"cold{run}-")
+            activations = self._activations() - before
+            seconds = max(result.requests / result.rps for result in loads)  # as they timed it
+            self.figures.add(f"{tag}, activations", "actors/s", activations / seconds)
+            self.figures.add(f"{tag}, total", "requests/s", sum(result.rps for result in loads))
+            self.figures.add(f"{tag}, worst node p99", "ms", max(r.p99_ms for r in loads))
+            self.figures.add(f"{tag}, failed", "requests", sum(result.failed for result in loads))
+            # The load generators count answers; the last id sent on each connection
+            # may have been in flight when they stopped, so leave those out.
+            for n, result in enumerate(loads):
+                last = result.requests - SPREAD_CONNECTIONS
+                answered += [f"cold{run}-{n}-{k}" for k in range(1, last + 1)]
+        return random.sample(answered, min(sample, len(answered)))
 
 
 def timed_gets(member: str, paths: list[str]) -> list[float]:
@@ -270,7 +314,10 @@ def run(
             ids_files[name].write_text("\n".join(ids) + "\n")
         cases.concurrent_forward_cost(ids_files)
         some = [str(n) for n in random.sample(range(1, RANDOM_IDS + 1), sample)]
-        cases.single_activation(some, [*pools["local"], *pools["forwarded"]])
+        cases.single_activation(
+            "random and forwarded ids", some, [*pools["local"], *pools["forwarded"]]
+        )
+        cases.single_activation("new ids", [], cases.cold_activations(sample))
         problems = logged_problems(Path(scratch))
     cases.figures.add("cluster warnings and errors the nodes logged", "lines", len(problems))
     for line in problems[:20]:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _common import Figure, Figures, common_arguments, free_ports, table
+from _common import Figure, Figures, common_arguments, descendants, free_ports, table
 
 HERE = Path(__file__).resolve().parent
 CONNECTIONS = 50
@@ -55,24 +55,29 @@ def wrk(
     *,
     random_ids: int = 0,
     ids_file: Path | None = None,
+    new_ids: str = "",
     connections: int = CONNECTIONS,
     seed: int = 0,
 ) -> Load:
     """Run ``wrk -t1 --latency`` (50 connections unless told) on ``url``; parse its report.
 
     Args:
-        url: Every request's URL, or the base URL when ids are random.
+        url: Every request's URL, or the base URL when ids are generated.
         duration: Seconds.
         random_ids: Call hello on a random actor among 1..``random_ids`` per request.
         ids_file: Call hello on a random actor among this file's lines instead.
+        new_ids: Call hello on a new actor per request instead: ``new_ids`` followed by
+            1, 2, 3... (``new_ids.lua``), so the prefix must not have been used before.
         connections: Connections, all on one thread.
         seed: Varies the random ids between loads started in the same second.
     """
     command = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url]
-    env = {**os.environ, "RANDOM_IDS": str(random_ids), "SEED": str(seed)}
+    env = {**os.environ, "RANDOM_IDS": str(random_ids), "SEED": str(seed), "PREFIX": new_ids}
     if ids_file is not None:
         env["IDS_FILE"] = str(ids_file)
-    if random_ids or ids_file:
+    if new_ids:
+        command[-1:-1] = ["-s", str(HERE / "new_ids.lua")]
+    elif random_ids or ids_file:
         command[-1:-1] = ["-s", str(HERE / "random_ids.lua")]
     out = _output(command, duration, env=env)
     failed = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
@@ -92,6 +97,7 @@ def python_loadgen(
     *,
     random_ids: int = 0,
     ids_file: Path | None = None,
+    new_ids: str = "",
     connections: int = CONNECTIONS,
     seed: int = 0,
 ) -> Load:
@@ -101,6 +107,8 @@ def python_loadgen(
     command += [f"--random-ids={random_ids}"]
     if ids_file is not None:
         command += [f"--ids-file={ids_file}"]
+    if new_ids:
+        command += [f"--new-ids={new_ids}"]
     result = json.loads(_output(command, duration))
     return Load(
         result["rps"], result["p50_ms"], result["p99_ms"], result["failed"], result["requests"]
@@ -127,12 +135,21 @@ def _milliseconds(text: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
 
 
+@dataclass
+class Server:
+    """A server started by :func:`server`: its URL, and the process it runs in."""
+
+    url: str
+    pid: int
+
+
 @contextlib.contextmanager
 def server(
     name: str, command: list[str], url: str, *, cwd: Path, log_path: Path | None = None
-) -> Iterator[str]:
-    """Run a server in its own process group until the block ends, even on error;
-    yield its URL once ``/ping`` answers. Its output goes to ``log_path`` if given."""
+) -> Iterator[Server]:
+    """Run a server in its own process group until the block ends, even on error (with
+    the processes it started, in that group or not); yield it once ``url/ping`` answers.
+    Its output goes to ``log_path`` if given."""
     with open(log_path, "w+") if log_path else tempfile.TemporaryFile("w+") as log:
         process = subprocess.Popen(
             command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -144,7 +161,7 @@ def server(
                     f"{name} did not answer {url}/ping (exit code {process.poll()});"
                     f" its output:\n{log.read()[-3000:]}"
                 )
-            yield url
+            yield Server(url, process.pid)
         finally:
             _kill(process)
 
@@ -161,7 +178,9 @@ def _answers_ping(process: subprocess.Popen[bytes], url: str, timeout: float = 3
 
 
 def _kill(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group; SIGKILL whatever is left of it 5 seconds later."""
+    """SIGTERM the process group; SIGKILL whatever is left of it 5 seconds later, and
+    of the processes below it that left the group (``towtruck serve --workers``)."""
+    below = descendants(process.pid)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -169,6 +188,9 @@ def _kill(process: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)  # also hypercorn's worker process
     process.wait()
+    for pid in below:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def get_json(url: str) -> Any:
@@ -189,9 +211,10 @@ def run(*, duration: int, repeat: int, generator: str) -> list[Figure]:
     node_url, reference_url = f"http://127.0.0.1:{node_port}", f"http://127.0.0.1:{reference_port}"
     figures = Figures()
     with (
-        server("towtruck node", node_command, node_url, cwd=HERE.parent) as node,
-        server("hypercorn reference", reference_command, reference_url, cwd=HERE) as reference,
+        server("towtruck node", node_command, node_url, cwd=HERE.parent),
+        server("hypercorn reference", reference_command, reference_url, cwd=HERE),
     ):
+        node, reference = node_url, reference_url
         answer = get_json(f"{node}/invoke/1/hello")
         if answer != {"hello": "from actor 1"}:
             raise RuntimeError(f"unexpected answer from the node: {answer!r}")

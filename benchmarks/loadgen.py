@@ -8,11 +8,13 @@ as wrk would, though it needs more CPU per request than wrk does.
     python benchmarks/loadgen.py http://127.0.0.1:8080/invoke/1/hello -c 50 -d 5
     python benchmarks/loadgen.py http://127.0.0.1:8080 --random-ids 10000
     python benchmarks/loadgen.py http://127.0.0.1:8080 --ids-file ids.txt  # one id a line
+    python benchmarks/loadgen.py http://127.0.0.1:8080 --new-ids run7-  # run7-1, run7-2...
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import time
@@ -72,16 +74,28 @@ async def receive_into(stream: trio.SocketStream, buffer: bytearray) -> None:
 
 
 async def generate(
-    url: str, *, connections: int, duration: float, random_ids: int, ids: list[str]
+    url: str,
+    *,
+    connections: int,
+    duration: float,
+    random_ids: int,
+    ids: list[str],
+    new_ids: str,
 ) -> dict[str, float]:
     """Run the load; return requests, seconds, rps, p50_ms, p99_ms, failed.
 
-    Each request calls hello on a random actor among ``ids`` if there are any, else
-    among 1..``random_ids`` if that is set; otherwise every request GETs ``url``.
+    Each request calls hello on a new actor, ``new_ids`` followed by 1, 2, 3..., if
+    that is set, else on a random actor among ``ids`` if there are any, else among
+    1..``random_ids`` if that is set; otherwise every request GETs ``url``.
     """
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    if ids:
+    if new_ids:
+        counter = itertools.count(1)
+
+        def path() -> str:
+            return f"/invoke/{new_ids}{next(counter)}/hello"
+    elif ids:
         choose = random.Random().choice
 
         def path() -> str:
@@ -121,12 +135,14 @@ def main() -> None:
     parser.add_argument("-d", "--duration", type=float, default=5.0, help="seconds")
     parser.add_argument("--random-ids", type=int, default=0, help="GET /invoke/{random id}/hello")
     parser.add_argument("--ids-file", help="pick the random ids among this file's lines")
+    parser.add_argument("--new-ids", default="", help="GET /invoke/{this}{1, 2, 3...}/hello")
     args = parser.parse_args()
     options = {
         "connections": args.connections,
         "duration": args.duration,
         "random_ids": args.random_ids,
         "ids": Path(args.ids_file).read_text().split() if args.ids_file else [],
+        "new_ids": args.new_ids,
     }
     print(json.dumps(trio.run(partial(generate, args.url, **options))))
 

@@ -1,12 +1,16 @@
 """In-process benchmark of local invokes through the actor mailbox, without HTTP.
 
 With 100 caller tasks it measures invokes/s on one hot actor and spread over 1,000
-actors, activations/s (every call to a new id), and, as a reference, the same round
+actors; activations/s (every call to a new id); and, as a reference, the same round
 trip over plain trio memory channels: a server task that takes requests from one
-channel and answers each over the reply channel it carried. The ratio towtruck /
-channels is the cost of the runtime on top of trio's own primitives. It also measures
-resident memory per idle actor: RSS before and after activating ``--actors`` actors,
-and the pause of a full garbage collection with those actors in memory.
+channel and answers each over the reply channel it carried. The 1,000 actors are
+measured twice: towtruck runs an ``async def`` with no ``await`` in it (the greeter's
+``hello``) to its end in one step, without a cancel scope, so the second run has a
+``hello`` that awaits ``trio.lowlevel.checkpoint()``, as a method doing I/O would.
+The ratio towtruck / channels is the cost of the runtime on top of trio's own
+primitives. It also measures resident memory per idle actor: RSS before and after
+activating ``--actors`` actors, and the pause of a full garbage collection with those
+actors in memory.
 
 Run it alone with ``python benchmarks/local_invoke.py [--quick] [--actors N]``.
 """
@@ -30,6 +34,8 @@ import towtruck
 CALLERS = 100
 SPREAD = 1_000
 
+Factory = Callable[[str, towtruck.Client], object]
+
 
 class Greeter:
     """The README's actor (``examples/greeter.py``)."""
@@ -41,14 +47,28 @@ class Greeter:
         return {"hello": f"from actor {self.id}"}
 
 
+class WaitingGreeter(Greeter):
+    """The same, with a ``hello`` that suspends once, as one doing I/O would."""
+
+    async def hello(self, data: object) -> dict[str, str]:
+        await trio.lowlevel.checkpoint()
+        return {"hello": f"from actor {self.id}"}
+
+
 def create_actor(id: str, client: towtruck.Client) -> Greeter:
     return Greeter(id, client)
 
 
+def create_waiting_actor(id: str, client: towtruck.Client) -> Greeter:
+    return WaitingGreeter(id, client)
+
+
 @asynccontextmanager
-async def open_runtime(max_actors: int) -> AsyncIterator[towtruck.Runtime]:
+async def open_runtime(
+    max_actors: int, factory: Factory = create_actor
+) -> AsyncIterator[towtruck.Runtime]:
     """A node's runtime without HTTP, stopped gracefully on leaving the block."""
-    runtime = towtruck.Runtime(create_actor, towtruck.Settings.load(max_actors=max_actors))
+    runtime = towtruck.Runtime(factory, towtruck.Settings.load(max_actors=max_actors))
     async with trio.open_nursery() as nursery:
         await nursery.start(runtime.serve)
         try:
@@ -101,11 +121,11 @@ async def channel_round_trips(duration: float) -> float:
     return result
 
 
-async def invokes(duration: float, spread: int) -> float:
-    """Calls/s to ``hello`` on ``spread`` actors, activated beforehand."""
+async def invokes(duration: float, spread: int, factory: Factory = create_actor) -> float:
+    """Calls/s to ``hello`` on ``spread`` actors made by ``factory``, activated beforehand."""
     ids = [str(i) for i in range(spread)]
     pick = random.Random(0).randrange
-    async with open_runtime(max_actors=10 * spread) as runtime:
+    async with open_runtime(10 * spread, factory) as runtime:
         invoke = runtime.client.invoke
         for actor_id in ids:
             await invoke(actor_id, "hello")
@@ -173,8 +193,14 @@ async def run(*, duration: float, repeat: int, actors: int) -> list[Figure]:
         reference = await channel_round_trips(duration)
         hot = await invokes(duration, 1)
         spread = await invokes(duration, SPREAD)
+        waiting = await invokes(duration, SPREAD, create_waiting_actor)
         figures.add(f"local invoke, 1 actor, {CALLERS} callers", "calls/s", hot)
         figures.add(f"local invoke, {SPREAD:,} actors, {CALLERS} callers", "calls/s", spread)
+        figures.add(
+            f"local invoke, {SPREAD:,} actors, {CALLERS} callers, hello awaits a checkpoint",
+            "calls/s",
+            waiting,
+        )
         figures.add(f"trio channel round trip, {CALLERS} callers", "calls/s", reference)
         figures.add("local invoke 1 actor / channel round trip", "x", hot / reference)
         figures.add(f"local invoke {SPREAD:,} actors / channel round trip", "x", spread / reference)

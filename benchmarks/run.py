@@ -1,13 +1,16 @@
 """Run every benchmark and print one table.
 
-    python benchmarks/run.py                  # full: about four and a half minutes
+    python benchmarks/run.py                  # full: about eight minutes
     python benchmarks/run.py --quick          # smoke test for CI: seconds per benchmark
     python benchmarks/run.py --only cluster   # just that one (repeatable)
+    python benchmarks/run.py --results benchmarks/RESULTS.md  # also write a report
 
 Each benchmark also runs alone: ``python benchmarks/local_invoke.py``,
-``python benchmarks/http_invoke.py``, ``python benchmarks/cluster.py``. Figures are
-medians (with min and max) over the repetitions; on a shared machine, trust the
-ratios, measured in the same run, more than the absolute rates.
+``python benchmarks/http_invoke.py``, ``python benchmarks/workers.py``,
+``python benchmarks/cluster.py``. Figures are medians (with min and max) over the
+repetitions; on a shared machine, trust the ratios, measured in the same run, more
+than the absolute rates. The report (``--results``) adds the command, the date, the
+machine, and whether each of the performance issue's targets was met (``results.py``).
 """
 
 from __future__ import annotations
@@ -16,14 +19,17 @@ import argparse
 import platform
 import sys
 from functools import partial
+from pathlib import Path
 
 import cluster
 import http_invoke
 import local_invoke
+import results
 import trio
+import workers
 from _common import common_arguments, table
 
-BENCHMARKS = ("local", "http", "cluster")
+BENCHMARKS = ("local", "http", "workers", "cluster")
 
 
 def main() -> None:
@@ -33,6 +39,7 @@ def main() -> None:
     http_invoke.arguments(parser)
     cluster.arguments(parser)
     parser.add_argument("--only", choices=BENCHMARKS, action="append", help="run just this one")
+    parser.add_argument("--results", type=Path, help="also write a Markdown report to this file")
     args = parser.parse_args()
     only = args.only or BENCHMARKS
     figures = []
@@ -40,10 +47,15 @@ def main() -> None:
         figures += trio.run(partial(local_invoke.run, **local_invoke.options(args)))
     if "http" in only:
         figures += http_invoke.run(**http_invoke.options(args))
+    if "workers" in only:
+        figures += workers.run(**workers.options(args))
     if "cluster" in only:
         figures += cluster.run(**cluster.options(args))
     print(f"python {platform.python_version()} on {platform.machine()}, {sys.platform}")
     print(table(figures))
+    if args.results:
+        args.results.write_text(results.report(figures))
+        print(f"report written to {args.results}")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """One actor in memory: its object, its mailbox, and the task that runs its turns.
 
-An activation is a bounded mailbox plus, while it has work, one trio task that takes
-calls out of the mailbox one at a time and runs them: a turn ends before the next one
-starts, even when the method awaits. When the mailbox is empty the task ends and the
-mailbox is dropped, so an idle actor costs only its object and a few slots here; the
-next call gives it a new task. Turns stay serial across that because at most one task
-exists per activation: ``running`` is set, synchronously, by whoever spawns it.
+An activation runs one turn at a time: a turn ends before the next one starts, even
+when the method awaits. A call to an idle actor runs at once, in the caller's own task
+(see ``Activation._turn_here``); calls that arrive meanwhile queue in a bounded
+mailbox, and a trio task of the actor's own takes them out one at a time. When the
+mailbox is empty the task ends and the mailbox is dropped, so an idle actor costs only
+its object and a few slots here. Turns stay serial because whoever takes the turn, or
+spawns the task, sets ``running`` first, with no checkpoint in between.
 
 The mailbox is a deque checked against ``mailbox_size`` rather than a memory channel:
 the actor's task is the only reader and never waits on it (it ends instead), so a
