@@ -62,7 +62,7 @@ def markdown_table(figures: list[Figure]) -> str:
 
 
 def _rows(figures: list[Figure]) -> list[tuple[str, ...]]:
-    rows = [("benchmark", "median", "min", "max", "unit", "n")]
+    rows: list[tuple[str, ...]] = [("benchmark", "median", "min", "max", "unit", "n")]
     for f in figures:
         if f.values:
             low, high = min(f.values), max(f.values)

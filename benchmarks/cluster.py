@@ -204,14 +204,15 @@ class Cases:
             self.figures.add(f"{tag}, forwarded / local calls", "x", ratio)
         self.figures.add(f"{tag}, failed, all runs", "requests", failed)
 
-    def single_activation(self, name: str, sample: list[str], warmed: list[str]) -> None:
-        """Case 3: no id active on two nodes; every one of ``warmed`` active on one."""
-        counts = active_on(self.members, sample + warmed)
+    def single_activation(self, name: str, sample: list[str], answered: list[str]) -> None:
+        """Case 3: no id of ``sample`` or ``answered`` active on two nodes; every one of
+        ``answered`` active on one."""
+        counts = active_on(self.members, sample + answered)
         tag = f"single activation, {name}:"
         on_two = sum(count > 1 for count in counts)
         nowhere = sum(count == 0 for count in counts[len(sample) :])
         self.figures.add(f"{tag} ids on 2+ nodes, of {len(counts):,}", "ids", on_two)
-        self.figures.add(f"{tag} answered ids nowhere, of {len(warmed):,}", "ids", nowhere)
+        self.figures.add(f"{tag} answered ids nowhere, of {len(answered):,}", "ids", nowhere)
 
     def cold_activations(self, sample: int) -> list[str]:
         """Case 4: a load on every node at once, each request for a new id; return
@@ -222,7 +223,8 @@ class Cases:
             before = self._activations()
             loads = self._load_all(new_ids=f"cold{run}-")
             activations = self._activations() - before
-            seconds = max(result.requests / result.rps for result in loads)  # as they timed it
+            timed = [result.requests / result.rps for result in loads if result.rps]
+            seconds = max(timed, default=self.duration)  # as the load generators timed it
             self.figures.add(f"{tag}, activations", "actors/s", activations / seconds)
             self.figures.add(f"{tag}, total", "requests/s", sum(result.rps for result in loads))
             self.figures.add(f"{tag}, worst node p99", "ms", max(r.p99_ms for r in loads))
@@ -297,7 +299,7 @@ def run(
         repeat: Repetitions of each measurement.
         generator: ``wrk`` or ``python`` (``loadgen.py``).
         sequential: One-at-a-time calls of each kind (local, forwarded).
-        sample: Ids among the 10,000 whose activations are checked at the end.
+        sample: Ids whose activations are checked, among the 10,000 and among the new.
     """
     load = http_invoke.wrk if generator == "wrk" else http_invoke.python_loadgen
     with tempfile.TemporaryDirectory() as scratch, cluster(Path(scratch)) as members:

@@ -1,6 +1,6 @@
 """Run every benchmark and print one table.
 
-    python benchmarks/run.py                  # full: about eight minutes
+    python benchmarks/run.py                  # full: about seven minutes
     python benchmarks/run.py --quick          # smoke test for CI: seconds per benchmark
     python benchmarks/run.py --only cluster   # just that one (repeatable)
     python benchmarks/run.py --results benchmarks/RESULTS.md  # also write a report
