@@ -49,6 +49,7 @@ _STATUS: Final = struct.Struct(">H")
 _CALL: Final = b"C"
 _ANSWER: Final = b"A"
 _READ_SIZE: Final = 256 * 1024
+_WRITE_SECONDS: Final = 30.0
 
 
 def _frame(number: int, kind: bytes, body: bytes) -> bytes:
@@ -72,39 +73,43 @@ def _split(buffer: bytearray) -> list[tuple[int, bytes, bytes]]:
 
 
 class _Writer:
-    """Sends queued frames, many per write."""
+    """Writes frames to a lane: whoever sends while no write is under way writes at
+    once, in its own task, taking along the frames others queue meanwhile; under load
+    many frames go out in one system call, and when idle a frame goes out without a
+    trip through a writer task. A write is shielded, so that a sender's cancellation
+    never cuts a frame in two, and bounded by ``_WRITE_SECONDS``: a peer that stops
+    reading for that long breaks the lane."""
 
-    def __init__(self, stream: trio.abc.Stream) -> None:
+    def __init__(self, stream: trio.SocketStream) -> None:
         self._stream = stream
         self._queued: list[bytes] = []
-        self._due = trio.Event()
-        self._finishing = False
-        self._finished = trio.Event()
+        self._writing = False
 
-    def send(self, frame: bytes) -> None:
-        """Queue a frame. Not a checkpoint."""
+    async def send(self, frame: bytes) -> None:
+        """Send a frame (or queue it for the write under way). A checkpoint.
+
+        Raises:
+            trio.BrokenResourceError: the lane broke; it is closed.
+        """
         self._queued.append(frame)
-        self._due.set()
-
-    async def run(self) -> None:
-        """Write whatever is queued, as it comes, until :meth:`finish`."""
+        if self._writing:
+            await trio.lowlevel.checkpoint()
+            return
+        self._writing = True
         try:
-            while True:
-                await self._due.wait()
-                self._due = trio.Event()
-                if self._queued:
-                    data, self._queued = b"".join(self._queued), []
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + _WRITE_SECONDS
+                while self._queued:
+                    data = b"".join(self._queued)
+                    self._queued.clear()
                     await self._stream.send_all(data)
-                if self._finishing and not self._queued:
-                    return
+            if scope.cancelled_caught:
+                raise trio.BrokenResourceError("the peer stopped reading")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._stream.socket.close()  # the reader sees it and fails the calls waiting
+            raise trio.BrokenResourceError("the lane is closed") from None
         finally:
-            self._finished.set()
-
-    async def finish(self) -> None:
-        """Write what is queued, then stop :meth:`run`."""
-        self._finishing = True
-        self._due.set()
-        await self._finished.wait()
+            self._writing = False
 
 
 class _Lane:
@@ -125,7 +130,10 @@ class _Lane:
         number = next(self._numbers)
         reply = self._waiting[number] = Reply()
         try:
-            self._writer.send(_frame(number, _CALL, envelope))
+            try:
+                await self._writer.send(_frame(number, _CALL, envelope))
+            except trio.BrokenResourceError:
+                raise PeerUnavailable(f"the lane to {self.peer} broke", peer=self.peer) from None
             return await reply.wait()
         finally:
             self._waiting.pop(number, None)
@@ -133,18 +141,15 @@ class _Lane:
     async def run(self, initial: bytes) -> None:
         """Read answers until the lane breaks; then fail the calls still waiting."""
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._writer.run)
-                buffer = bytearray(initial)
-                while True:
-                    self._dispatch(_split(buffer))
-                    chunk = await self._stream.receive_some(_READ_SIZE)
-                    if not chunk:
-                        break
-                    buffer += chunk
-                nursery.cancel_scope.cancel()
-        except* (trio.BrokenResourceError, trio.ClosedResourceError) as group:
-            logger.info("lane to %s broke: %r", self.peer, group.exceptions[0])
+            buffer = bytearray(initial)
+            while True:
+                self._dispatch(_split(buffer))
+                chunk = await self._stream.receive_some(_READ_SIZE)
+                if not chunk:
+                    break
+                buffer += chunk
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            logger.info("lane to %s broke: %r", self.peer, exc)
         finally:
             self.broken = True
             error = PeerUnavailable(f"the lane to {self.peer} closed", peer=self.peer)
@@ -293,7 +298,7 @@ async def serve_lane(
         running += 1
         try:
             status, body = await answer(envelope)
-            writer.send(_frame(number, _ANSWER, _STATUS.pack(status) + body))
+            await writer.send(_frame(number, _ANSWER, _STATUS.pack(status) + body))
         finally:
             running -= 1
             if not running:
@@ -314,14 +319,11 @@ async def serve_lane(
 
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(writer.run)
             async with trio.open_nursery() as reading:
                 reading.start_soon(read, nursery)
                 await stopping()
                 reading.cancel_scope.cancel()
-            while running:
+            while running:  # answer the calls already read, then close
                 await idle.wait()
-            await writer.finish()
-            nursery.cancel_scope.cancel()
     except* (trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the caller went away: nobody to answer

@@ -135,9 +135,7 @@ async def _start(
     ]
     # A session of its own: Ctrl-C in a terminal reaches the supervisor only, which
     # passes it on once; the worker would take a second signal for "stop at once".
-    return await trio.lowlevel.open_process(
-        command, env=env, pass_fds=fds, start_new_session=True
-    )
+    return await trio.lowlevel.open_process(command, env=env, pass_fds=fds, start_new_session=True)
 
 
 async def _wait_serving(address: str, process: trio.Process) -> None:
