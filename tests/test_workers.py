@@ -63,3 +63,30 @@ async def test_advertise_is_refused_with_workers() -> None:
         result = await run_to_end(argv)
     assert result.returncode == 2
     assert "--advertise" in result.stderr
+
+
+async def test_workers_stop_when_the_supervisor_is_killed() -> None:
+    from tests.test_cluster import wait_until
+
+    argv = [*towtruck_command(), "serve", "examples.greeter", "--workers", "2", "--port", "0"]
+    with trio.fail_after(PROCESS_SECONDS):
+        async with running(argv, ready=r"2 workers serving on (http://127\.0\.0\.1:\d+)") as (
+            supervisor,
+            match,
+            output,
+        ):
+            url = match.group(1)
+            async with httpx.AsyncClient(timeout=5) as client:
+                assert (await client.get(f"{url}/invoke/1/hello")).status_code == 200
+                supervisor.kill()
+                await supervisor.wait()
+
+                async def refused() -> bool:
+                    try:
+                        await client.get(f"{url}/ping")
+                    except httpx.ConnectError:
+                        return True
+                    return False
+
+                with trio.fail_after(15):
+                    await wait_until(refused)

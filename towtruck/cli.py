@@ -76,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     for flag, name, text in _SWITCHES:
         serve.add_argument(flag, dest=name, action="store_const", const=True, help=text)
     serve.add_argument("--listen-fds", help=argparse.SUPPRESS)  # from --workers' supervisor
+    serve.add_argument("--parent-fd", type=int, help=argparse.SUPPRESS)  # likewise
     serve.add_argument(
         "--log-level",
         default="info",
@@ -124,5 +125,13 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     if settings.workers > 1 and not args.listen_fds:
         sys.exit(trio.run(supervise, args.factory, settings, args.log_level))
     fds = [int(fd) for fd in args.listen_fds.split(",")] if args.listen_fds else []
-    trio.run(partial(serve_node, factory, listen_fds=fds, **dataclasses.asdict(settings)))
+    trio.run(
+        partial(
+            serve_node,
+            factory,
+            listen_fds=fds,
+            parent_fd=args.parent_fd,
+            **dataclasses.asdict(settings),
+        )
+    )
     sys.exit(0)

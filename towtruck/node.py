@@ -130,6 +130,7 @@ async def open_node(
 async def serve_node(
     create_actor: Factory,
     *,
+    parent_fd: int | None = None,
     task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
     **settings: Any,
 ) -> None:
@@ -137,7 +138,9 @@ async def serve_node(
     signal during the graceful stop exits the process at once (status 1).
 
     Must run in the main thread (it installs signal handlers for its duration).
-    Reports the node through ``task_status`` once it serves.
+    Reports the node through ``task_status`` once it serves. ``parent_fd`` is the read
+    end of a pipe whose other end the parent process holds: when it closes (the parent
+    died, even by SIGKILL), the node stops gracefully too (``--workers`` uses this).
     """
     stopping = trio.Event()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -153,7 +156,15 @@ async def serve_node(
                         logger.warning("%s again: exiting at once", name)
                         os._exit(1)
 
+            async def watch_parent(fd: int) -> None:
+                await trio.lowlevel.wait_readable(fd)  # readable only at EOF: it is gone
+                if not stopping.is_set():
+                    logger.warning("the parent process is gone: stopping gracefully")
+                    stopping.set()
+
             nursery.start_soon(watch_signals)
+            if parent_fd is not None:
+                nursery.start_soon(watch_parent, parent_fd)
             async with open_node(create_actor, **settings) as node:
                 tune_garbage_collector()
                 logger.info("towtruck node serving on %s", node.url)

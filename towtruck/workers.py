@@ -16,7 +16,9 @@ cluster, so an actor still lives in exactly one of them:
 Settings reach the workers as ``TOWTRUCK_*`` variables, so each worker is configured
 exactly as ``towtruck serve`` would be without ``--workers``. A worker that dies is
 logged and not restarted; the others go on serving (the cluster takes the dead one
-out, its connections and actors with it).
+out, its connections and actors with it). Workers stop gracefully when the supervisor
+does, and also when it dies without a word (SIGKILL): each holds the read end of a
+pipe whose write end only the supervisor has.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ async def supervise(factory: str, settings: Settings, log_level: str) -> int:
     port = publics[0].getsockname()[1]
     privates = [_listening(private_host, 0) for _ in range(count)]
     addresses = [str(Address(private_host, s.getsockname()[1])) for s in privates]
+    # The workers watch this pipe: it closes when the supervisor dies, however it dies.
+    parent_read, parent_write = os.pipe()
     processes: list[trio.Process] = []
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         try:
@@ -66,12 +70,15 @@ async def supervise(factory: str, settings: Settings, log_level: str) -> int:
                     port=port, advertise=addresses[index], peers=tuple(peers), workers=1
                 )
                 fds = (publics[index].fileno(), privates[index].fileno())
-                processes.append(await _start(factory, worker, fds, log_level))
-                if index == 0:
+                processes.append(await _start(factory, worker, fds, parent_read, log_level))
+                if index == 0:  # the others join it: it must be up first
                     await _wait_serving(addresses[0], processes[0])
+            for address, process in zip(addresses, processes, strict=True):
+                await _wait_serving(address, process)
         finally:
             for sock in publics + privates:
                 sock.close()  # the workers hold them now
+            os.close(parent_read)
         logger.info("towtruck: %d workers serving on http://%s:%d", count, settings.host, port)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, signals, processes)
@@ -80,6 +87,7 @@ async def supervise(factory: str, settings: Settings, log_level: str) -> int:
             for process in processes:
                 await process.wait()
             nursery.cancel_scope.cancel()
+    os.close(parent_write)
     return max((abs(p.returncode or 0) for p in processes), default=0)
 
 
@@ -109,7 +117,7 @@ def _listening(host: str, port: int) -> socket.socket:
 
 
 async def _start(
-    factory: str, settings: Settings, fds: tuple[int, int], log_level: str
+    factory: str, settings: Settings, fds: tuple[int, int], parent_fd: int, log_level: str
 ) -> trio.Process:
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
     for name, value in dataclasses.asdict(settings).items():
@@ -130,12 +138,16 @@ async def _start(
         factory,
         "--listen-fds",
         ",".join(map(str, fds)),
+        "--parent-fd",
+        str(parent_fd),
         "--log-level",
         log_level,
     ]
     # A session of its own: Ctrl-C in a terminal reaches the supervisor only, which
     # passes it on once; the worker would take a second signal for "stop at once".
-    return await trio.lowlevel.open_process(command, env=env, pass_fds=fds, start_new_session=True)
+    return await trio.lowlevel.open_process(
+        command, env=env, pass_fds=(*fds, parent_fd), start_new_session=True
+    )
 
 
 async def _wait_serving(address: str, process: trio.Process) -> None:
