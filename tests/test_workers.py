@@ -73,7 +73,7 @@ async def test_workers_stop_when_the_supervisor_is_killed() -> None:
         async with running(argv, ready=r"2 workers serving on (http://127\.0\.0\.1:\d+)") as (
             supervisor,
             match,
-            output,
+            _,
         ):
             url = match.group(1)
             async with httpx.AsyncClient(timeout=5) as client:
