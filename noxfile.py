@@ -11,8 +11,9 @@ def tests(session: nox.Session) -> None:
     """Run the test suite on the compiled h11 where it installs, then on the pure one
     (``-- -k pattern`` and other pytest options pass through)."""
     session.install("-e", ".[test]")
-    session.run("pytest", *session.posargs)
-    session.run("pytest", "-p", "tests.pure_h11", *session.posargs)
+    # ``python -m`` puts the repository on sys.path, where ``-p tests.pure_h11`` is.
+    session.run("python", "-m", "pytest", *session.posargs)
+    session.run("python", "-m", "pytest", "-p", "tests.pure_h11", *session.posargs)
 
 
 @nox.session
