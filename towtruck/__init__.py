@@ -20,7 +20,9 @@ from .client import Client as Client
 from .errors import ActorError as ActorError
 from .errors import BadRequest as BadRequest
 from .errors import CallTimeout as CallTimeout
+from .errors import Forbidden as Forbidden
 from .errors import ForwardingLoop as ForwardingLoop
+from .errors import HeadersTooLarge as HeadersTooLarge
 from .errors import InternalError as InternalError
 from .errors import InvalidActorId as InvalidActorId
 from .errors import InvalidAddress as InvalidAddress
@@ -37,6 +39,7 @@ from .errors import PeerUnavailable as PeerUnavailable
 from .errors import RouteNotFound as RouteNotFound
 from .errors import SettingsError as SettingsError
 from .errors import TowtruckError as TowtruckError
+from .errors import Unauthorized as Unauthorized
 from .errors import Unavailable as Unavailable
 from .node import Node as Node
 from .node import open_node as open_node
@@ -62,7 +65,9 @@ __all__ = [
     "Cluster",
     "ClusterClient",
     "DeactivationReason",
+    "Forbidden",
     "ForwardingLoop",
+    "HeadersTooLarge",
     "InternalError",
     "InvalidActorId",
     "InvalidAddress",
@@ -83,6 +88,7 @@ __all__ = [
     "Settings",
     "SettingsError",
     "TowtruckError",
+    "Unauthorized",
     "Unavailable",
     "cluster",
     "open_node",

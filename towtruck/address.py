@@ -47,6 +47,16 @@ class Address(NamedTuple):
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     @property
+    def is_loopback(self) -> bool:
+        """Reachable from this machine only (``localhost``, ``127.x``, ``::1``)."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @property
     def url(self) -> str:
         """The node's base URL, ``http://host:port``."""
         return f"http://{self}"

@@ -14,7 +14,7 @@ Paths are split on the raw (still percent-encoded) path, so an id may hold ``/``
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 from urllib.parse import unquote_to_bytes
 
@@ -25,6 +25,7 @@ from . import codec, lanes
 from .calls import CallContext
 from .catalog import Factory
 from .client import check_actor_id
+from .credentials import check_cluster_key, key_headers
 from .errors import (
     BadRequest,
     InternalError,
@@ -42,6 +43,9 @@ logger = logging.getLogger("towtruck.http")
 
 #: Verbs whose JSON body is the call's data; the others pass their extra path segments.
 BODY_VERBS: Final = frozenset({"POST", "PUT", "PATCH"})
+#: Most path segments after the method (GET data); most characters in a method name.
+MAX_SEGMENTS: Final = 64
+MAX_METHOD_LENGTH: Final = 128
 _JSON: Final = (b"content-type", b"application/json")
 
 
@@ -75,6 +79,10 @@ class App:
         self.runtime = runtime
         self.routes = build_routes(runtime)
         self._debug = runtime.settings.debug
+        self._cluster_key = runtime.settings.cluster_key
+        self._trusted = [
+            (k.encode(), v.encode()) for k, v in key_headers(self._cluster_key).items()
+        ]
         #: Largest request body accepted, in bytes.
         self.max_body = runtime.settings.max_body
         self._call_timeout = runtime.settings.call_timeout
@@ -111,8 +119,19 @@ class App:
                 return
         await self.routes(scope, receive, send)
 
+    def check_cluster_key(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        """Refuse a request to a cluster route without the cluster key (see
+        :mod:`towtruck.credentials`)."""
+        check_cluster_key(self._cluster_key, headers)
+
     async def respond(
-        self, verb: str, raw_path: bytes, body: bytes, error: TowtruckError | None = None
+        self,
+        verb: str,
+        raw_path: bytes,
+        body: bytes,
+        error: TowtruckError | None = None,
+        *,
+        headers: Iterable[tuple[bytes, bytes]] = (),
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """Answer a request to a fast route: status, headers and body, errors as JSON.
 
@@ -122,25 +141,27 @@ class App:
         Args:
             error: A problem found while reading the request (a body over
                 ``max_body``), to answer instead.
+            headers: The request's headers (the cluster key is looked for there).
         """
-        headers = [_JSON]
+        answer_headers = [_JSON]
         try:
             if error is not None:
                 raise error
             if raw_path.startswith(b"/invoke/"):
                 status, answer = 200, await self._invoke(verb, raw_path, body)
             else:
+                self.check_cluster_key(headers)
                 status, answer = 200, await self._forwarded(body)
         except TowtruckError as exc:
             status, answer = exc.status, codec.error_body(exc, debug=self._debug)
-            headers.extend(exc.headers)
+            answer_headers.extend(exc.headers)
         except Exception as exc:
             logger.exception("error answering %s %r", verb, raw_path)
             failure = InternalError(f"towtruck failed answering this call: {type(exc).__name__}")
             failure.__cause__ = exc
             status, answer = 500, codec.error_body(failure, debug=self._debug)
-        headers.append((b"content-length", str(len(answer)).encode()))
-        return status, headers, answer
+        answer_headers.append((b"content-length", str(len(answer)).encode()))
+        return status, answer_headers, answer
 
     async def serve_lane(
         self,
@@ -152,7 +173,10 @@ class App:
         await lanes.serve_lane(stream, initial, self._answer_forwarded, stopping)
 
     async def _answer_forwarded(self, envelope: bytes) -> tuple[int, bytes]:
-        status, _, answer = await self.respond("POST", b"/cluster/forward", envelope)
+        # A lane's calls are trusted: the key was checked when the lane was opened.
+        status, _, answer = await self.respond(
+            "POST", b"/cluster/forward", envelope, headers=self._trusted
+        )
         return status, answer
 
     async def _invoke(self, verb: str, raw_path: bytes, body: bytes) -> bytes:
@@ -236,6 +260,10 @@ def parse_invoke_path(raw_path: bytes) -> tuple[str, str, list[str]]:
         raise RouteNotFound(
             "expected /invoke/{id}/{method}[/{arg}...]", path=raw_path[:200].decode("latin-1")
         )
+    if len(parts) > MAX_SEGMENTS + 2:
+        raise BadRequest(f"too many path segments: at most {MAX_SEGMENTS} after the method")
+    if len(parts[1]) > MAX_METHOD_LENGTH:
+        raise BadRequest(f"method names are at most {MAX_METHOD_LENGTH} characters")
     segments = [_decode_segment(part) for part in parts]
     return check_actor_id(segments[0]), segments[1], segments[2:]
 

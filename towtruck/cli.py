@@ -38,6 +38,9 @@ _VALUE_FLAGS = [
     ("--heartbeat-interval", "heartbeat_interval", "seconds between heartbeats to each peer (1)"),
     ("--heartbeat-misses", "heartbeat_misses", "missed heartbeats that take a peer out (3)"),
     ("--bloom-interval", "bloom_interval", "seconds between fetches of peers' bloom filters (1)"),
+    ("--cluster-key", "cluster_key", "shared secret the nodes of a cluster prove themselves with"),
+    ("--max-in-flight", "max_in_flight", "most calls from outside under way at once (10000)"),
+    ("--request-timeout", "request_timeout", "seconds a client may take to send a request (30)"),
     ("--workers", "workers", "node processes behind the one port, or auto: one per core (1)"),
 ]
 _SWITCHES = [

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, NoReturn, Protocol
+from typing import Any, Final, Protocol
 from wsgiref.handlers import format_date_time
 
 import h11
@@ -45,7 +45,8 @@ from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import parse_socket_addr
 
-from .errors import PayloadTooLarge, TowtruckError
+from . import codec
+from .errors import BadRequest, HeadersTooLarge, PayloadTooLarge, TowtruckError
 from .lanes import LANE_PATH, UPGRADE
 
 __all__ = ["Connection", "FastRoutes", "reap_idle"]
@@ -78,8 +79,19 @@ class FastRoutes(Protocol):
         """Whether this request goes to a fast route."""
         ...
 
+    def check_cluster_key(self, headers: Any) -> None:
+        """Raise :class:`Unauthorized` or :class:`Forbidden` unless the request carries
+        the cluster key (when one is set)."""
+        ...
+
     async def respond(
-        self, verb: str, raw_path: bytes, body: bytes, error: TowtruckError | None = None
+        self,
+        verb: str,
+        raw_path: bytes,
+        body: bytes,
+        error: TowtruckError | None = None,
+        *,
+        headers: Any = (),
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """Status, headers and body of the answer (``error``: answer that instead)."""
         ...
@@ -103,6 +115,8 @@ class Connection(TCPServer):
         self._fast = fast
         #: When the connection last became idle (between requests), or None if busy.
         self.idle_since: float | None = None
+        #: When the request being received began to arrive, or None if none is.
+        self.receiving_since: float | None = None
         #: Read and drop what the client still sends before closing (see _LINGER_*).
         self.linger = False
 
@@ -140,6 +154,15 @@ class Connection(TCPServer):
         finally:
             await self._close()
             self._connections.discard(self)
+
+    def _note_receiving(self) -> None:
+        """Note whether a request's body is still arriving (see :func:`reap_idle`)."""
+        h11_connection = getattr(self.protocol.protocol, "connection", None)
+        if getattr(h11_connection, "their_state", None) is h11.SEND_BODY:
+            if self.receiving_since is None:
+                self.receiving_since = trio.current_time()
+        else:
+            self.receiving_since = None
 
     async def write(self, data: bytes) -> None:
         """Send bytes now: the fast lane's one write per response. Takes the send lock
@@ -181,6 +204,7 @@ class Connection(TCPServer):
                 break  # closed by the reaper, or by the peer abruptly
             try:
                 await self.protocol.handle(RawData(bytes(data)))
+                self._note_receiving()
             except _UpgradedToLane as upgraded:
                 assert self._fast is not None
                 await self._fast.serve_lane(
@@ -208,15 +232,22 @@ class _IdleTimer:
         self._connection.idle_since = None
 
 
-async def reap_idle(connections: set[Connection], keep_alive_timeout: float) -> None:
-    """Close the connections idle longer than ``keep_alive_timeout``, for ever, checking
-    four times per timeout (at most once a second)."""
-    tick = min(1.0, keep_alive_timeout / 4)
+async def reap_idle(
+    connections: set[Connection], keep_alive_timeout: float, request_timeout: float
+) -> None:
+    """Close, for ever, the connections idle longer than ``keep_alive_timeout`` (a
+    request's head still arriving counts as idle: a client that trickles it is cut off
+    too), and those that took longer than ``request_timeout`` to send a request's body.
+    Checks four times per timeout, at most once a second."""
+    tick = min(1.0, keep_alive_timeout / 4, request_timeout / 4)
     while True:
         await trio.sleep(tick)
-        expired = trio.current_time() - keep_alive_timeout
+        now = trio.current_time()
         for connection in list(connections):
-            if connection.idle_since is not None and connection.idle_since <= expired:
+            idle, receiving = connection.idle_since, connection.receiving_since
+            if (idle is not None and now - idle >= keep_alive_timeout) or (
+                receiving is not None and now - receiving >= request_timeout
+            ):
                 connection.close_now()
 
 
@@ -231,24 +262,54 @@ class _FastH11Protocol(H11Protocol):
     async def _create_stream(self, request: h11.Request) -> None:
         verb = request.method.decode("ascii").upper()
         raw_path = request.target.partition(b"?")[0]
-        if raw_path == LANE_PATH and verb == "GET" and _upgrade_to(request) == UPGRADE:
-            await self._accept_lane()
-        if verb == "HEAD" or not self._fast.is_fast(verb, raw_path):
-            await super()._create_stream(request)
-            return
+        # h11 bounds only a request head that arrives in pieces; one that arrives whole
+        # is bounded here, for every route.
+        size = len(request.target) + sum(len(n) + len(v) + 4 for n, v in request.headers)
+        too_long = size > self.config.h11_max_incomplete_size
+        if not too_long:
+            if raw_path == LANE_PATH and verb == "GET" and _upgrade_to(request) == UPGRADE:
+                await self._accept_lane(request)  # returns only if it refused the lane
+                return
+            if verb == "HEAD" or not self._fast.is_fast(verb, raw_path):
+                await super()._create_stream(request)
+                return
         stream = _FastStream(self, verb, raw_path, request.headers)
+        if too_long:
+            stream.error = _PROTOCOL_ERRORS[431]
         self.stream = stream  # type: ignore[assignment]
         self.keep_alive_requests += 1
         await self.context.mark_request()
         if stream.error is not None:  # refused on its headers: answer before its body
             await stream.answer()
 
-    async def _accept_lane(self) -> NoReturn:
+    async def _accept_lane(self, request: h11.Request) -> None:
+        try:
+            self._fast.check_cluster_key(request.headers)
+        except TowtruckError as exc:  # answered as an ordinary request, refused
+            self.stream = stream = _FastStream(self, "GET", LANE_PATH, [])  # type: ignore[assignment]
+            stream.error = exc
+            await stream.answer()
+            return
         switch = h11.InformationalResponse(
             status_code=101, headers=[(b"connection", b"upgrade"), (b"upgrade", UPGRADE)]
         )
         await self.connection_handler.write(self.connection.send(switch))
         raise _UpgradedToLane(self.connection.trailing_data[0])
+
+    async def _send_error_response(self, status_code: int) -> None:
+        """Hypercorn answers a request h11 cannot parse with an empty body; this
+        answers it as every other towtruck error, in JSON."""
+        error = _PROTOCOL_ERRORS.get(status_code) or BadRequest("the request is not valid HTTP/1.1")
+        body = codec.error_body(error)
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+            (b"date", _date()),
+        ]
+        await self._send_h11_event(h11.Response(status_code=status_code, headers=headers))
+        await self._send_h11_event(h11.Data(data=body))
+        await self._send_h11_event(h11.EndOfMessage())
 
     async def send_answer(
         self, status: int, headers: list[tuple[bytes, bytes]], body: bytes
@@ -283,6 +344,7 @@ class _FastStream:
         self._protocol = protocol
         self._verb = verb
         self._raw_path = raw_path
+        self._headers = headers
         self._chunks: list[bytes] = []
         self._size = 0
         self._max_body = protocol._fast.max_body
@@ -318,7 +380,7 @@ class _FastStream:
             self._protocol.connection_handler.linger = True
         body = b"".join(self._chunks)
         status, headers, answer = await self._protocol._fast.respond(
-            self._verb, self._raw_path, body, self.error
+            self._verb, self._raw_path, body, self.error, headers=self._headers
         )
         await self._protocol.send_answer(status, headers, answer)
 
@@ -337,6 +399,12 @@ def _upgrade_to(request: h11.Request) -> bytes:
         if name == b"upgrade":
             return bytes(value).strip().lower()
     return b""
+
+
+_PROTOCOL_ERRORS: Final[dict[int, TowtruckError]] = {
+    400: BadRequest("the request is not valid HTTP/1.1"),
+    431: HeadersTooLarge("the request line and headers are over 16 KiB"),
+}
 
 
 def _too_large(max_body: int) -> PayloadTooLarge:

@@ -7,18 +7,21 @@ The whole tree::
     │   ├── InvalidJSON           the body is not JSON (or nests too deep)
     │   ├── InvalidActorId        the actor id is empty, too long, or not text
     │   ├── InvalidAddress        a peer address is not a usable host:port
-    │   └── SettingsError         a setting has an unknown name or a bad value
+    │   ├── SettingsError         a setting has an unknown name or a bad value
+    │   └── HeadersTooLarge       431: the request's line and headers are too long
     ├── NotFound                  404: there is nothing by that name
     │   ├── RouteNotFound         no route at that path
     │   ├── MethodNotFound        the actor has no public method by that name
     │   └── NotActive             the actor is not active on that node (it was collected)
+    ├── Unauthorized              401: a cluster route, called without the cluster key
+    ├── Forbidden                 403: a cluster route, called with a wrong cluster key
     ├── MethodNotAllowed          405: the route exists, but not for that HTTP verb
     ├── PayloadTooLarge           413: the body is larger than ``max_body``
     ├── ActorError                500: the actor's own code raised
     ├── InternalError             500: towtruck itself failed (a bug: please report it)
     ├── Unavailable               503: the call was refused; trying again later may work
     │   ├── MailboxFull           the actor already has ``mailbox_size`` calls waiting
-    │   ├── Overloaded            the node holds ``max_actors`` and none of them is idle
+    │   ├── Overloaded            a limit is reached: ``max_actors`` (none idle), ``max_in_flight``
     │   ├── NodeStopping          the node is shutting down and takes no new calls
     │   └── PeerUnavailable       the node that owns the actor did not answer
     ├── CallTimeout               504: no answer within the call's deadline
@@ -40,7 +43,9 @@ __all__ = [
     "ActorError",
     "BadRequest",
     "CallTimeout",
+    "Forbidden",
     "ForwardingLoop",
+    "HeadersTooLarge",
     "InternalError",
     "InvalidActorId",
     "InvalidAddress",
@@ -57,6 +62,7 @@ __all__ = [
     "RouteNotFound",
     "SettingsError",
     "TowtruckError",
+    "Unauthorized",
     "Unavailable",
     "from_payload",
     "status_of",
@@ -108,6 +114,18 @@ class InvalidAddress(BadRequest):
 
 class SettingsError(BadRequest, ValueError):
     """A setting has an unknown name or a bad value (the message names it)."""
+
+
+class HeadersTooLarge(BadRequest):
+    """The request's line and headers are longer than the server accepts."""
+
+
+class Unauthorized(TowtruckError):
+    """A cluster route was called without the cluster key."""
+
+
+class Forbidden(TowtruckError):
+    """A cluster route was called with a wrong cluster key."""
 
 
 class NotFound(TowtruckError):
@@ -162,7 +180,8 @@ class MailboxFull(Unavailable):
 
 
 class Overloaded(Unavailable):
-    """The node holds ``max_actors`` actors and none of them is idle enough to collect."""
+    """A limit of the node is reached: it holds ``max_actors`` actors and none is idle,
+    or it has ``max_in_flight`` calls under way."""
 
 
 class NodeStopping(Unavailable):
@@ -191,6 +210,9 @@ STATUS: dict[type[TowtruckError], int] = {
     InvalidActorId: 400,
     InvalidAddress: 400,
     SettingsError: 400,
+    HeadersTooLarge: 431,
+    Unauthorized: 401,
+    Forbidden: 403,
     NotFound: 404,
     RouteNotFound: 404,
     MethodNotFound: 404,

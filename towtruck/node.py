@@ -104,7 +104,16 @@ async def open_node(
     sockets, urls = bind(http_config, listen_fds)
     me = config.advertise or urls[0].removeprefix("http://")
     runtime.node_id = me
-    async with open_router(runtime, me) as router, trio.open_nursery() as nursery:
+    if config.cluster_key is None and not Address.parse(me).is_loopback:
+        logger.warning(
+            "serving on %s with no cluster key: anyone who reaches it can add or remove"
+            " nodes and send calls as a node would; set cluster_key (--cluster-key)",
+            me,
+        )
+    async with (
+        open_router(runtime, me, config.cluster_key) as router,
+        trio.open_nursery() as nursery,
+    ):
         node = Node(runtime, router, urls[0], nursery)
         await nursery.start(runtime.serve)
         app = App(runtime=runtime)
@@ -115,6 +124,7 @@ async def open_node(
                 http_config,
                 sockets=sockets,
                 fast=app,
+                request_timeout=config.request_timeout,
                 shutdown_trigger=node._stop_http.wait,
             )
         )

@@ -20,6 +20,7 @@ import httpx
 import trio
 
 from . import codec
+from .credentials import key_headers
 from .errors import InvalidJSON, PeerUnavailable, TowtruckError, from_payload
 from .lanes import Lanes, open_lanes
 from .router import Router
@@ -129,14 +130,16 @@ class _Body(httpx.AsyncByteStream):
 
 
 @asynccontextmanager
-async def open_router(runtime: Runtime, me: str) -> AsyncIterator[Router]:
+async def open_router(runtime: Runtime, me: str, cluster_key: str | None) -> AsyncIterator[Router]:
     """Make ``runtime`` a clustered node reachable at ``me`` (its ``host:port``) for the
     duration of the block: its calls go through a :class:`~towtruck.router.Router` that
     talks to peers over HTTP. Enter it before the runtime serves (the router adds its
     loops to the runtime's services) and call ``router.start(peers)`` once HTTP is up.
-    Closes every connection to peers on the way out."""
-    async with open_lanes() as lanes:
-        peers = HttpPeers(lanes)
+    Every request to a peer carries ``cluster_key`` (if set). Closes every connection
+    to peers on the way out."""
+    headers = key_headers(cluster_key)
+    async with open_lanes(headers) as lanes:
+        peers = HttpPeers(lanes, headers)
         try:
             yield Router(runtime, me, peers)
         finally:

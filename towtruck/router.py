@@ -38,12 +38,14 @@ from .calls import CallContext
 from .directory import Directory, PeerClient
 from .errors import (
     CallTimeout,
+    Forbidden,
     ForwardingLoop,
     InvalidAddress,
     NotActive,
     NotFound,
     PeerUnavailable,
     TowtruckError,
+    Unauthorized,
 )
 from .membership import Membership, MemberState
 from .runtime import Runtime
@@ -199,6 +201,8 @@ class Router:
                 reply = await self._peers.post(address, "/cluster/heartbeat", self._hello())
         except (TowtruckError, trio.TooSlowError) as exc:
             self.membership.remove(address)
+            if isinstance(exc, (Unauthorized, Forbidden)):
+                raise  # it answered: with this node's cluster key, it refuses to join
             reason = exc.message if isinstance(exc, TowtruckError) else "timed out"
             raise PeerUnavailable(f"{address} did not answer: {reason}", peer=address) from exc
         self.membership.merge(_records(reply))

@@ -24,6 +24,7 @@ from werkzeug.exceptions import HTTPException
 from . import codec
 from .address import Address
 from .client import check_actor_id
+from .credentials import check_cluster_key
 from .errors import (
     BadRequest,
     InternalError,
@@ -44,6 +45,16 @@ logger = logging.getLogger("towtruck.http")
 ALL_VERBS: Final = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _READ: Final = ["GET", "HEAD"]
 _ACT: Final = ["GET", "POST"]
+
+#: Routes that read or change the cluster: with a cluster key set, only for its nodes.
+_CLUSTER_ROUTES: Final = (
+    "/addserver/",
+    "/removeserver/",
+    "/getbloom",
+    "/updateblooms",
+    "/rungc",
+    "/cluster/",
+)
 
 _HTTP_ERRORS: Final[dict[int, type[TowtruckError]]] = {
     400: BadRequest,
@@ -80,7 +91,9 @@ def build_routes(runtime: Runtime) -> QuartTrio:
                     "a clustered App served by another server needs advertise: the"
                     " host:port its peers reach it at"
                 )
-            router = await lifespan.enter_async_context(open_router(runtime, settings.advertise))
+            router = await lifespan.enter_async_context(
+                open_router(runtime, settings.advertise, settings.cluster_key)
+            )
             runtime.node_id = settings.advertise
         await app.nursery.start(runtime.serve)
         lifespan.push_async_callback(runtime.stop)
@@ -98,7 +111,9 @@ def build_routes(runtime: Runtime) -> QuartTrio:
         return runtime.router
 
     @app.before_request
-    async def refuse_large_bodies() -> None:
+    async def check_request() -> None:
+        if request.path.startswith(_CLUSTER_ROUTES):
+            check_cluster_key(settings.cluster_key, request.scope["headers"])
         length = request.content_length
         if length is not None and length > settings.max_body:
             raise PayloadTooLarge(

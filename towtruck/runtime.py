@@ -22,7 +22,7 @@ import trio
 from .calls import CallContext
 from .catalog import Catalog, CatalogStatistics, Factory
 from .client import Client
-from .errors import NodeStopping, TowtruckError
+from .errors import NodeStopping, Overloaded, TowtruckError
 from .settings import Settings
 
 __all__ = ["Router", "Runtime", "RuntimeStatistics", "open_runtime"]
@@ -89,6 +89,7 @@ class Runtime:
         self.node_id = f"{socket.gethostname()}:{os.getpid()}"
         self.calls = 0
         self.failed = 0
+        self._max_in_flight = settings.max_in_flight
         self.in_flight = 0
         self._started_at: float | None = None
         self._running = False
@@ -214,8 +215,14 @@ class Runtime:
             existing: Only if the actor is active here (a peer found it here); raise
                 :class:`NotActive` rather than activate or forward it.
         """
-        if not self._taking_calls and not context.chain:
-            raise NodeStopping("the node is shutting down", node=self.node_id)
+        if not context.chain:  # from outside any actor: the node's limits apply
+            if not self._taking_calls:
+                raise NodeStopping("the node is shutting down", node=self.node_id)
+            if self.in_flight >= self._max_in_flight:
+                raise Overloaded(
+                    f"the node has max_in_flight ({self._max_in_flight}) calls under way",
+                    node=self.node_id,
+                )
         self.calls += 1
         self.in_flight += 1
         try:

@@ -63,6 +63,7 @@ async def serve(
     shutdown_trigger: Callable[[], Awaitable[object]],
     sockets: Sockets | None = None,
     fast: FastRoutes | None = None,
+    request_timeout: float = 30.0,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` until ``shutdown_trigger()`` returns, then shut down gracefully.
@@ -109,7 +110,9 @@ async def serve(
                             handler_nursery=connection_nursery,
                         )
                     )
-                    accept_nursery.start_soon(reap_idle, connections, config.keep_alive_timeout)
+                    accept_nursery.start_soon(
+                        reap_idle, connections, config.keep_alive_timeout, request_timeout
+                    )
                     task_status.started(urls)
                     await shutdown_trigger()
                     accept_nursery.cancel_scope.cancel()

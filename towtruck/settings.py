@@ -41,6 +41,12 @@ class Settings:
         heartbeat_interval: How often each peer is pinged.
         heartbeat_misses: Missed heartbeats in a row that take a peer out of placement.
         bloom_interval: How often the peers' bloom filters are fetched.
+        cluster_key: A shared secret: when set, the routes that read or change the
+            cluster (and calls between nodes) answer only requests that carry it.
+        max_in_flight: Most calls from outside the node under way at once; past it,
+            503.
+        request_timeout: A client that takes longer than this to send a whole request
+            body is disconnected.
         workers: Node processes ``towtruck serve`` runs behind one address and port,
             a local cluster (``auto`` on the command line: one per core).
         max_actors: Most actors held in memory; past it, the least recently used idle
@@ -64,6 +70,9 @@ class Settings:
     heartbeat_interval: float = 1 * SECONDS
     heartbeat_misses: int = 3
     bloom_interval: float = 1 * SECONDS
+    cluster_key: str | None = dataclasses.field(default=None, repr=False)
+    max_in_flight: int = 10_000
+    request_timeout: float = 30 * SECONDS
     workers: int = 1
     max_actors: int = 1000
     max_inactivity: float = 60 * SECONDS
@@ -134,6 +143,9 @@ _KINDS: Final[dict[str, str]] = {
     "heartbeat_interval": "seconds",
     "heartbeat_misses": "count",
     "bloom_interval": "seconds",
+    "cluster_key": "secret",
+    "max_in_flight": "count",
+    "request_timeout": "seconds",
     "workers": "count",
     "max_actors": "count",
     "max_inactivity": "seconds",
@@ -223,6 +235,14 @@ def _address(value: Any) -> str | None:
     return str(Address.parse(str(value)))
 
 
+def _secret(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not value.isprintable() or len(value) < 16:
+        raise ValueError("expected at least 16 printable characters")
+    return value
+
+
 def _flag(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -236,6 +256,7 @@ _CHECKS: Final = {
     "port": _port,
     "addresses": _addresses,
     "address": _address,
+    "secret": _secret,
     "count": _count,
     "seconds": _seconds,
     "flag": _flag,
