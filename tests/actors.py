@@ -90,3 +90,15 @@ def create_counter(id: str, client: towtruck.Client) -> Counter:
 
 def create_recorder(id: str, client: towtruck.Client) -> Recorder:
     return Recorder(id, client)
+
+
+def create_fuzzed(id: str, client: towtruck.Client) -> dict[str, Any]:
+    """An actor for the fuzz test: every method is quick, whatever its data."""
+
+    def echo(data: Any) -> Any:
+        return data
+
+    def boom(data: Any) -> None:
+        raise ValueError("boom")
+
+    return {"echo": echo, "boom": boom}
