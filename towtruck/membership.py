@@ -92,7 +92,8 @@ class Membership:
         return sorted(a for a in self._members if a != self.me and self.state(a) in wanted)
 
     def placement(self) -> tuple[str, ...]:
-        """The members actors are placed on: this node and its live peers, sorted."""
+        """The members actors are placed on: this node (unless it is leaving) and its
+        live peers, sorted."""
         return self._placement
 
     def owner(self, actor_id: str) -> str:
@@ -187,6 +188,11 @@ class Membership:
 
     def _changed(self) -> None:
         self.generation += 1
-        self._placement = tuple(
-            sorted(a for a in self._members if a == self.me or self.state(a) is MemberState.ALIVE)
+        me = self._members[self.me]
+        placed = sorted(
+            a
+            for a in self._members
+            if (a == self.me and me.joined) or self.state(a) is MemberState.ALIVE
         )
+        # A node that left places nothing on itself, while it has live peers to send to.
+        self._placement = tuple(placed) or (self.me,)

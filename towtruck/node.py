@@ -57,14 +57,15 @@ class Node:
         return f"<Node {self.address}>"
 
     async def stop(self) -> None:
-        """Stop gracefully: tell the peers this node is leaving, take no new calls, let
-        the calls in flight finish, run every actor's ``deactivate``, close the server.
-        Takes at most about twice ``shutdown_timeout``. Safe to call more than once."""
+        """Stop gracefully: leave the cluster (the peers stop placing actors here),
+        deactivate every actor after its mailbox and let the calls in flight finish
+        (see :meth:`Runtime.stop`), then close the server, whose requests in flight get
+        ``shutdown_timeout`` more. Safe to call more than once."""
         if self._killed:
             return
-        await self.router.leave()
+        elsewhere = await self.router.leave()
+        await self.runtime.stop(route_elsewhere=elsewhere)
         self._stop_http.set()
-        await self.runtime.stop()
 
     def kill(self) -> None:
         """Stop abruptly, as a crash would: every connection closes at once, turns are
@@ -133,7 +134,7 @@ async def open_node(
             yield node
         finally:
             with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + 2 * config.shutdown_timeout + 10
+                scope.deadline = trio.current_time() + 3 * config.shutdown_timeout + 10
                 await node.stop()
 
 

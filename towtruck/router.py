@@ -224,15 +224,18 @@ class Router:
         self.membership.remove(address)
         await self._settle(extra=[address])
 
-    async def leave(self) -> None:
-        """Tell every peer this node is leaving, so they stop placing actors on it
-        (a graceful shutdown does this first). Bounded by ``PROTOCOL_TIMEOUT``."""
+    async def leave(self) -> bool:
+        """Leave the cluster (a graceful shutdown does this first): tell every peer, so
+        they stop placing actors here, and place nothing here either. Returns whether
+        there are live peers to send calls to meanwhile. Bounded by
+        ``PROTOCOL_TIMEOUT``."""
         peers = self.membership.peers(MemberState.ALIVE)
         if peers and not self._left:
             self._left = True
             self.membership.remove(self.me)
             with trio.move_on_after(PROTOCOL_TIMEOUT):
                 await self._push(peers)
+        return bool(peers)
 
     def handle_heartbeat(self, records: Any) -> list[dict[str, Any]]:
         """A peer's heartbeat (or pushed change): take in its records, answer ours."""

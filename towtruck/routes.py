@@ -75,8 +75,9 @@ def build_routes(runtime: Runtime) -> QuartTrio:
     app = QuartTrio("towtruck")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body
     # Quart-Trio gives background work this long at shutdown; stopping the runtime
-    # takes at most two shutdown_timeouts (calls in flight, then deactivate hooks).
-    app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 2 * settings.shutdown_timeout + 1
+    # takes at most two shutdown_timeouts (calls in flight, deactivate hooks), plus
+    # telling the peers.
+    app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 2 * settings.shutdown_timeout + 6
 
     lifespan = contextlib.AsyncExitStack()
 
@@ -96,10 +97,14 @@ def build_routes(runtime: Runtime) -> QuartTrio:
             )
             runtime.node_id = settings.advertise
         await app.nursery.start(runtime.serve)
-        lifespan.push_async_callback(runtime.stop)
+
+        async def stop() -> None:  # as Node.stop does
+            elsewhere = await router.leave() if router is not None else False
+            await runtime.stop(route_elsewhere=elsewhere)
+
+        lifespan.push_async_callback(stop)
         if router is not None:
             await router.start(settings.peers)
-            lifespan.push_async_callback(router.leave)
 
     @app.after_serving
     async def stop_runtime() -> None:

@@ -94,6 +94,7 @@ class Runtime:
         self._started_at: float | None = None
         self._running = False
         self._taking_calls = True
+        self._routing_elsewhere = False
         self._idle: trio.Event | None = None
         self._stopped = trio.Event()
 
@@ -165,37 +166,56 @@ class Runtime:
         self.catalog.cancel_turns_here()
         self._stopped.set()
 
-    async def stop(self) -> None:
-        """Stop gracefully: refuse new calls from outside, let the calls in flight
-        finish, then deactivate every actor (each finishes its mailbox and runs
-        ``deactivate``), then end :meth:`serve`.
+    async def stop(self, *, route_elsewhere: bool = False) -> None:
+        """Stop gracefully, then end :meth:`serve`. Safe to call more than once; later
+        calls wait for the first.
 
-        Each of the two phases gets ``shutdown_timeout``; what has not finished by
-        then is cancelled. Calls actors make to each other keep working while the calls
-        in flight finish. Safe to call more than once; later calls wait for the first.
+        A lone node refuses new calls from outside (:class:`NodeStopping`), lets the
+        calls in flight finish (actors may still call each other meanwhile), then
+        deactivates every actor: each finishes its mailbox and runs ``deactivate``.
+
+        A node leaving a cluster (``route_elsewhere``: its router has sent it out of
+        placement) keeps taking calls and sends them on to their new owners. It
+        deactivates its actors at once, each after its mailbox; a call for one that
+        arrives meanwhile waits for it to be gone, then goes to the node that now owns
+        it (which loads what ``deactivate`` saved). Then it lets the calls in flight
+        finish. Nothing is refused, so no call fails.
+
+        Each phase gets ``shutdown_timeout``; what has not finished by then is
+        cancelled.
         """
         if not self._taking_calls:
             await self._stopped.wait()
             return
         self._taking_calls = False
+        self._routing_elsewhere = route_elsewhere
         if not self._running:  # never served, or crashed: nothing left to stop
             self._stopped.set()
             return
-        timeout = self.settings.shutdown_timeout
-        with trio.move_on_after(timeout) as scope:
+        if route_elsewhere:
+            await self._deactivate_all()
+            await self._wait_no_calls()
+        else:
+            await self._wait_no_calls()
+            await self._deactivate_all()
+        self.catalog.cancel_turns_here()
+        self._stopped.set()
+
+    async def _wait_no_calls(self) -> None:
+        with trio.move_on_after(self.settings.shutdown_timeout) as scope:
             while self.in_flight:
                 self._idle = trio.Event()
                 await self._idle.wait()
         if scope.cancelled_caught:
             logger.warning("%d calls still in flight at shutdown; cancelling", self.in_flight)
-        with trio.move_on_after(timeout) as scope:
+
+    async def _deactivate_all(self) -> None:
+        with trio.move_on_after(self.settings.shutdown_timeout) as scope:
             await self.catalog.deactivate_all()
         if scope.cancelled_caught:
             logger.warning(
                 "%d actors still deactivating at shutdown; cancelling", len(self.catalog)
             )
-        self.catalog.cancel_turns_here()
-        self._stopped.set()
 
     async def invoke(
         self,
@@ -216,7 +236,7 @@ class Runtime:
                 :class:`NotActive` rather than activate or forward it.
         """
         if not context.chain:  # from outside any actor: the node's limits apply
-            if not self._taking_calls:
+            if not self._taking_calls and not self._routing_elsewhere:
                 raise NodeStopping("the node is shutting down", node=self.node_id)
             if self.in_flight >= self._max_in_flight:
                 raise Overloaded(
