@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import trio
 import trio.lowlevel
@@ -102,3 +105,34 @@ def create_fuzzed(id: str, client: towtruck.Client) -> dict[str, Any]:
         raise ValueError("boom")
 
     return {"echo": echo, "boom": boom}
+
+
+class StoredCounter:
+    """A counter that loads its count when activated and saves it when deactivated, in
+    a file per actor under $STORE_DIR: what an application does with its database, so
+    that an actor moving between nodes (a graceful shutdown) keeps its state."""
+
+    def __init__(self, id: str, client: towtruck.Client) -> None:
+        self.id = id
+        self.count = 0
+        self.path = Path(os.environ["STORE_DIR"]) / quote(id, safe="")
+
+    async def activate(self) -> None:
+        if self.path.exists():
+            self.count = int(self.path.read_text())
+
+    async def increment(self, data: Any) -> int:
+        self.count += 1
+        return self.count
+
+    def get(self, data: Any) -> int:
+        return self.count
+
+    async def deactivate(self) -> None:
+        partial = self.path.with_suffix(".partial")
+        partial.write_text(str(self.count))
+        partial.replace(self.path)
+
+
+def create_stored_counter(id: str, client: towtruck.Client) -> StoredCounter:
+    return StoredCounter(id, client)

@@ -12,6 +12,7 @@ import trio
 
 import towtruck
 from examples import chain
+from tests import actors
 from tests.actors import create_counter
 from towtruck import placement
 from towtruck.bloom import BloomFilter
@@ -366,3 +367,33 @@ async def test_a_peer_taken_for_down_while_alive_keeps_its_actors(
                 response = await http.post(f"{first.url}/invoke/{actor_id}/increment")
                 assert response.json() == 2, actor_id
                 assert c.holders(actor_id) == [second]
+
+
+class SlowToLeave(actors.Counter):
+    async def deactivate(self) -> None:
+        await trio.sleep(0.5)  # saving its state, say: the node drains meanwhile
+
+
+async def test_a_node_leaving_sends_calls_on_and_refuses_none() -> None:
+    statuses: Counter[int] = Counter()
+    with trio.fail_after(TEST_SECONDS):
+        async with (
+            towtruck.cluster(SlowToLeave, size=3, **FAST) as c,
+            httpx.AsyncClient(timeout=10) as client,
+        ):
+            leaving = c.nodes[0]
+            ids = [f"leave{i}" for i in range(30)]
+            for actor_id in ids:
+                await leaving.client.invoke(actor_id, "increment")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(c.stop, leaving)
+                for turn in itertools.count():
+                    try:
+                        response = await client.post(
+                            f"{leaving.url}/invoke/{ids[turn % len(ids)]}/increment"
+                        )
+                    except httpx.TransportError:
+                        break  # its server has closed: it is gone
+                    statuses[response.status_code] += 1
+            assert not any(leaving in c.holders(i) for i in ids)
+    assert set(statuses) == {200}, statuses  # a lone node would have answered 503s

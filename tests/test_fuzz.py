@@ -176,7 +176,8 @@ def test_hostile_requests_get_documented_answers(
     if verb != "HEAD" and status != 200:
         assert answer_headers.get("content-type") == "application/json", (status, answer)
         error = json.loads(answer)["error"]
-        assert isinstance(error["type"], str) and isinstance(error["message"], str)
+        assert isinstance(error["type"], str), error
+        assert isinstance(error["message"], str), error
         if status == 500:
             assert error["type"] == "ActorError", error
     ping_status, _, _ = exchange(

@@ -62,20 +62,27 @@ class PeerClient(Protocol):
 class Directory:
     """This node's knowledge of which actors live where.
 
-    Which peers may hold actors: the live ones; the down ones, by the last filter they
-    served (a peer may be taken for down while it is only slow, say under overload,
-    and its actors must not be activated a second time elsewhere; one that refuses
-    connections is gone, and its filter is dropped); and removed ones whose last filter
-    still held actors (they serve those until they are collected).
+    Which peers may hold actors: the live ones; the removed ones whose last filter still
+    held actors (they serve those until they are collected); and, for ``suspicion``
+    seconds after they went down, the down ones. A peer may be taken for down while it
+    is only slow (under overload, say) and its actors must not be activated a second
+    time elsewhere, so a down peer is asked about every id, whatever its last filter
+    says (which may predate the actor). One that refuses a connection is gone at once:
+    nothing listens there any more.
 
     Args:
         catalog: This node's actor table; the directory follows it to keep this
             node's bloom filter.
         peers: The client to query peers with.
         membership: Who the peers are and how they are doing.
+        suspicion: How long a down peer is still asked about ids.
     """
 
-    def __init__(self, catalog: Catalog, peers: PeerClient, membership: Membership) -> None:
+    def __init__(
+        self, catalog: Catalog, peers: PeerClient, membership: Membership, suspicion: float
+    ) -> None:
+        self._suspicion = suspicion
+        self._gone: set[str] = set()
         self.bloom = CountingBloom()
         self.filters: dict[str, BloomFilter] = {}
         self._catalog = catalog
@@ -126,12 +133,23 @@ class Directory:
         """The peers that may hold actors (see the class's docstring)."""
         membership = self._membership
         live = membership.peers(MemberState.ALIVE)
-        held = [
+        self._gone &= set(membership.peers(MemberState.DOWN))  # back up: not gone
+        suspects = [
             peer
-            for peer in membership.peers(MemberState.DOWN, MemberState.REMOVED)
+            for peer in membership.peers(MemberState.DOWN)
+            if peer not in self._gone and membership.down_for(peer) < self._suspicion
+        ]
+        leaving = [
+            peer
+            for peer in membership.peers(MemberState.REMOVED)
             if (bloom := self.filters.get(peer)) is not None and bloom.count > 0
         ]
-        return live + held
+        return live + suspects + leaving
+
+    def gone(self, peer: str) -> None:
+        """Nothing listens at ``peer`` any more: its actors are gone with it."""
+        self._gone.add(peer)
+        self.filters.pop(peer, None)
 
     def found(self, actor_id: str) -> str | None:
         """The peer where ``actor_id`` was last found, if that peer is still live."""
@@ -155,10 +173,11 @@ class Directory:
         peer = self.found(actor_id)
         if peer is not None:
             return peer
+        down = set(self._membership.peers(MemberState.DOWN))
         candidates = [
             peer
             for peer in self.holders()
-            if (bloom := self.filters.get(peer)) is None or actor_id in bloom
+            if peer in down or (bloom := self.filters.get(peer)) is None or actor_id in bloom
         ]
         if not candidates:
             return None
@@ -171,7 +190,7 @@ class Directory:
                 answer = await self._peers.get(peer, path)
             except TowtruckError as exc:
                 if exc.details.get("delivered") is False:
-                    self.filters.pop(peer, None)  # nothing listens there: its actors are gone
+                    self.gone(peer)
                 return
             if isinstance(answer, dict) and answer.get("exists") is True and holder is None:
                 holder = peer
@@ -195,8 +214,8 @@ class Directory:
         """
         membership = self._membership
         holders = self.holders()
-        for gone in set(self.filters) - set(holders):
-            del self.filters[gone]
+        for dropped in set(self.filters) - set(holders):
+            del self.filters[dropped]
         peers = [p for p in holders if membership.state(p) is not MemberState.DOWN]
 
         async def fetch(peer: str) -> None:

@@ -42,13 +42,15 @@ class MemberState(enum.Enum):
 class Member:
     """One node this node knows of."""
 
-    __slots__ = ("address", "joined", "misses", "version")
+    __slots__ = ("address", "down_since", "joined", "misses", "version")
 
     def __init__(self, address: str, *, joined: bool, version: int) -> None:
         self.address = address
         self.joined = joined
         self.version = version
         self.misses = 0
+        #: When it went down (``time.monotonic()``), while it is down.
+        self.down_since: float | None = None
 
     def record(self) -> dict[str, Any]:
         """The decision about this member, as it is gossiped."""
@@ -155,10 +157,18 @@ class Membership:
             return False
         was_down = member.misses >= self.misses_allowed
         member.misses = 0
+        member.down_since = None
         if was_down and member.joined:
             self._changed()
             return True
         return False
+
+    def down_for(self, address: str) -> float:
+        """Seconds since ``address`` went down (0 if it is not down)."""
+        member = self._members.get(address)
+        if member is None or member.down_since is None:
+            return 0.0
+        return time.monotonic() - member.down_since
 
     def missed(self, address: str, *, certain: bool = False) -> bool:
         """``address`` did not answer a heartbeat (or refused a connection: ``certain``
@@ -169,6 +179,7 @@ class Membership:
         was_up = member.misses < self.misses_allowed
         member.misses = self.misses_allowed if certain else member.misses + 1
         if was_up and member.misses >= self.misses_allowed and member.joined:
+            member.down_since = time.monotonic()
             self._changed()
             return True
         return False

@@ -77,7 +77,11 @@ class Router:
         settings = runtime.settings
         self.me = me
         self.membership = Membership(me, misses_allowed=settings.heartbeat_misses)
-        self.directory = Directory(runtime.catalog, peers, self.membership)
+        # A down peer is asked about ids for ten heartbeats: long enough to outlast a
+        # stall, short enough that a dead peer soon costs activations nothing.
+        self.directory = Directory(
+            runtime.catalog, peers, self.membership, 10 * settings.heartbeat_interval
+        )
         self._catalog = runtime.catalog
         self._peers = peers
         self._heartbeat_interval = settings.heartbeat_interval

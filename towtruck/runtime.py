@@ -236,7 +236,9 @@ class Runtime:
                 :class:`NotActive` rather than activate or forward it.
         """
         if not context.chain:  # from outside any actor: the node's limits apply
-            if not self._taking_calls and not self._routing_elsewhere:
+            # A stopping node still answers calls a peer sends to its actors (they are
+            # draining; once gone, the peer activates them elsewhere).
+            if not (self._taking_calls or self._routing_elsewhere or existing):
                 raise NodeStopping("the node is shutting down", node=self.node_id)
             if self.in_flight >= self._max_in_flight:
                 raise Overloaded(

@@ -1,0 +1,111 @@
+"""Churn on real ``towtruck serve`` processes under steady load: nodes killed, added,
+removed and restarted one by one. Nothing hangs, every failure is a documented JSON
+error, and no actor loses an update unless it lived on a node that was killed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from tests.churn import Load, processes, wait_joined
+
+pytestmark = [pytest.mark.subprocess, pytest.mark.slow]
+
+#: What a client may see after its one retry, besides success.
+DOCUMENTED = ("503 PeerUnavailable", "503 NodeStopping", "503 MailboxFull", "504 CallTimeout")
+
+
+def saved_counts(store: Path, ids: list[str]) -> dict[str, int]:
+    """Every actor's count, as saved when its node stopped gracefully."""
+    return {i: int((store / i).read_text()) if (store / i).exists() else 0 for i in ids}
+
+
+async def test_restarting_every_node_in_turn_under_load_fails_no_call(tmp_path: Path) -> None:
+    ids = [f"roll{i}" for i in range(40)]
+    with trio.fail_after(240):
+        async with processes(tmp_path) as cluster, httpx.AsyncClient(timeout=10) as http:
+            a = await cluster.add(None)
+            b = await cluster.add(a)
+            c = await cluster.add(a)
+            await wait_joined(http, [a, b, c])
+            up = [a, b, c]
+            load = Load(ids, up)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(load.run, 6)
+                await load.wait_calls(300)
+                for node in (a, b, c):
+                    up.remove(node)
+                    assert await node.stop() == 0, node.output.text
+                    await node.start(up[0])
+                    up.append(node)
+                    await wait_joined(http, [a, b, c])
+                    await load.wait_calls(300)
+                load.stop()
+            for node in (a, b, c):
+                assert await node.stop() == 0, node.output.text
+    print("rolling restart:", dict(load.outcomes))  # the figures for the record
+    assert load.failures == [], load.outcomes
+    assert sum(load.successes.values()) >= 1200
+    assert saved_counts(tmp_path, ids) == {i: load.successes[i] for i in ids}
+
+
+async def test_kill_add_remove_restart_under_load(tmp_path: Path) -> None:
+    ids = [f"soak{i}" for i in range(60)]
+    with trio.fail_after(300):
+        async with processes(tmp_path) as cluster, httpx.AsyncClient(timeout=10) as http:
+            a = await cluster.add(None)
+            b = await cluster.add(a)
+            c = await cluster.add(a)
+            await wait_joined(http, [a, b, c])
+            up = [a, b, c]
+            load = Load(ids, up)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(load.run, 6)
+                await load.wait_calls(300)
+
+                # kill -9 one node, and bring it back
+                up.remove(c)
+                lost = {i for i in ids if (await http.get(f"{c.url}/query/{i}")).json()["exists"]}
+                await c.kill()
+                await load.wait_calls(200)
+                await c.start(a)
+                up.append(c)
+                await wait_joined(http, [a, b, c])
+                await load.wait_calls(300)
+
+                # add a fourth
+                d = await cluster.add(a)
+                up.append(d)
+                await wait_joined(http, [a, b, c, d])
+                await load.wait_calls(300)
+
+                # remove one, then stop it
+                up.remove(b)
+                response = await http.get(f"{a.url}/removeserver/{b.address}")
+                assert response.status_code == 200, response.text
+                await wait_joined(http, [a, c, d])
+                await load.wait_calls(200)
+                assert await b.stop() == 0, b.output.text
+                await load.wait_calls(200)
+
+                # restart each of the others in turn
+                for node in (a, c, d):
+                    up.remove(node)
+                    assert await node.stop() == 0, node.output.text
+                    await node.start(up[0])
+                    up.append(node)
+                    await wait_joined(http, [a, c, d])
+                    await load.wait_calls(200)
+                load.stop()
+            for node in (a, c, d):
+                assert await node.stop() == 0, node.output.text
+    print("churn:", dict(load.outcomes))  # the figures for the record
+    hung = [f for f in load.failures if "hung" in f]
+    assert hung == []
+    assert all(f.split(": ", 1)[1].startswith(DOCUMENTED) for f in load.failures), load.outcomes
+    counts = saved_counts(tmp_path, ids)
+    kept = [i for i in ids if i not in lost]
+    assert {i: counts[i] for i in kept} == {i: load.successes[i] for i in kept}
