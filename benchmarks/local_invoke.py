@@ -180,6 +180,21 @@ async def call_each(call: Callable[[int], Awaitable[object]], count: int) -> Non
             nursery.start_soon(caller, i)
 
 
+async def memory_at_the_cap(stream: int, cap: int) -> tuple[int, int, int]:
+    """Resident memory while ``stream`` distinct ids are called, with ``max_actors`` at
+    ``cap``: once the cap is reached, each new actor displaces the least recently used,
+    so memory should stay flat. Returns RSS (bytes) at the cap, at the end, and the
+    actor count at the end."""
+    async with open_runtime(max_actors=cap) as runtime:
+        invoke = runtime.client.invoke
+        await call_each(lambda k: invoke(f"cap{k}", "hello"), 2 * cap)
+        gc.collect()
+        at_cap = rss_bytes()
+        await call_each(lambda k: invoke(f"flood{k}", "hello"), stream - 2 * cap)
+        gc.collect()
+        return at_cap, rss_bytes(), len(runtime.catalog)
+
+
 async def run(*, duration: float, repeat: int, actors: int) -> list[Figure]:
     """All of the above; throughput and its reference alternate within each repetition,
     so their ratio is taken over the same stretch of a noisy machine."""
@@ -189,6 +204,14 @@ async def run(*, duration: float, repeat: int, actors: int) -> list[Figure]:
     figures.add(f"idle actor memory ({actors:,} actors)", "bytes/actor", per_actor)
     figures.add("full gc.collect(), no actors", "ms", pause_before)
     figures.add(f"full gc.collect(), {actors:,} idle actors", "ms", pause_after)
+    stream, cap = 5 * actors, actors // 10
+    at_cap, at_end, count = await memory_at_the_cap(stream, cap)
+    figures.add(f"{stream:,} new ids, max_actors {cap:,}: RSS at the cap", "MB", at_cap / 2**20)
+    figures.add(f"{stream:,} new ids, max_actors {cap:,}: RSS at the end", "MB", at_end / 2**20)
+    figures.add(f"{stream:,} new ids, max_actors {cap:,}: actors at the end", "actors", count)
+    figures.add(
+        f"{stream:,} new ids, max_actors {cap:,}: RSS at the end / at the cap", "x", at_end / at_cap
+    )
     for _ in range(repeat):
         reference = await channel_round_trips(duration)
         hot = await invokes(duration, 1)

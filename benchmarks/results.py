@@ -101,6 +101,11 @@ TARGETS: list[tuple[str, list[Bound]]] = [
         [Bound("cluster sequential on node 1, forwarded / local call, p50", "<=", 2)],
     ),
     (
+        "hardening: under a stream of new ids, memory stays flat once max_actors is reached"
+        " (RSS at the end within 10% of RSS at the cap)",
+        [Bound("* new ids, max_actors *: RSS at the end / at the cap", "<=", 1.1)],
+    ),
+    (
         "6. >= 50,000 activations/s in-process",
         [Bound("activations, 100 callers", ">=", 50_000)],
     ),
