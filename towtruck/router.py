@@ -118,6 +118,8 @@ class Router:
                 return await self._forward(holder, actor_id, method, data, context, existing=True)
             except NotActive:
                 self.directory.forget(actor_id)
+        if self.membership.owner(actor_id) != self.me or not self._settled.is_set():
+            return await self.invoke(actor_id, method, data, context)  # moved meanwhile
         return await self._catalog.invoke(actor_id, method, data, context)
 
     async def _forward(
