@@ -295,7 +295,6 @@ async def serve_lane(
 
     async def call(number: int, envelope: bytes) -> None:
         nonlocal running, idle
-        running += 1
         try:
             status, body = await answer(envelope)
             await writer.send(_frame(number, _ANSWER, _STATUS.pack(status) + body))
@@ -306,10 +305,12 @@ async def serve_lane(
                 idle = trio.Event()
 
     async def read(nursery: trio.Nursery) -> None:
+        nonlocal running
         buffer = bytearray(initial)
         while True:
             for number, kind, body in _split(buffer):
                 if kind == _CALL:
+                    running += 1  # counted now: shutdown waits for calls read, not started
                     nursery.start_soon(call, number, body)
             chunk = await stream.receive_some(_READ_SIZE)
             if not chunk:
