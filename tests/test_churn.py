@@ -10,7 +10,7 @@ import httpx
 import pytest
 import trio
 
-from tests.churn import Load, processes, wait_joined
+from tests.churn import Load, Node, Processes, processes, wait_joined
 
 pytestmark = [pytest.mark.subprocess, pytest.mark.slow]
 
@@ -23,15 +23,19 @@ def saved_counts(store: Path, ids: list[str]) -> dict[str, int]:
     return {i: int((store / i).read_text()) if (store / i).exists() else 0 for i in ids}
 
 
+async def three_nodes(cluster: Processes, http: httpx.AsyncClient) -> list[Node]:
+    """Start three nodes joined through the first; wait until they know each other."""
+    first = await cluster.add(None)
+    nodes = [first, await cluster.add(first), await cluster.add(first)]
+    await wait_joined(http, nodes)
+    return nodes
+
+
 async def test_restarting_every_node_in_turn_under_load_fails_no_call(tmp_path: Path) -> None:
     ids = [f"roll{i}" for i in range(40)]
     with trio.fail_after(240):
         async with processes(tmp_path) as cluster, httpx.AsyncClient(timeout=10) as http:
-            a = await cluster.add(None)
-            b = await cluster.add(a)
-            c = await cluster.add(a)
-            await wait_joined(http, [a, b, c])
-            up = [a, b, c]
+            a, b, c = up = await three_nodes(cluster, http)
             load = Load(ids, up)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(load.run, 6)
@@ -56,11 +60,7 @@ async def test_kill_add_remove_restart_under_load(tmp_path: Path) -> None:
     ids = [f"soak{i}" for i in range(60)]
     with trio.fail_after(300):
         async with processes(tmp_path) as cluster, httpx.AsyncClient(timeout=10) as http:
-            a = await cluster.add(None)
-            b = await cluster.add(a)
-            c = await cluster.add(a)
-            await wait_joined(http, [a, b, c])
-            up = [a, b, c]
+            a, b, c = up = await three_nodes(cluster, http)
             load = Load(ids, up)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(load.run, 6)
