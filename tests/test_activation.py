@@ -127,7 +127,7 @@ async def test_stopping_cuts_turns_running_in_callers_tasks(
             async def call() -> None:
                 try:
                     await runtime.client.invoke("a", "forever")
-                except towtruck.NodeStopping as exc:
+                except towtruck.CallInterrupted as exc:
                     errors.append(exc)
 
             nursery.start_soon(call)

@@ -15,7 +15,13 @@ from tests.churn import Load, Node, Processes, processes, wait_joined
 pytestmark = [pytest.mark.subprocess, pytest.mark.slow]
 
 #: What a client may see after its one retry, besides success.
-DOCUMENTED = ("503 PeerUnavailable", "503 NodeStopping", "503 MailboxFull", "504 CallTimeout")
+DOCUMENTED = (
+    "502 CallInterrupted",
+    "503 PeerUnavailable",
+    "503 NodeStopping",
+    "503 MailboxFull",
+    "504 CallTimeout",
+)
 
 
 def saved_counts(store: Path, ids: list[str]) -> dict[str, int]:

@@ -20,6 +20,7 @@ def test_public_api() -> None:
         "Address",
         "App",
         "BadRequest",
+        "CallInterrupted",
         "CallTimeout",
         "CatalogStatistics",
         "Client",

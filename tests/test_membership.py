@@ -51,7 +51,20 @@ def test_malformed_records_are_skipped() -> None:
 
 def test_versions_move_past_every_version_seen() -> None:
     membership = make()
-    far_future = 10**30
+    far_future = 2**62  # far ahead of any clock, still a version a node may send
     membership.merge([{"address": "b:1", "joined": False, "version": far_future}])
     membership.add("b:1")
     assert membership.state("b:1") is MemberState.ALIVE
+
+
+def test_records_that_could_break_a_node_are_skipped() -> None:
+    membership = make()
+    assert not membership.merge(
+        [
+            {"address": "x:abc", "joined": True, "version": 1},  # not an address
+            {"address": "b:1", "joined": True, "version": 10**30},  # past 64 bits
+            {"address": "b:1", "joined": "yes", "version": 1},
+            {"address": "b:1", "joined": True, "version": 1.5},
+        ]
+    )
+    assert membership.peers() == []

@@ -76,10 +76,10 @@ async def test_actors_may_still_call_each_other_while_calls_in_flight_finish(
     assert answers == ["hello"]
 
 
-async def test_calls_still_running_at_the_shutdown_deadline_fail_with_node_stopping(
+async def test_calls_cut_at_the_shutdown_deadline_fail_as_interrupted_or_stopping(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    errors: list[towtruck.TowtruckError] = []
+    errors: list[str] = []
     with trio.fail_after(DEADLINE):
         async with (
             towtruck.open_runtime(
@@ -91,8 +91,8 @@ async def test_calls_still_running_at_the_shutdown_deadline_fail_with_node_stopp
             async def call() -> None:
                 try:
                     await runtime.client.invoke("a", "sleep", 500)
-                except towtruck.NodeStopping as exc:
-                    errors.append(exc)
+                except (towtruck.CallInterrupted, towtruck.NodeStopping) as exc:
+                    errors.append(type(exc).__name__)
 
             for _ in range(3):
                 nursery.start_soon(call)
@@ -100,7 +100,8 @@ async def test_calls_still_running_at_the_shutdown_deadline_fail_with_node_stopp
             start = trio.current_time()
             await runtime.stop()
             assert trio.current_time() - start <= 2 * 2 + 1
-    assert len(errors) == 3
+    # The running call may have done part of its work; the queued ones never started.
+    assert sorted(errors) == ["CallInterrupted", "NodeStopping", "NodeStopping"]
 
 
 async def test_statistics_count_calls_and_failures(autojump_clock: trio.testing.MockClock) -> None:

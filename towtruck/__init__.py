@@ -19,6 +19,7 @@ from .catalog import CatalogStatistics as CatalogStatistics
 from .client import Client as Client
 from .errors import ActorError as ActorError
 from .errors import BadRequest as BadRequest
+from .errors import CallInterrupted as CallInterrupted
 from .errors import CallTimeout as CallTimeout
 from .errors import Forbidden as Forbidden
 from .errors import ForwardingLoop as ForwardingLoop
@@ -59,6 +60,7 @@ __all__ = [
     "Address",
     "App",
     "BadRequest",
+    "CallInterrupted",
     "CallTimeout",
     "CatalogStatistics",
     "Client",

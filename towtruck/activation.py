@@ -36,6 +36,7 @@ from . import codec
 from .calls import Call, CallContext, current_context
 from .errors import (
     ActorError,
+    CallInterrupted,
     CallTimeout,
     MailboxFull,
     MethodNotFound,
@@ -186,6 +187,8 @@ class Activation:
         deadline and the node stopping still end it. Calls that queued meanwhile go to
         a task of the actor's own afterwards, so one caller never drains another's.
         """
+        if trio.current_time() >= context.deadline:  # nothing may run past its deadline
+            raise self._late_error(method.name)
         catalog = self._catalog
         self.running = True
         catalog.busy += 1
@@ -265,12 +268,15 @@ class Activation:
                     self._catalog.queued -= 1
                     if call.reply.abandoned:
                         continue
+                    if trio.current_time() >= call.context.deadline:
+                        call.reply.set(outcome.Error(self._late_error(call.method.name)))
+                        continue
                     try:
                         result = await self._execute(call.method, call.data, call.context)
                     except TowtruckError as exc:
                         call.reply.set(outcome.Error(exc))
                     except BaseException:  # cancelled: the node is stopping
-                        call.reply.set(outcome.Error(self._stopped_error()))
+                        call.reply.set(outcome.Error(self._interrupted_error()))
                         raise
                     else:
                         call.reply.set(outcome.Value(result))
@@ -332,7 +338,7 @@ class Activation:
 
     def _cancelled_error(self, method: str, context: CallContext) -> TowtruckError:
         if trio.current_time() < context.deadline:
-            return self._stopped_error()
+            return self._interrupted_error()
         return CallTimeout(
             f"{method!r} on actor {self.id!r} was cancelled at the call's deadline",
             actor=self.id,
@@ -398,6 +404,18 @@ class Activation:
         self._catalog.forget(self)
         if self._gone is not None:
             self._gone.set()
+
+    def _late_error(self, method: str) -> CallTimeout:
+        return CallTimeout(
+            f"call to {method!r} on actor {self.id!r} reached its deadline before it ran",
+            actor=self.id,
+            method=method,
+        )
+
+    def _interrupted_error(self) -> CallInterrupted:
+        return CallInterrupted(
+            f"the node stopped while actor {self.id!r} was running this call", actor=self.id
+        )
 
     def _stopped_error(self) -> NodeStopping:
         return NodeStopping(f"the node stopped before actor {self.id!r} answered", actor=self.id)

@@ -162,10 +162,6 @@ class Catalog:
             TowtruckError: see :meth:`Activation.call`, plus :class:`MethodNotFound`,
                 :class:`Overloaded` and :class:`NodeStopping` from activation.
         """
-        if not is_public(method):
-            raise MethodNotFound(
-                f"{method[:100]!r} is not a public method name", actor=actor_id, method=method[:100]
-            )
         activation = self._table.get(actor_id)
         if activation is not None and actor_id in context.chain:
             return await activation.call_inline(activation.lookup(method), data, context)
@@ -179,6 +175,12 @@ class Catalog:
                         f"actor {actor_id!r} is not active on {self.node_id}",
                         actor=actor_id,
                         node=self.node_id,
+                    )
+                if not is_public(method):  # no actor is activated for an impossible call
+                    raise MethodNotFound(
+                        f"{method[:100]!r} is not a public method name",
+                        actor=actor_id,
+                        method=method[:100],
                     )
                 activation = self._activate(actor_id)
         self._table.move_to_end(actor_id)

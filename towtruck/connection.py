@@ -29,6 +29,7 @@ in the connection's task holds up nothing: HTTP/1.1 answers one request at a tim
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol
@@ -50,6 +51,8 @@ from .errors import BadRequest, HeadersTooLarge, PayloadTooLarge, TowtruckError
 from .lanes import LANE_PATH, UPGRADE
 
 __all__ = ["Connection", "FastRoutes", "reap_idle"]
+
+logger = logging.getLogger("towtruck.http")
 
 _STREAM_ID: Final = 1  # HTTP/1.1 has one stream; Hypercorn numbers it 1
 # A request refused before its body was read (too large) is answered, then the
@@ -151,6 +154,8 @@ class Connection(TCPServer):
                 await self._read_data()
         except OSError:
             pass
+        except Exception:  # a bug, but one connection must never take the server down
+            logger.exception("closing a connection after an unexpected error")
         finally:
             await self._close()
             self._connections.discard(self)

@@ -58,6 +58,10 @@ class PeerClient(Protocol):
         """GET from ``peer`` and return the JSON answer."""
         ...
 
+    def prune(self, keep: set[str]) -> None:
+        """Close what is held open for peers not in ``keep`` (their lanes)."""
+        ...
+
 
 class Directory:
     """This node's knowledge of which actors live where.

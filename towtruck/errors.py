@@ -19,6 +19,7 @@ The whole tree::
     ├── PayloadTooLarge           413: the body is larger than ``max_body``
     ├── ActorError                500: the actor's own code raised
     ├── InternalError             500: towtruck itself failed (a bug: please report it)
+    ├── CallInterrupted           502: cut off under way: it may or may not have run
     ├── Unavailable               503: the call was refused; trying again later may work
     │   ├── MailboxFull           the actor already has ``mailbox_size`` calls waiting
     │   ├── Overloaded            a limit is reached: ``max_actors`` (none idle), ``max_in_flight``
@@ -42,6 +43,7 @@ __all__ = [
     "STATUS",
     "ActorError",
     "BadRequest",
+    "CallInterrupted",
     "CallTimeout",
     "Forbidden",
     "ForwardingLoop",
@@ -169,8 +171,14 @@ class InternalError(TowtruckError):
     """towtruck itself failed; this is a bug, please report it."""
 
 
+class CallInterrupted(TowtruckError):
+    """The call was cut off under way (its node went down, or the connection to it was
+    lost, after the call reached it): it may or may not have run, so it is not safe to
+    retry blindly, unlike a 503."""
+
+
 class Unavailable(TowtruckError):
-    """The call was refused for now; trying again later may work."""
+    """The call was refused for now and did not run; trying again later may work."""
 
     headers = ((b"retry-after", b"1"),)
 
@@ -221,6 +229,7 @@ STATUS: dict[type[TowtruckError], int] = {
     PayloadTooLarge: 413,
     ActorError: 500,
     InternalError: 500,
+    CallInterrupted: 502,
     Unavailable: 503,
     MailboxFull: 503,
     Overloaded: 503,

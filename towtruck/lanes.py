@@ -35,7 +35,14 @@ import trio
 
 from . import codec
 from .calls import Reply
-from .errors import InvalidJSON, PeerUnavailable, from_payload
+from .errors import (
+    CallInterrupted,
+    InternalError,
+    InvalidJSON,
+    PayloadTooLarge,
+    PeerUnavailable,
+    from_payload,
+)
 
 __all__ = ["LANE_PATH", "UPGRADE", "Lanes", "open_lanes", "serve_lane"]
 
@@ -49,19 +56,33 @@ _STATUS: Final = struct.Struct(">H")
 _CALL: Final = b"C"
 _ANSWER: Final = b"A"
 _READ_SIZE: Final = 256 * 1024
-_WRITE_SECONDS: Final = 30.0
+#: Largest frame a lane carries; a call's envelope past it is refused with 413, and a
+#: peer announcing a larger one is cut off (its lane is closed).
+MAX_FRAME: Final = 64 * 1024 * 1024
+#: How long a peer that refused a lane gets its calls over HTTP before it is asked again.
+_REFUSAL_SECONDS: Final = 60.0
 
 
 def _frame(number: int, kind: bytes, body: bytes) -> bytes:
     return _HEAD.pack(len(body) + 9, number, kind) + body
 
 
+class _BadFrame(Exception):
+    """The peer sent something that is not a lane frame: the lane is closed."""
+
+
 def _split(buffer: bytearray) -> list[tuple[int, bytes, bytes]]:
-    """Take the complete frames off the front of ``buffer``."""
+    """Take the complete frames off the front of ``buffer``.
+
+    Raises:
+        _BadFrame: a frame's length is impossible.
+    """
     frames = []
     start, size = 0, len(buffer)
     while size - start >= 4:
         (length,) = struct.unpack_from(">I", buffer, start)
+        if not 9 <= length <= MAX_FRAME + 9:
+            raise _BadFrame(f"a frame of {length} bytes")
         end = start + 4 + length
         if end > size:
             break
@@ -73,43 +94,44 @@ def _split(buffer: bytearray) -> list[tuple[int, bytes, bytes]]:
 
 
 class _Writer:
-    """Writes frames to a lane: whoever sends while no write is under way writes at
-    once, in its own task, taking along the frames others queue meanwhile; under load
-    many frames go out in one system call, and when idle a frame goes out without a
-    trip through a writer task. A write is shielded, so that a sender's cancellation
-    never cuts a frame in two, and bounded by ``_WRITE_SECONDS``: a peer that stops
-    reading for that long breaks the lane."""
+    """Sends queued frames, as many per write as have queued meanwhile. Senders only
+    queue (no checkpoint, nothing to cancel), so a sender leaves at its deadline even
+    when the peer is slow to read; one task per lane writes."""
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self._stream = stream
         self._queued: list[bytes] = []
+        self._due = trio.Event()
         self._writing = False
+        self._wrote = trio.Event()
 
-    async def send(self, frame: bytes) -> None:
-        """Send a frame (or queue it for the write under way). A checkpoint.
+    def send(self, frame: bytes) -> None:
+        """Queue a frame. Not a checkpoint."""
+        self._queued.append(frame)
+        self._due.set()
+
+    async def run(self) -> None:
+        """Write what is queued, as it comes, until cancelled.
 
         Raises:
-            trio.BrokenResourceError: the lane broke; it is closed.
+            trio.BrokenResourceError: the lane broke.
         """
-        self._queued.append(frame)
-        if self._writing:
-            await trio.lowlevel.checkpoint()
-            return
-        self._writing = True
-        try:
-            with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + _WRITE_SECONDS
-                while self._queued:
-                    data = b"".join(self._queued)
-                    self._queued.clear()
-                    await self._stream.send_all(data)
-            if scope.cancelled_caught:
-                raise trio.BrokenResourceError("the peer stopped reading")
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._stream.socket.close()  # the reader sees it and fails the calls waiting
-            raise trio.BrokenResourceError("the lane is closed") from None
-        finally:
-            self._writing = False
+        while True:
+            await self._due.wait()
+            self._due = trio.Event()
+            data, self._queued = b"".join(self._queued), []
+            self._writing = True
+            try:
+                await self._stream.send_all(data)
+            finally:
+                self._writing = False
+            self._wrote.set()
+            self._wrote = trio.Event()
+
+    async def drain(self) -> None:
+        """Wait until everything queued has been written."""
+        while self._queued or self._writing:
+            await self._wrote.wait()
 
 
 class _Lane:
@@ -127,13 +149,12 @@ class _Lane:
         """Send a call and wait for its answer (see :meth:`Lanes.call`)."""
         if self.broken:
             raise PeerUnavailable(f"the lane to {self.peer} is closed", peer=self.peer)
+        if len(envelope) > MAX_FRAME:
+            raise PayloadTooLarge(f"a call of {len(envelope)} bytes is over {MAX_FRAME}")
         number = next(self._numbers)
         reply = self._waiting[number] = Reply()
         try:
-            try:
-                await self._writer.send(_frame(number, _CALL, envelope))
-            except trio.BrokenResourceError:
-                raise PeerUnavailable(f"the lane to {self.peer} broke", peer=self.peer) from None
+            self._writer.send(_frame(number, _CALL, envelope))
             return await reply.wait()
         finally:
             self._waiting.pop(number, None)
@@ -141,18 +162,22 @@ class _Lane:
     async def run(self, initial: bytes) -> None:
         """Read answers until the lane breaks; then fail the calls still waiting."""
         try:
-            buffer = bytearray(initial)
-            while True:
-                self._dispatch(_split(buffer))
-                chunk = await self._stream.receive_some(_READ_SIZE)
-                if not chunk:
-                    break
-                buffer += chunk
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            logger.info("lane to %s broke: %r", self.peer, exc)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer.run)
+                buffer = bytearray(initial)
+                while True:
+                    self._dispatch(_split(buffer))
+                    chunk = await self._stream.receive_some(_READ_SIZE)
+                    if not chunk:
+                        break
+                    buffer += chunk
+                nursery.cancel_scope.cancel()
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, _BadFrame) as group:
+            logger.info("lane to %s broke: %r", self.peer, group.exceptions[0])
         finally:
             self.broken = True
-            error = PeerUnavailable(f"the lane to {self.peer} closed", peer=self.peer)
+            # They were sent, or about to be: they may have run.
+            error = CallInterrupted(f"the lane to {self.peer} closed", peer=self.peer)
             for reply in self._waiting.values():
                 reply.set(outcome.Error(error))
             self._waiting.clear()
@@ -163,6 +188,9 @@ class _Lane:
             reply = self._waiting.pop(number, None)
             if reply is None or kind != _ANSWER:
                 continue  # its caller gave up
+            if len(body) < 2:
+                reply.set(outcome.Error(InternalError(f"{self.peer} sent a broken answer")))
+                continue
             (status,) = _STATUS.unpack_from(body)
             if status == 200:
                 reply.set(outcome.Value(body[2:]))
@@ -182,8 +210,9 @@ class Lanes:
         self._headers = headers
         self._lanes: dict[str, _Lane] = {}
         self._opening: dict[str, trio.Event] = {}
-        #: Peers that refused a lane: their calls go as HTTP requests.
-        self.refused: set[str] = set()
+        #: Peers that refused a lane, and when: their calls go as HTTP requests for a
+        #: while (a node served by stock Hypercorn, say), then they are asked again.
+        self.refused: dict[str, float] = {}
 
     async def call(self, peer: str, envelope: bytes) -> bytes | None:
         """Send a call's envelope to ``peer`` and return the answer (its result as
@@ -196,12 +225,26 @@ class Lanes:
         """
         lane = self._lanes.get(peer)
         if lane is None or lane.broken:
-            if peer in self.refused:
+            if self._refuses(peer):
                 return None
             lane = await self._open(peer)
             if lane is None:
                 return None
         return await lane.call(envelope)
+
+    def close(self, keep: set[str]) -> None:
+        """Close the lanes to peers not in ``keep`` (gone from the cluster)."""
+        for peer in set(self._lanes) - keep:
+            self._lanes.pop(peer)._stream.socket.close()
+        for peer in set(self.refused) - keep:
+            del self.refused[peer]
+
+    def _refuses(self, peer: str) -> bool:
+        since = self.refused.get(peer)
+        if since is not None and trio.current_time() - since > _REFUSAL_SECONDS:
+            del self.refused[peer]
+            return False
+        return since is not None
 
     async def _open(self, peer: str) -> _Lane | None:
         while (opening := self._opening.get(peer)) is not None:
@@ -209,7 +252,7 @@ class Lanes:
             lane = self._lanes.get(peer)
             if lane is not None and not lane.broken:
                 return lane
-            if peer in self.refused:
+            if self._refuses(peer):
                 return None
         opening = self._opening[peer] = trio.Event()
         try:
@@ -226,7 +269,7 @@ class Lanes:
                 stream.socket.close()
                 raise
             if initial is None:
-                self.refused.add(peer)
+                self.refused[peer] = trio.current_time()
                 await stream.aclose()
                 return None
             lane = self._lanes[peer] = _Lane(peer, stream)
@@ -253,7 +296,9 @@ async def _upgrade(stream: trio.SocketStream, peer: str, headers: dict[str, str]
         received = b""
         while b"\r\n\r\n" not in received:
             chunk = await stream.receive_some(_READ_SIZE)
-            if not chunk or len(received) > 65536:
+            if not chunk:  # closed before answering (restarting?): not a refusal
+                raise trio.BrokenResourceError("closed before it answered")
+            if len(received) > 65536:
                 return None
             received += chunk
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -297,7 +342,7 @@ async def serve_lane(
         nonlocal running, idle
         try:
             status, body = await answer(envelope)
-            await writer.send(_frame(number, _ANSWER, _STATUS.pack(status) + body))
+            writer.send(_frame(number, _ANSWER, _STATUS.pack(status) + body))
         finally:
             running -= 1
             if not running:
@@ -320,11 +365,16 @@ async def serve_lane(
 
     try:
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer.run)
             async with trio.open_nursery() as reading:
                 reading.start_soon(read, nursery)
                 await stopping()
                 reading.cancel_scope.cancel()
             while running:  # answer the calls already read, then close
                 await idle.wait()
+            await writer.drain()
+            nursery.cancel_scope.cancel()
     except* (trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the caller went away: nobody to answer
+    except* _BadFrame as group:
+        logger.warning("closing a lane: the peer sent %s", group.exceptions[0])

@@ -26,8 +26,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import placement
+from .address import Address
+from .errors import InvalidAddress
 
-__all__ = ["Member", "MemberState", "Membership"]
+__all__ = ["MAX_VERSION", "Member", "MemberState", "Membership"]
+
+#: Versions are below this: JSON as orjson writes it holds 64-bit integers.
+MAX_VERSION = 2**63
 
 
 class MemberState(enum.Enum):
@@ -42,7 +47,7 @@ class MemberState(enum.Enum):
 class Member:
     """One node this node knows of."""
 
-    __slots__ = ("address", "down_since", "joined", "misses", "version")
+    __slots__ = ("address", "decided_at", "down_since", "joined", "misses", "version")
 
     def __init__(self, address: str, *, joined: bool, version: int) -> None:
         self.address = address
@@ -51,6 +56,8 @@ class Member:
         self.misses = 0
         #: When it went down (``time.monotonic()``), while it is down.
         self.down_since: float | None = None
+        #: When this node learned the decision (``time.monotonic()``).
+        self.decided_at = time.monotonic()
 
     def record(self) -> dict[str, Any]:
         """The decision about this member, as it is gossiped."""
@@ -124,10 +131,13 @@ class Membership:
         changed = False
         for record in records:
             try:
-                address = str(record["address"])
-                joined = bool(record["joined"])
-                version = int(record["version"])
-            except (KeyError, TypeError, ValueError):
+                address = str(Address.parse(str(record["address"])))
+                joined, version = record["joined"], record["version"]
+            except (KeyError, TypeError, InvalidAddress):
+                continue
+            if not isinstance(joined, bool) or type(version) is not int:
+                continue
+            if not 0 <= version < MAX_VERSION:  # it has to fit the JSON this node sends
                 continue
             self._clock = max(self._clock, version)
             member = self._members.get(address)
@@ -143,7 +153,8 @@ class Membership:
                 self._members[address] = Member(address, joined=joined, version=version)
             else:
                 member.joined, member.version = joined, version
-                member.misses = 0
+                member.misses, member.down_since = 0, None
+                member.decided_at = time.monotonic()
             changed = True
         if changed:
             self.decisions += 1
@@ -162,6 +173,31 @@ class Membership:
             self._changed()
             return True
         return False
+
+    def forget(self, address: str) -> None:
+        """Drop what is known of ``address``, leaving no tombstone (an alias of a member
+        under another name, or a member gone for good)."""
+        if address != self.me and self._members.pop(address, None) is not None:
+            self._changed()
+
+    def expire(self, after: float) -> list[str]:
+        """Forget the members down, and the tombstones older, than ``after`` seconds;
+        returns their addresses. A node gone that long rejoins like a new one."""
+        now = time.monotonic()
+        expired = [
+            member.address
+            for member in self._members.values()
+            if member.address != self.me
+            and (
+                (member.down_since is not None and now - member.down_since > after)
+                or (not member.joined and now - member.decided_at > after)
+            )
+        ]
+        for address in expired:
+            del self._members[address]
+        if expired:
+            self._changed()
+        return expired
 
     def down_for(self, address: str) -> float:
         """Seconds since ``address`` went down (0 if it is not down)."""
@@ -191,6 +227,7 @@ class Membership:
             self._members[address] = Member(address, joined=joined, version=self._tick())
         else:
             member.joined, member.version, member.misses = joined, self._tick(), 0
+            member.down_since, member.decided_at = None, time.monotonic()
         self._changed()
 
     def _tick(self) -> int:

@@ -21,7 +21,7 @@ import trio
 
 from . import codec
 from .credentials import key_headers
-from .errors import InvalidJSON, PeerUnavailable, TowtruckError, from_payload
+from .errors import CallInterrupted, InvalidJSON, PeerUnavailable, TowtruckError, from_payload
 from .lanes import Lanes, open_lanes
 from .router import Router
 from .runtime import Runtime
@@ -54,6 +54,11 @@ class HttpPeers:
             for limits in (_CALL_LIMITS, _CONTROL_LIMITS)
         )
 
+    def prune(self, keep: set[str]) -> None:
+        """Close the lanes to peers not in ``keep``."""
+        if self._lanes is not None:
+            self._lanes.close(keep)
+
     async def aclose(self) -> None:
         """Close every connection."""
         await self._calls.aclose()
@@ -67,7 +72,9 @@ class HttpPeers:
             answer = await self._lanes.call(peer, envelope)
             if answer is not None:
                 return answer
-        return await self._request(self._calls, "POST", peer, "/cluster/forward", envelope)
+        return await self._request(
+            self._calls, "POST", peer, "/cluster/forward", envelope, call=True
+        )
 
     async def post(self, peer: str, path: str, payload: Any) -> Any:
         """POST JSON, return the JSON answer."""
@@ -79,24 +86,34 @@ class HttpPeers:
         return codec.loads(await self._request(self._control, "GET", peer, path, None))
 
     async def _request(
-        self, client: httpx.AsyncClient, verb: str, peer: str, path: str, body: bytes | None
+        self,
+        client: httpx.AsyncClient,
+        verb: str,
+        peer: str,
+        path: str,
+        body: bytes | None,
+        *,
+        call: bool = False,
     ) -> bytes:
-        request = client.build_request(verb, f"http://{peer}{path}")
-        if body is not None:
-            request.headers.update({**_JSON, "content-length": str(len(body))})
-            request.stream = _Body(body)
+        """One request; ``call``: it carries a call, whose loss under way is reported
+        as :class:`CallInterrupted` (it may have run), not as :class:`PeerUnavailable`."""
         try:
+            request = client.build_request(verb, f"http://{peer}{path}")
+            if body is not None:
+                request.headers.update({**_JSON, "content-length": str(len(body))})
+                request.stream = _Body(body)
             response = await client.send(request)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.InvalidURL) as exc:
             raise PeerUnavailable(
                 f"could not connect to {peer}: {exc or type(exc).__name__}",
                 peer=peer,
                 delivered=False,
             ) from exc
-        except httpx.TransportError as exc:
-            raise PeerUnavailable(
-                f"lost the connection to {peer}: {exc or type(exc).__name__}", peer=peer
-            ) from exc
+        except httpx.HTTPError as exc:
+            lost = f"lost the connection to {peer}: {exc or type(exc).__name__}"
+            if call:
+                raise CallInterrupted(lost, peer=peer) from exc
+            raise PeerUnavailable(lost, peer=peer) from exc
         if response.status_code == 200:
             return response.content
         try:

@@ -29,6 +29,7 @@ answer heartbeats, the owner finds them through the last filter the node served.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any, Final
 
 import trio
@@ -90,6 +91,10 @@ class Router:
         self._settle_due = trio.Event()
         self._bloom_due = trio.Event()
         self._left = False
+        self._settle_extra: set[str] = set()
+        # A node down this long is forgotten (it rejoins like a new one), and so is
+        # a removal this old: the cluster's memory of departed nodes stays bounded.
+        self._forget_after = max(600.0, 100 * settings.heartbeat_interval)
         #: Calls this node sent on to another.
         self.forwarded = 0
         runtime.router = self
@@ -202,18 +207,20 @@ class Router:
         if address == self.me:
             raise InvalidAddress(f"{address} is this node's own address", address=address)
         self.membership.add(address)
+        self.membership.missed(address, certain=True)  # placed once it has answered
         try:
             with trio.fail_after(PROTOCOL_TIMEOUT):
                 reply = await self._peers.post(address, "/cluster/heartbeat", self._hello())
         except (TowtruckError, trio.TooSlowError) as exc:
-            self.membership.remove(address)
+            self.membership.forget(address)
             if isinstance(exc, (Unauthorized, Forbidden)):
                 raise  # it answered: with this node's cluster key, it refuses to join
             reason = exc.message if isinstance(exc, TowtruckError) else "timed out"
             raise PeerUnavailable(f"{address} did not answer: {reason}", peer=address) from exc
-        self.membership.merge(_records(reply))
-        self.membership.heard_from(address)
-        await self._settle()
+        name = self._answered(address, reply)
+        if name == self.me:
+            raise InvalidAddress(f"{address} is another name of this node", address=address)
+        await self._settle_in_background()
 
     async def remove_peer(self, address: str) -> None:
         """Take ``address`` out of the cluster, on every node and on itself
@@ -228,7 +235,7 @@ class Router:
         if self.membership.state(address) in (None, MemberState.REMOVED):
             raise NotFound(f"{address} is not a member of this cluster", address=address)
         self.membership.remove(address)
-        await self._settle(extra=[address])
+        await self._settle_in_background(extra=[address])
 
     async def leave(self) -> bool:
         """Leave the cluster (a graceful shutdown does this first): tell every peer, so
@@ -243,11 +250,12 @@ class Router:
                 await self._push(peers)
         return bool(peers)
 
-    def handle_heartbeat(self, records: Any) -> list[dict[str, Any]]:
-        """A peer's heartbeat (or pushed change): take in its records, answer ours."""
+    def handle_heartbeat(self, records: Any) -> dict[str, Any]:
+        """A peer's heartbeat (or pushed change): take in its records, answer ours and
+        the name this node goes by (so an alias of it is recognised as such)."""
         if isinstance(records, list) and self.membership.merge(records):
             self._settle_soon()
-        return self.membership.records()
+        return self._hello()
 
     async def refresh_filters(self) -> list[str]:
         """Fetch the peers' bloom filters now (``/updateblooms``); returns the peers."""
@@ -261,16 +269,26 @@ class Router:
 
     # Settling a change of membership.
 
-    def _settle_soon(self) -> None:
+    def _settle_soon(self, extra: Iterable[str] = ()) -> None:
+        """Have the node settle (pushing to ``extra`` peers too), in the background."""
         if self._settled.is_set():
             self._settled = trio.Event()
+        self._settle_extra.update(extra)
         self._settle_due.set()
+
+    async def _settle_in_background(self, extra: Iterable[str] = ()) -> None:
+        """Settle, and wait for it: in the node's own task, so that a request that
+        asked for the change and gave up cannot cut the settling short."""
+        self._settle_soon(extra)
+        with trio.move_on_after(3 * PROTOCOL_TIMEOUT):
+            await self._settled.wait()
 
     async def _settle_when_due(self) -> None:
         while True:
             await self._settle_due.wait()
             self._settle_due = trio.Event()
-            await self._settle()
+            extra, self._settle_extra = self._settle_extra, set()
+            await self._settle(list(extra))
 
     async def _settle(self, extra: list[str] | None = None) -> None:
         """Push this node's view to every live peer (and ``extra``) and wait for their
@@ -300,6 +318,10 @@ class Router:
             async with trio.open_nursery() as nursery:
                 for peer in self.membership.peers():
                     nursery.start_soon(self._heartbeat, peer, self._heartbeat_interval)
+            expired = self.membership.expire(after=self._forget_after)
+            if expired:
+                logger.info("forgot %s: gone too long", ", ".join(expired))
+                self._peers.prune(set(self.membership.peers(MemberState.ALIVE, MemberState.DOWN)))
             await trio.sleep_until(started + self._heartbeat_interval)
 
     async def _heartbeat(self, peer: str, seconds: float) -> None:
@@ -316,11 +338,24 @@ class Router:
                 )
                 self._bloom_due.set()
             return
+        self._answered(peer, reply)
+
+    def _answered(self, peer: str, reply: Any) -> str:
+        """Take in a peer's answer to a heartbeat; returns the name it goes by. An
+        address that turns out to be an alias (``localhost:8080`` for
+        ``127.0.0.1:8080``) is forgotten: one node must have one name, or placement
+        would count it twice and send calls round in circles."""
+        name = reply.get("from") if isinstance(reply, dict) else None
+        if not isinstance(name, str) or name == peer:
+            name = peer
+        else:
+            self.membership.forget(peer)
         if self.membership.merge(_records(reply)):
             self._settle_soon()
-        if self.membership.heard_from(peer):
-            logger.info("%s answers: in placement", peer)
+        if self.membership.heard_from(name):
+            logger.info("%s answers: in placement", name)
             self._bloom_due.set()
+        return name
 
     async def _refresh_filters_periodically(self) -> None:
         while True:

@@ -205,7 +205,7 @@ def build_routes(runtime: Runtime) -> QuartTrio:
         """A peer's heartbeat: its view of the membership in, this node's out."""
         hello = codec.loads(await request.get_data())
         records = hello.get("members") if isinstance(hello, dict) else None
-        return json_response({"members": router().handle_heartbeat(records)})
+        return json_response(router().handle_heartbeat(records))
 
     @app.errorhandler(TowtruckError)
     async def towtruck_error(error: TowtruckError) -> Response:
