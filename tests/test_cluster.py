@@ -155,6 +155,65 @@ async def test_addserver_of_a_node_that_does_not_answer_is_503(http: httpx.Async
             assert await servers(http, node) == []
 
 
+async def test_another_name_of_a_node_adds_no_member(http: httpx.AsyncClient) -> None:
+    """``localhost:port`` for ``127.0.0.1:port``: one node, one name, or placement would
+    count it twice."""
+    with trio.fail_after(TEST_SECONDS):
+        async with towtruck.cluster(create_counter, size=2, **FAST) as c:
+            first, second = c.nodes
+            alias = f"localhost:{second.address.port}"
+            response = await http.get(f"{first.url}/addserver/{alias}")
+            assert response.status_code == 200, response.text
+            assert await servers(http, first) == [str(second.address)]
+            response = await http.get(f"{first.url}/addserver/localhost:{first.address.port}")
+            assert response.status_code == 400, response.text
+            assert response.json()["error"]["type"] == "InvalidAddress"
+            assert await servers(http, first) == [str(second.address)]
+
+
+async def test_a_seed_given_by_another_name_joins_under_its_own(http: httpx.AsyncClient) -> None:
+    with trio.fail_after(TEST_SECONDS):
+        async with towtruck.open_node(create_counter, **FAST) as first:
+            seed = f"localhost:{first.address.port}"
+            async with towtruck.open_node(create_counter, peers=[seed], **FAST) as second:
+
+                async def joined() -> bool:
+                    return await servers(http, first) == [str(second.address)] and await servers(
+                        http, second
+                    ) == [str(first.address)]
+
+                await wait_until(joined)
+                health = (await http.get(f"{second.url}/health")).json()
+                states = {m["address"]: m["state"] for m in health["members"]}
+                assert states[str(first.address)] == "alive"
+                assert states.get(seed) in (None, "removed")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[]",
+        b'"members"',
+        b'{"members": 5}',
+        b'{"members": [5, null, "x", {"address": 1}, {"address": "a b:1"}]}',
+        b'{"members": [{"address": "10.0.0.9:1", "joined": "yes", "version": 1}]}',
+        b'{"members": [{"address": "10.0.0.9:1", "joined": true, "version": 1e3}]}',
+        b'{"members": [{"address": "10.0.0.9:1", "joined": true, "version": 99999999999999999999}]}',
+        b'{"members": [{"address": "10.0.0.9:1", "joined": true, "version": -1}]}',
+    ],
+)
+async def test_a_malformed_heartbeat_changes_nothing(http: httpx.AsyncClient, body: bytes) -> None:
+    with trio.fail_after(TEST_SECONDS):
+        async with towtruck.cluster(create_counter, size=2, **FAST) as c:
+            first, second = c.nodes
+            response = await http.post(f"{first.url}/cluster/heartbeat", content=body)
+            assert response.status_code in (200, 400), response.text
+            assert "error" in response.json() or response.json()["from"] == str(first.address)
+            assert await servers(http, first) == [str(second.address)]
+            assert await first.client.invoke("after", "increment") == 1
+
+
 async def test_removeserver_takes_a_node_out_everywhere(http: httpx.AsyncClient) -> None:
     with trio.fail_after(TEST_SECONDS):
         async with towtruck.cluster(create_counter, size=3, **FAST) as c:

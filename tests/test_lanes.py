@@ -107,3 +107,34 @@ async def test_a_peer_that_takes_no_lanes_gets_calls_over_http(http: httpx.Async
                 assert set(lanes.refused) == {names[1]}
                 assert remote in app.runtime.catalog
                 stop.set()
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\x00\x00\x00\x01x",  # shorter than a frame's head
+        b"\xff\xff\xff\xff" + b"x" * 100,  # longer than any frame may be
+        _frame(1, b"C", b"not an envelope"),
+        _frame(2, b"Z", b"unknown kind"),
+    ],
+)
+async def test_a_lane_sending_garbage_harms_only_itself(
+    http: httpx.AsyncClient, garbage: bytes
+) -> None:
+    request = (
+        b"GET /cluster/lane HTTP/1.1\r\nhost: t\r\nconnection: upgrade\r\n"
+        b"upgrade: towtruck-lane\r\n\r\n"
+    )
+    with trio.fail_after(TEST_SECONDS):
+        async with towtruck.open_node(create_counter, **FAST) as node:
+            stream = await trio.open_tcp_stream(node.address.host, node.address.port)
+            async with stream:
+                await stream.send_all(request)
+                received = b""
+                while b"\r\n\r\n" not in received:
+                    received += await stream.receive_some()
+                assert received.startswith(b"HTTP/1.1 101"), received
+                await stream.send_all(garbage)
+                response = await http.post(f"{node.url}/invoke/a/increment")
+                assert response.status_code == 200, response.text
+            assert await node.client.invoke("a", "increment") == 2

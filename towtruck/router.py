@@ -35,6 +35,7 @@ from typing import Any, Final
 import trio
 
 from . import codec
+from .address import Address
 from .calls import CallContext
 from .directory import Directory, PeerClient
 from .errors import (
@@ -206,20 +207,19 @@ class Router:
         """
         if address == self.me:
             raise InvalidAddress(f"{address} is this node's own address", address=address)
-        self.membership.add(address)
-        self.membership.missed(address, certain=True)  # placed once it has answered
         try:
             with trio.fail_after(PROTOCOL_TIMEOUT):
                 reply = await self._peers.post(address, "/cluster/heartbeat", self._hello())
         except (TowtruckError, trio.TooSlowError) as exc:
-            self.membership.forget(address)
             if isinstance(exc, (Unauthorized, Forbidden)):
                 raise  # it answered: with this node's cluster key, it refuses to join
             reason = exc.message if isinstance(exc, TowtruckError) else "timed out"
             raise PeerUnavailable(f"{address} did not answer: {reason}", peer=address) from exc
-        name = self._answered(address, reply)
+        name = _name(address, reply)  # joined under the name it goes by, never an alias
         if name == self.me:
             raise InvalidAddress(f"{address} is another name of this node", address=address)
+        self.membership.add(name)
+        self._answered(name, reply)
         await self._settle_in_background()
 
     async def remove_peer(self, address: str) -> None:
@@ -343,13 +343,11 @@ class Router:
     def _answered(self, peer: str, reply: Any) -> str:
         """Take in a peer's answer to a heartbeat; returns the name it goes by. An
         address that turns out to be an alias (``localhost:8080`` for
-        ``127.0.0.1:8080``) is forgotten: one node must have one name, or placement
+        ``127.0.0.1:8080``) is taken out: one node must have one name, or placement
         would count it twice and send calls round in circles."""
-        name = reply.get("from") if isinstance(reply, dict) else None
-        if not isinstance(name, str) or name == peer:
-            name = peer
-        else:
-            self.membership.forget(peer)
+        name = _name(peer, reply)
+        if name != peer and self.membership.state(peer) in (MemberState.ALIVE, MemberState.DOWN):
+            self.membership.remove(peer)  # a tombstone, so that no peer gossips it back
         if self.membership.merge(_records(reply)):
             self._settle_soon()
         if self.membership.heard_from(name):
@@ -367,6 +365,15 @@ class Router:
 
     def _hello(self) -> dict[str, Any]:
         return {"from": self.me, "members": self.membership.records()}
+
+
+def _name(peer: str, reply: Any) -> str:
+    """The name ``peer`` goes by, from its answer to a heartbeat."""
+    name = reply.get("from") if isinstance(reply, dict) else None
+    try:
+        return str(Address.parse(name)) if isinstance(name, str) else peer
+    except InvalidAddress:
+        return peer
 
 
 def _records(reply: Any) -> list[Any]:
