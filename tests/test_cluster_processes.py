@@ -66,7 +66,10 @@ async def test_serve_processes_form_a_cluster_and_survive_kill_9(http: httpx.Asy
                 for actor_id in ids:
                     response = await http.post(f"{urls[0]}/invoke/{actor_id}/increment")
                     if response.status_code != 200:
-                        assert response.json()["error"]["type"] == "PeerUnavailable"
+                        # Refused by the dead node (503), or sent on a connection to it
+                        # that had not yet been seen to break (502: it may have run).
+                        error = response.json()["error"]["type"]
+                        assert error in ("PeerUnavailable", "CallInterrupted"), response.text
                         return False
                 return True
 

@@ -50,6 +50,31 @@ async def test_calls_to_a_peer_share_one_lane() -> None:
             assert first.router.forwarded == len(ids) * 4
 
 
+async def test_a_lane_answers_bursts_and_quiet_calls_alike() -> None:
+    # A quiet lane writes each frame from the caller's task and a busy one queues them
+    # for its writer; the answering end hands calls to tasks it keeps between bursts
+    # (a bounded number of them) and spawns more when a burst needs them.
+    with trio.fail_after(TEST_SECONDS):
+        async with towtruck.cluster(create_counter, size=2, **FAST) as c:
+            first, second = c.nodes
+            ids = owned_by(second, c.nodes, 100, "burst")
+            answers: dict[str, list[int]] = {actor_id: [] for actor_id in ids}
+
+            async def increment(actor_id: str) -> None:
+                answers[actor_id].append(await first.client.invoke(actor_id, "increment"))
+
+            for _ in range(3):
+                async with trio.open_nursery() as nursery:
+                    for actor_id in ids * 2:  # 200 calls at once: more than tasks kept
+                        nursery.start_soon(increment, actor_id)
+                for actor_id in ids[:10]:  # then one at a time
+                    await increment(actor_id)
+            for n, actor_id in enumerate(ids):
+                expected = 9 if n < 10 else 6
+                assert sorted(answers[actor_id]) == list(range(1, expected + 1))
+            assert first.router.forwarded == sum(map(len, answers.values()))
+
+
 async def test_a_broken_lane_fails_its_calls_at_once() -> None:
     with trio.fail_after(TEST_SECONDS):
         async with towtruck.cluster(create_recorder, size=2, call_timeout=30, **FAST) as c:

@@ -1,0 +1,61 @@
+"""Reading and writing a connected socket with fewer trips through trio's scheduler.
+
+``SocketStream.receive_some`` and ``send_all`` yield to the scheduler after every
+system call that succeeds at once, so that a task that always finds data waiting
+cannot starve the others. For a server answering one request per read, that is one
+more round of the scheduler per read and per write, which at twenty thousand requests
+a second is a good part of the cost of a request. These two do the same work with the
+yields only where they are needed: a read that had to wait is already a checkpoint,
+and a write follows a read on the same task.
+"""
+
+from __future__ import annotations
+
+import os
+
+import trio
+
+__all__ = ["receive", "send_now"]
+
+
+async def receive(stream: trio.SocketStream, size: int, *, drained: bool) -> bytes:
+    """Read up to ``size`` bytes; b"" once the peer has closed its end. A checkpoint.
+
+    Args:
+        drained: The previous read took everything there was (it returned less than
+            it asked for), so this one waits for more before trying.
+
+    Raises:
+        trio.BrokenResourceError: the connection broke.
+        trio.ClosedResourceError: this side closed it.
+    """
+    sock = stream.socket
+    if drained:
+        await trio.lowlevel.wait_readable(sock)
+    else:
+        await trio.lowlevel.checkpoint_if_cancelled()
+    while True:
+        try:
+            data = os.read(sock.fileno(), size)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(sock)
+            drained = True
+            continue
+        except OSError as exc:
+            if sock.fileno() == -1:
+                raise trio.ClosedResourceError("the socket was closed") from exc
+            raise trio.BrokenResourceError(f"the connection broke: {exc}") from exc
+        if not drained:  # no wait, so no yield yet (as trio's own sockets do)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return data
+
+
+def send_now(stream: trio.SocketStream, data: bytes) -> int:
+    """Write as much of ``data`` as the socket takes without waiting; how many bytes
+    that was (0 if none, or if the socket is closed or broken: the next read or
+    ``send_all`` reports that). Not a checkpoint. Only for a task that no other task
+    writes beside (bytes sent here would pass bytes ``send_all`` has not sent yet)."""
+    try:
+        return os.write(stream.socket.fileno(), data)
+    except OSError:  # full (BlockingIOError), closed, or broken
+        return 0
