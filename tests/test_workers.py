@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+from pathlib import Path
 
 import httpx
 import pytest
@@ -92,3 +94,59 @@ async def test_workers_stop_when_the_supervisor_is_killed() -> None:
 
                 with trio.fail_after(15):
                     await wait_until(refused)
+
+
+def _children(pid: int) -> set[int]:
+    return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+async def test_a_worker_that_dies_is_restarted() -> None:
+    from tests.test_cluster import wait_until
+
+    argv = [
+        *towtruck_command(),
+        "serve",
+        "tests.actors:create_counter",
+        "--workers",
+        "2",
+        "--port",
+        "0",
+        "--heartbeat-interval",
+        "0.2",
+    ]
+    ids = [f"r{i}" for i in range(20)]
+    with trio.fail_after(PROCESS_SECONDS):
+        async with running(argv, ready=r"2 workers serving on (http://127\.0\.0\.1:\d+)") as (
+            supervisor,
+            match,
+            output,
+        ):
+            url = match.group(1)
+            workers = _children(supervisor.pid)
+            assert len(workers) == 2
+            victim = min(workers)
+            os.kill(victim, signal.SIGKILL)
+            await output.wait_for(r"worker \d \(process \d+\) exited with status -9")
+            await output.wait_for(r"worker \d restarted \(process \d+\)")
+            after = _children(supervisor.pid)
+            assert victim not in after
+            assert len(after & workers) == 1, "the other worker lived on"
+            assert len(after) == 2
+
+            answered: set[str] = set()
+
+            async def every_id_answers() -> bool:
+                # A new connection each time, so calls land on either worker.
+                async with httpx.AsyncClient(timeout=10) as client:
+                    for actor_id in ids:
+                        response = await client.post(f"{url}/invoke/{actor_id}/increment")
+                        if response.status_code != 200:
+                            return False  # the cluster is still taking the new one in
+                    answered.add((await client.get(f"{url}/health")).json()["node"])
+                return len(answered) == 2
+
+            with trio.fail_after(15):
+                await wait_until(every_id_answers)
+            supervisor.send_signal(signal.SIGTERM)
+            await supervisor.wait()
+    assert supervisor.returncode == 0, output.text

@@ -15,10 +15,12 @@ cluster, so an actor still lives in exactly one of them:
 
 Settings reach the workers as ``TOWTRUCK_*`` variables, so each worker is configured
 exactly as ``towtruck serve`` would be without ``--workers``. A worker that dies is
-logged and not restarted; the others go on serving (the cluster takes the dead one
-out, its connections and actors with it). Workers stop gracefully when the supervisor
-does, and also when it dies without a word (SIGKILL): each holds the read end of a
-pipe whose write end only the supervisor has.
+logged and restarted, on the same private address, after a pause that grows while
+restarts keep dying young; meanwhile the others go on serving (the cluster takes the
+dead one out, its connections and actors with it, and places its ids again once it is
+back). Workers stop gracefully when the supervisor does, and also when it dies without
+a word (SIGKILL): each holds the read end of a pipe whose write end only the
+supervisor has.
 """
 
 from __future__ import annotations
@@ -44,11 +46,17 @@ logger = logging.getLogger("towtruck")
 
 #: How long a worker may take to start serving.
 START_SECONDS: Final = 30.0
+#: The pause before a dead worker is restarted; it doubles, up to the maximum, while
+#: restarted workers die within the window of starting.
+_RESTART_PAUSE: Final = 0.5
+_RESTART_MAX_PAUSE: Final = 30.0
+_RESTART_WINDOW: Final = 10.0
 _BACKLOG: Final = 1024
 
 
 async def supervise(factory: str, settings: Settings, log_level: str) -> int:
-    """Run ``settings.workers`` workers serving ``factory`` until SIGINT or SIGTERM.
+    """Run ``settings.workers`` workers serving ``factory`` until SIGINT or SIGTERM,
+    restarting any that dies meanwhile.
 
     Returns the exit status: 0 if every worker stopped cleanly.
     """
@@ -58,37 +66,160 @@ async def supervise(factory: str, settings: Settings, log_level: str) -> int:
     publics = _public_sockets(settings.host, settings.port, count)
     port = publics[0].getsockname()[1]
     privates = [_listening(private_host, 0) for _ in range(count)]
-    addresses = [str(Address(private_host, s.getsockname()[1])) for s in privates]
+    addresses = [Address(private_host, s.getsockname()[1]) for s in privates]
     # The workers watch this pipe: it closes when the supervisor dies, however it dies.
     parent_read, parent_write = os.pipe()
-    processes: list[trio.Process] = []
+    pool = _Pool(factory, settings.replace(port=port), log_level, addresses, parent_read)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         try:
             for index in range(count):
-                peers = [*settings.peers, *([addresses[0]] if index else [])]
-                worker = settings.replace(
-                    port=port, advertise=addresses[index], peers=tuple(peers), workers=1
-                )
-                fds = (publics[index].fileno(), privates[index].fileno())
-                processes.append(await _start(factory, worker, fds, parent_read, log_level))
-                if index == 0:  # the others join it: it must be up first
-                    await _wait_serving(addresses[0], processes[0])
-            for address, process in zip(addresses, processes, strict=True):
-                await _wait_serving(address, process)
+                # Worker 0 starts alone; the others join it, so it must be up first.
+                peers = [str(addresses[0])] if index else []
+                await pool.start(index, (publics[index], privates[index]), peers)
+                if index == 0:
+                    await pool.wait_serving(0)
+            for index in range(count):
+                await pool.wait_serving(index)
+        except BaseException:
+            pool.kill_all()
+            os.close(parent_read)
+            raise
         finally:
             for sock in publics + privates:
                 sock.close()  # the workers hold them now
-            os.close(parent_read)
         logger.info("towtruck: %d workers serving on http://%s:%d", count, settings.host, port)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_stop_on_signal, signals, processes)
-            for process in processes:
-                nursery.start_soon(_watch, process)
-            for process in processes:
-                await process.wait()
+            nursery.start_soon(_stop_on_signal, signals, pool)
+            async with trio.open_nursery() as keepers:
+                for index in range(count):
+                    keepers.start_soon(pool.keep, index)
             nursery.cancel_scope.cancel()
+    os.close(parent_read)
     os.close(parent_write)
-    return max((abs(p.returncode or 0) for p in processes), default=0)
+    return max((abs(p.returncode or 0) for p in pool.processes), default=0)
+
+
+class _Pool:
+    """The workers, each started, watched, and restarted if it dies unbidden."""
+
+    def __init__(
+        self,
+        factory: str,
+        settings: Settings,
+        log_level: str,
+        addresses: list[Address],
+        parent_fd: int,
+    ) -> None:
+        self._factory = factory
+        self._settings = settings
+        self._log_level = log_level
+        self._addresses = addresses
+        self._parent_fd = parent_fd
+        self.processes: list[trio.Process] = []
+        #: Set once the supervisor was told to stop: workers that exit stay down.
+        self.stopping = False
+
+    async def start(
+        self, index: int, sockets: tuple[socket.socket, socket.socket], peers: list[str]
+    ) -> None:
+        """Start worker ``index`` on ``sockets`` (public, private), joining ``peers``."""
+        worker = self._settings.replace(
+            advertise=str(self._addresses[index]),
+            peers=(*self._settings.peers, *peers),
+            workers=1,
+        )
+        fds = (sockets[0].fileno(), sockets[1].fileno())
+        process = await _start(self._factory, worker, fds, self._parent_fd, self._log_level)
+        if index < len(self.processes):
+            self.processes[index] = process
+        else:
+            self.processes.append(process)
+
+    async def wait_serving(self, index: int) -> None:
+        """Wait until worker ``index`` answers ``/ping``.
+
+        Raises:
+            RuntimeError: it exited first.
+            trio.TooSlowError: not within ``START_SECONDS``.
+        """
+        process = self.processes[index]
+        with trio.fail_after(START_SECONDS):
+            async with httpx.AsyncClient(timeout=1.0, trust_env=False) as client:
+                while process.returncode is None:
+                    try:
+                        response = await client.get(f"http://{self._addresses[index]}/ping")
+                        if response.status_code == 200:
+                            return
+                    except httpx.TransportError:
+                        pass
+                    await trio.sleep(0.05)
+        raise RuntimeError(f"worker {index} exited with status {process.returncode} before serving")
+
+    async def keep(self, index: int) -> None:
+        """Watch worker ``index`` until the supervisor stops; restart it whenever it
+        exits before that. One that keeps dying soon after starting is restarted
+        after a longer and longer pause (up to ``_RESTART_MAX_PAUSE``)."""
+        pause = _RESTART_PAUSE
+        while True:
+            process = self.processes[index]
+            started = trio.current_time()
+            status = await process.wait()
+            if self.stopping:
+                if status != 0:
+                    logger.error("worker %d exited with status %d", process.pid, status)
+                return
+            if trio.current_time() - started > _RESTART_WINDOW:
+                pause = _RESTART_PAUSE
+            logger.error(
+                "worker %d (process %d) exited with status %d; restarting it in %.1f s",
+                index,
+                process.pid,
+                status,
+                pause,
+            )
+            await trio.sleep(pause)
+            pause = min(2 * pause, _RESTART_MAX_PAUSE)
+            if self.stopping:
+                return
+            try:
+                await self._restart(index)
+            except (OSError, RuntimeError, trio.TooSlowError) as exc:
+                logger.error("could not restart worker %d: %s", index, exc)
+                continue  # its old process has exited: wait() returns at once, pause grows
+            if self.stopping:  # the signal came while it started
+                self.processes[index].send_signal(signal.SIGTERM)
+
+    async def _restart(self, index: int) -> None:
+        """Start worker ``index`` again on fresh sockets bound to the same ports: the
+        public one (the kernel spreads connections over live sockets only) and its
+        private one, so the cluster knows it again by its address."""
+        public = _public_sockets(self._settings.host, self._settings.port, 1)[0]
+        try:
+            address = self._addresses[index]
+            private = _listening(address.host, address.port)
+            try:
+                others = [str(a) for n, a in enumerate(self._addresses) if n != index]
+                await self.start(index, (public, private), others)
+            finally:
+                private.close()
+        finally:
+            public.close()
+        try:
+            await self.wait_serving(index)
+        except BaseException:
+            self.processes[index].kill()  # hung, or it exited already (then a no-op)
+            raise
+        logger.info("worker %d restarted (process %d)", index, self.processes[index].pid)
+
+    def signal_all(self, signum: int) -> None:
+        """Send ``signum`` to every worker still running."""
+        for process in self.processes:
+            if process.returncode is None:
+                process.send_signal(signum)
+
+    def kill_all(self) -> None:
+        """Kill every worker still running (the supervisor failed to start)."""
+        self.signal_all(signal.SIGKILL)
 
 
 def _public_sockets(host: str, port: int, count: int) -> list[socket.socket]:
@@ -150,36 +281,14 @@ async def _start(
     )
 
 
-async def _wait_serving(address: str, process: trio.Process) -> None:
-    """Wait until the worker at ``address`` answers ``/ping``."""
-    with trio.fail_after(START_SECONDS):
-        async with httpx.AsyncClient(timeout=1.0, trust_env=False) as client:
-            while process.returncode is None:
-                try:
-                    if (await client.get(f"http://{address}/ping")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await trio.sleep(0.05)
-    raise RuntimeError(f"worker 0 exited with status {process.returncode} before serving")
-
-
-async def _watch(process: trio.Process) -> None:
-    status = await process.wait()
-    if status != 0:
-        logger.error("worker %d exited with status %d", process.pid, status)
-
-
-async def _stop_on_signal(signals: AsyncIterator[int], processes: list[trio.Process]) -> None:
+async def _stop_on_signal(signals: AsyncIterator[int], pool: _Pool) -> None:
     """First signal: stop every worker gracefully (SIGTERM). Second: kill them."""
-    graceful = True
     async for signum in signals:
         name = signal.Signals(signum).name
-        if graceful:
+        if not pool.stopping:
             logger.info("%s: stopping the workers gracefully (again to kill them)", name)
+            pool.stopping = True
+            pool.signal_all(signal.SIGTERM)
         else:
             logger.warning("%s again: killing the workers", name)
-        for process in processes:
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
-        graceful = False
+            pool.kill_all()
