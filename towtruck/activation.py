@@ -207,7 +207,10 @@ class Activation:
                 method=method.name,
             )
         # A checkpoint, as every call must be: the turn may not have yielded at all.
-        await trio.lowlevel.checkpoint()
+        if context.caller_yields:  # ...unless the caller yields next anyway
+            await trio.lowlevel.checkpoint_if_cancelled()
+        else:
+            await trio.lowlevel.checkpoint()
         return result
 
     async def call_inline(self, method: Method, data: Any, context: CallContext) -> bytes:

@@ -210,7 +210,7 @@ class App:
                 raise TypeError
         except (KeyError, TypeError, ValueError):
             raise BadRequest("not a forwarded call's envelope") from None
-        context = CallContext(chain, trio.current_time() + timeout, hops)
+        context = CallContext(chain, trio.current_time() + timeout, hops, caller_yields=True)
         return await self.runtime.invoke(
             actor_id, method, envelope.get("data"), context, existing=existing
         )

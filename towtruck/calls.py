@@ -28,14 +28,25 @@ class CallContext:
         chain: Ids of the actors whose turns are waiting on this call, outermost first.
         deadline: When the caller gives up, on trio's clock.
         hops: How many times the call has been forwarded between nodes.
+        caller_yields: The caller yields to trio's scheduler as soon as the call
+            returns (a lane's task waiting for its next call), so a call that ran
+            without yielding need not yield once more before it returns.
     """
 
-    __slots__ = ("chain", "deadline", "hops")
+    __slots__ = ("caller_yields", "chain", "deadline", "hops")
 
-    def __init__(self, chain: tuple[str, ...], deadline: float, hops: int = 0) -> None:
+    def __init__(
+        self,
+        chain: tuple[str, ...],
+        deadline: float,
+        hops: int = 0,
+        *,
+        caller_yields: bool = False,
+    ) -> None:
         self.chain = chain
         self.deadline = deadline
         self.hops = hops
+        self.caller_yields = caller_yields
 
     def __repr__(self) -> str:
         return f"CallContext(chain={self.chain!r}, deadline={self.deadline!r}, hops={self.hops})"
