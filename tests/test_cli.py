@@ -53,7 +53,7 @@ async def test_python_m_towtruck_and_settings_from_the_environment(http: httpx.A
         (["--max-actors", "many"], {}, "--max-actors: expected a whole number"),
         (["--call-timeout", "0"], {}, "--call-timeout: expected a positive number"),
         (["--port", "99999"], {}, "--port: expected a port"),
-        (["--peer", "nohost"], {}, "--peers: 'nohost' is not an address"),
+        (["--peer", "nohost"], {}, "--peer: 'nohost' is not an address"),
         ([], {"TOWTRUCK_GC_INTERVAL": "soon"}, "TOWTRUCK_GC_INTERVAL: expected a number"),
         ([], {"TOWTRUCK_MAX_ACTOR": "3"}, "TOWTRUCK_MAX_ACTOR: unknown setting"),
     ],

@@ -11,6 +11,7 @@ import trio
 
 from tests.processes import PROCESS_SECONDS, running, towtruck_command
 from tests.test_cluster import wait_until
+from towtruck import placement
 
 pytestmark = [pytest.mark.subprocess, pytest.mark.slow]
 
@@ -78,5 +79,61 @@ async def test_serve_processes_form_a_cluster_and_survive_kill_9(http: httpx.Asy
             for process in processes[:2]:
                 process.send_signal(signal.SIGTERM)
             for process in processes[:2]:
+                await process.wait()
+                assert process.returncode == 0
+
+
+async def test_a_hung_node_fails_its_calls_at_failure_detection_and_comes_back() -> None:
+    # SIGSTOP: the process holds its sockets open and answers nothing, like a hung
+    # process or a host lost from the network (a killed one refuses at once instead).
+    serve = [*towtruck_command(), "serve", "tests.actors:create_counter", *FAST]
+    with trio.fail_after(PROCESS_SECONDS * 2):
+        async with AsyncExitStack() as stack, httpx.AsyncClient(timeout=60) as http:
+            first, match, _ = await stack.enter_async_context(running(serve, ready=SERVING))
+            url = match.group(1)
+            me = url.removeprefix("http://")
+            second, match, _ = await stack.enter_async_context(
+                running([*serve, "--peer", me], ready=SERVING)
+            )
+            other = match.group(1).removeprefix("http://")
+
+            async def states() -> dict[str, str]:
+                health = (await http.get(f"{url}/health")).json()
+                return {m["address"]: m["state"] for m in health["members"]}
+
+            async def second_alive() -> bool:
+                return (await states()).get(other) == "alive"
+
+            with trio.fail_after(5):
+                await wait_until(second_alive)
+            actor_id = next(
+                i
+                for i in (f"h{n}" for n in range(1000))
+                if placement.owner(i, [me, other]) == other
+            )
+            assert (await http.post(f"{url}/invoke/{actor_id}/increment")).json() == 1
+
+            second.send_signal(signal.SIGSTOP)
+            try:
+                # The call timeout is 30 s; failure detection takes 3 x 0.2 s.
+                with trio.fail_after(10):
+                    response = await http.post(f"{url}/invoke/{actor_id}/increment")
+                assert response.status_code == 502, response.text
+                assert response.json()["error"]["type"] == "CallInterrupted"
+                assert (await states())[other] == "down"
+
+                async def placed_afresh() -> bool:
+                    response = await http.post(f"{url}/invoke/{actor_id}/increment")
+                    return response.status_code == 200
+
+                with trio.fail_after(10):
+                    await wait_until(placed_afresh)
+            finally:
+                second.send_signal(signal.SIGCONT)
+            with trio.fail_after(10):
+                await wait_until(second_alive)
+            for process in (first, second):
+                process.send_signal(signal.SIGTERM)
+            for process in (first, second):
                 await process.wait()
                 assert process.returncode == 0

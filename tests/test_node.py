@@ -12,7 +12,7 @@ import trio
 import towtruck
 from tests.actors import create_recorder
 from tests.conftest import NETWORK_TEST_SECONDS
-from tests.processes import PROCESS_SECONDS, running
+from tests.processes import PROCESS_SECONDS, child_env, running
 
 
 def all_tasks() -> set[trio.lowlevel.Task]:
@@ -94,18 +94,29 @@ async def test_app_under_the_hypercorn_command(http: httpx.AsyncClient) -> None:
 SCRIPT = """
 import towtruck
 from examples.greeter import create_actor
-towtruck.run(create_actor, port=0)
+towtruck.run(create_actor{})
 """
 
 
 @pytest.mark.subprocess
-async def test_towtruck_run_serves_until_ctrl_c(http: httpx.AsyncClient) -> None:
+@pytest.mark.parametrize(
+    ("arguments", "env"),
+    [(", port=0", {}), ("", {"TOWTRUCK_PORT": "0", "TOWTRUCK_MAX_ACTORS": "3"})],
+    ids=["keyword", "environment"],
+)
+async def test_towtruck_run_serves_until_ctrl_c(
+    http: httpx.AsyncClient, arguments: str, env: dict[str, str]
+) -> None:
     with trio.fail_after(PROCESS_SECONDS):
         async with running(
-            [sys.executable, "-c", SCRIPT], ready=r"serving on (http://127\.0\.0\.1:\d+)"
+            [sys.executable, "-c", SCRIPT.format(arguments)],
+            ready=r"serving on (http://127\.0\.0\.1:\d+)",
+            env=child_env(**env),
         ) as (process, match, output):
             url = match.group(1)
             assert (await http.get(f"{url}/invoke/1/hello")).json() == {"hello": "from actor 1"}
+            health = (await http.get(f"{url}/health")).json()
+            assert health["catalog"]["max_actors"] == int(env.get("TOWTRUCK_MAX_ACTORS", 1000))
             process.send_signal(signal.SIGINT)
             await process.wait()
     assert process.returncode == 0, output.text

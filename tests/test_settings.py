@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 import towtruck
@@ -35,7 +37,8 @@ def test_peers_from_environment_and_flags() -> None:
         ({"environ": {}, "flags": {"max_actors": "0"}}, "--max-actors"),
         ({"environ": {}, "flags": {"call_timeout": "-1"}}, "--call-timeout"),
         ({"environ": {}, "flags": {"port": "70000"}}, "--port"),
-        ({"environ": {}, "flags": {"peers": ["no-port"]}}, "--peers"),
+        ({"environ": {}, "flags": {"peers": ["no-port"]}}, "--peer"),
+        ({"environ": {"TOWTRUCK_WORKERS": "some"}}, "TOWTRUCK_WORKERS"),
         ({"environ": {}, "max_body": 1.5}, "max_body"),
         ({"environ": {}, "gc_interval": float("nan")}, "gc_interval"),
         ({"environ": {}, "debug": "maybe"}, "debug"),
@@ -69,3 +72,10 @@ def test_flags_parse_booleans() -> None:
     settings = towtruck.Settings.load(environ={"TOWTRUCK_DEBUG": "yes"}, access_log=True)
     assert settings.debug is True
     assert settings.access_log is True
+
+
+def test_workers_may_be_auto_anywhere() -> None:
+    cores = os.cpu_count() or 1
+    assert towtruck.Settings.load(environ={"TOWTRUCK_WORKERS": "auto"}).workers == cores
+    assert towtruck.Settings.load(environ={}, flags={"workers": "auto"}).workers == cores
+    assert towtruck.Settings.load(environ={}, workers=2).workers == 2

@@ -115,8 +115,6 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     args = parser.parse_args(argv)
     flags = {name: getattr(args, name) for _, name, _ in _VALUE_FLAGS + _SWITCHES}
     flags["peers"] = args.peers
-    if flags["workers"] == "auto":
-        flags["workers"] = str(os.cpu_count() or 1)
     try:
         settings = Settings.load(flags=flags)
         factory = load_factory(args.factory)

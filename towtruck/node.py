@@ -80,7 +80,6 @@ class Node:
 async def open_node(
     create_actor: Factory,
     *,
-    host: str = "127.0.0.1",
     port: int = 0,
     listen_fds: Sequence[int] = (),
     **settings: Any,
@@ -99,7 +98,7 @@ async def open_node(
     stops the node gracefully (see :meth:`Node.stop`), even when it is left by
     cancellation. No task the node started outlives the block.
     """
-    config = Settings.load(host=host, port=port, **settings)
+    config = Settings.load(port=port, **settings)
     runtime = Runtime(create_actor, config)
     http_config = hypercorn_config(config)
     sockets, urls = bind(http_config, listen_fds)
@@ -211,11 +210,13 @@ def configure_logging(level: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def run(create_actor: Factory, *, port: int = 8080, **settings: Any) -> None:
+def run(create_actor: Factory, **settings: Any) -> None:
     """Serve a node until Ctrl-C or SIGTERM: the one-liner for scripts.
 
     ``towtruck.run(create_actor, port=8080)`` blocks; it is ``trio.run`` of
-    :func:`serve_node`, with logging to stderr if the program set up none.
+    :func:`serve_node`, with logging to stderr if the program set up none. Settings
+    not given come from ``TOWTRUCK_*`` variables, then the defaults (port 8080).
     """
+    port = Settings.load(**settings).port  # open_node's own default is 0
     configure_logging("info")
-    trio.run(partial(serve_node, create_actor, port=port, **settings))
+    trio.run(partial(serve_node, create_actor, **{**settings, "port": port}))

@@ -120,7 +120,8 @@ class Settings:
             values[name] = _coerce(name, text, key)
         for name, value in (flags or {}).items():
             if value is not None:
-                values[name] = _coerce(name, value, "--" + name.replace("_", "-"))
+                label = _FLAGS.get(name, "--" + name.replace("_", "-"))
+                values[name] = _coerce(name, value, label)
         for name, value in kwargs.items():
             if name not in _KINDS:
                 raise SettingsError(f"{name}: unknown setting; known: {_known()}")
@@ -146,7 +147,7 @@ _KINDS: Final[dict[str, str]] = {
     "cluster_key": "secret",
     "max_in_flight": "count",
     "request_timeout": "seconds",
-    "workers": "count",
+    "workers": "workers",
     "max_actors": "count",
     "max_inactivity": "seconds",
     "gc_interval": "seconds",
@@ -158,6 +159,9 @@ _KINDS: Final[dict[str, str]] = {
     "access_log": "flag",
     "debug": "flag",
 }
+
+#: Command-line flags not named after their setting.
+_FLAGS: Final = {"peers": "--peer"}
 
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off", ""})
@@ -202,6 +206,12 @@ def _count(value: Any) -> int:
     if count < 1:
         raise ValueError(f"expected a whole number of at least 1, got {value!r}")
     return count
+
+
+def _workers(value: Any) -> int:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    return _count(value)
 
 
 def _port(value: Any) -> int:
@@ -258,6 +268,7 @@ _CHECKS: Final = {
     "address": _address,
     "secret": _secret,
     "count": _count,
+    "workers": _workers,
     "seconds": _seconds,
     "flag": _flag,
 }
