@@ -136,7 +136,8 @@ async def wait_joined(http: httpx.AsyncClient, nodes: list[Node]) -> None:
 
 class Load:
     """Clients incrementing counters through the nodes in ``up``, retrying once (on
-    another node) after a 503, as a client behind a load balancer would."""
+    another node) after a 503 or a broken connection, as a client behind a load
+    balancer would; a success after a retry is recorded with what was retried."""
 
     def __init__(self, ids: list[str], up: list[Node]) -> None:
         self.ids = ids
@@ -177,7 +178,7 @@ class Load:
                 self.calls += 1
                 self._progress.set()
                 self._progress = trio.Event()
-                if outcome == "200":
+                if outcome.startswith("200"):
                     self.successes[actor_id] += 1
                 elif outcome != "gave up":
                     self.failures.append(f"{actor_id}: {outcome}")
@@ -194,7 +195,7 @@ class Load:
                 outcome: Any = f"transport {type(exc).__name__}"
             else:
                 if response.status_code == 200:
-                    return "200"
+                    return "200" if first is None else f"200 after {first}"
                 outcome = f"{response.status_code} {response.json()['error']['type']}"
                 if response.status_code != 503:
                     return str(outcome)

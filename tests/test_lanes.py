@@ -99,16 +99,23 @@ async def test_a_broken_lane_fails_its_calls_at_once() -> None:
             )
 
 
-async def test_a_peer_that_takes_no_lanes_gets_calls_over_http(http: httpx.AsyncClient) -> None:
+@pytest.mark.parametrize("key", [None, "a cluster key of twenty"], ids=["open", "keyed"])
+async def test_a_peer_that_takes_no_lanes_gets_calls_over_http(
+    http: httpx.AsyncClient, key: str | None
+) -> None:
     """A node served by stock Hypercorn (``towtruck.App`` with ``advertise``) answers
-    forwarded calls on ``POST /cluster/forward``."""
+    forwarded calls on ``POST /cluster/forward``, with the cluster key if there is one."""
     with socket.socket() as reserved:
         reserved.bind(("127.0.0.1", 0))
         port = reserved.getsockname()[1]
     with trio.fail_after(TEST_SECONDS):
-        async with towtruck.open_node(create_counter, **FAST) as node:
+        async with towtruck.open_node(create_counter, cluster_key=key, **FAST) as node:
             app = towtruck.App(
-                create_counter, environ={}, advertise=f"127.0.0.1:{port}", peers=[str(node.address)]
+                create_counter,
+                environ={},
+                advertise=f"127.0.0.1:{port}",
+                peers=[str(node.address)],
+                cluster_key=key,
             )
             config = Config()
             config.bind = [f"127.0.0.1:{port}"]

@@ -12,6 +12,7 @@ import trio.testing
 import towtruck
 from tests.actors import create_counter, create_recorder
 from tests.conftest import NETWORK_TEST_SECONDS
+from tests.test_cluster import wait_until
 from tests.test_connection import until_closed
 
 
@@ -22,6 +23,8 @@ from tests.test_connection import until_closed
         ("/invoke/1/echo" + "/x" * 65, 400, "BadRequest"),
         ("/invoke/1/" + "m" * 128, 404, "MethodNotFound"),
         ("/invoke/1/" + "m" * 129, 400, "BadRequest"),
+        ("/invoke/1/" + "%C3%A9" * 128, 404, "MethodNotFound"),  # characters, not bytes
+        ("/invoke/1/" + "%C3%A9" * 129, 400, "BadRequest"),
         ("/invoke/" + "i" * 256 + "/echo", 200, None),
         ("/invoke/" + "i" * 257 + "/echo", 400, "InvalidActorId"),
     ],
@@ -66,19 +69,50 @@ async def test_a_client_that_stalls_in_its_body_is_cut_off_and_others_are_served
                 pass
 
 
-async def test_a_client_that_trickles_its_head_is_cut_off() -> None:
+async def test_a_client_that_trickles_its_head_is_cut_off_and_others_are_served(
+    http: httpx.AsyncClient,
+) -> None:
+    started = trio.Event()
+
     async def trickle(stream: trio.SocketStream) -> None:
         for byte in b"GET /invoke/1/get HTTP/1.1\r\nhost: t\r\n" * 4:
             await stream.send_all(bytes([byte]))
+            started.set()
             await trio.sleep(0.05)  # the trickle itself is what is tested
 
     with trio.fail_after(NETWORK_TEST_SECONDS):
         async with (
             towtruck.open_node(create_counter, environ={}, keep_alive_timeout=0.3) as node,
             await trio.open_tcp_stream(node.address.host, node.address.port) as slow,
+            trio.open_nursery() as nursery,
         ):
-            with pytest.raises(trio.BrokenResourceError):  # the node hangs up on it
-                await trickle(slow)
+
+            async def trickled_out() -> None:
+                with pytest.raises(trio.BrokenResourceError):  # the node hangs up on it
+                    await trickle(slow)
+
+            nursery.start_soon(trickled_out)
+            await started.wait()
+            for n in range(1, 4):
+                assert (await http.post(f"{node.url}/invoke/2/increment")).json() == n
+
+
+async def test_calls_past_max_in_flight_get_503_with_retry_after(http: httpx.AsyncClient) -> None:
+    with trio.fail_after(NETWORK_TEST_SECONDS):
+        async with (
+            towtruck.open_node(create_recorder, environ={}, max_in_flight=1) as node,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(http.get, f"{node.url}/invoke/a/sleep/0.5")
+
+            async def one_in_flight() -> bool:
+                return bool((await http.get(f"{node.url}/health")).json()["in_flight"] == 1)
+
+            await wait_until(one_in_flight)
+            response = await http.get(f"{node.url}/invoke/b/plain")
+    assert response.status_code == 503
+    assert response.json()["error"]["type"] == "Overloaded"
+    assert response.headers["retry-after"] == "1"
 
 
 async def test_calls_past_max_in_flight_are_shed(autojump_clock: trio.testing.MockClock) -> None:

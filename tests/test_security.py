@@ -40,10 +40,15 @@ async def test_cluster_routes_need_the_key(http: httpx.AsyncClient, verb: str, p
     assert public.status_code == 200
 
 
-async def test_a_lane_needs_the_key() -> None:
+@pytest.mark.parametrize(
+    ("key", "answer"),
+    [(b"", b"HTTP/1.1 401"), (b"towtruck-cluster-key: " + b"x" * 20 + b"\r\n", b"HTTP/1.1 403")],
+    ids=["missing", "wrong"],
+)
+async def test_a_lane_needs_the_key(key: bytes, answer: bytes) -> None:
     request = (
         b"GET /cluster/lane HTTP/1.1\r\nhost: t\r\nconnection: upgrade\r\n"
-        b"upgrade: towtruck-lane\r\n\r\n"
+        b"upgrade: towtruck-lane\r\n" + key + b"\r\n"
     )
     with trio.fail_after(TEST_SECONDS):
         async with towtruck.open_node(create_counter, **KEYED) as node:
@@ -51,7 +56,7 @@ async def test_a_lane_needs_the_key() -> None:
             async with stream:
                 await stream.send_all(request)
                 received = await stream.receive_some()
-    assert received.startswith(b"HTTP/1.1 401"), received
+    assert received.startswith(answer), received
 
 
 async def test_nodes_sharing_the_key_make_a_cluster(http: httpx.AsyncClient) -> None:
@@ -77,15 +82,23 @@ async def test_a_node_with_another_key_cannot_join(http: httpx.AsyncClient) -> N
             assert (await http.get(f"{keyed.url}/getservers")).json() == []
 
 
+@pytest.mark.parametrize(
+    ("where", "warned"),
+    [
+        ({"host": "0.0.0.0"}, True),
+        ({"host": "0.0.0.0", "advertise": "127.0.0.1:9"}, True),  # bound beyond it all the same
+        ({"host": "127.0.0.1", "advertise": "10.1.2.3:9"}, True),
+        ({"host": "127.0.0.1"}, False),
+    ],
+)
 async def test_serving_beyond_loopback_without_a_key_warns(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, where: dict[str, str], warned: bool
 ) -> None:
     with trio.fail_after(TEST_SECONDS):
-        async with towtruck.open_node(create_counter, host="0.0.0.0", **FAST):
+        async with towtruck.open_node(create_counter, **where, **FAST):
             pass
-    assert any(
-        "no cluster key" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
-    )
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("no cluster key" in r.getMessage() for r in warnings) == warned
 
 
 def test_the_key_never_shows_in_settings_repr() -> None:

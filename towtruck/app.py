@@ -106,7 +106,9 @@ class App:
                     return
                 except PayloadTooLarge as exc:
                     body, error = b"", exc
-                status, headers, answer = await self.respond(scope["method"], raw_path, body, error)
+                status, headers, answer = await self.respond(
+                    scope["method"], raw_path, body, error, headers=scope["headers"]
+                )
                 await send(
                     {
                         "type": "http.response.start",
@@ -262,9 +264,9 @@ def parse_invoke_path(raw_path: bytes) -> tuple[str, str, list[str]]:
         )
     if len(parts) > MAX_SEGMENTS + 2:
         raise BadRequest(f"too many path segments: at most {MAX_SEGMENTS} after the method")
-    if len(parts[1]) > MAX_METHOD_LENGTH:
-        raise BadRequest(f"method names are at most {MAX_METHOD_LENGTH} characters")
     segments = [_decode_segment(part) for part in parts]
+    if len(segments[1]) > MAX_METHOD_LENGTH:
+        raise BadRequest(f"method names are at most {MAX_METHOD_LENGTH} characters")
     return check_actor_id(segments[0]), segments[1], segments[2:]
 
 

@@ -104,11 +104,16 @@ async def open_node(
     sockets, urls = bind(http_config, listen_fds)
     me = config.advertise or urls[0].removeprefix("http://")
     runtime.node_id = me
-    if config.cluster_key is None and not Address.parse(me).is_loopback:
+    exposed = [
+        address
+        for address in (me, *(url.removeprefix("http://") for url in urls))
+        if not Address.parse(address).is_loopback
+    ]
+    if config.cluster_key is None and exposed:
         logger.warning(
             "serving on %s with no cluster key: anyone who reaches it can add or remove"
             " nodes and send calls as a node would; set cluster_key (--cluster-key)",
-            me,
+            exposed[0],
         )
     async with (
         open_router(runtime, me, config.cluster_key) as router,
