@@ -1,6 +1,8 @@
 """An app for ``hypercorn --worker-class trio tests.served:app``: its actors print their
 lifecycle to stdout so the test can see ``deactivate`` run at shutdown."""
 
+import trio
+
 import towtruck
 
 
@@ -13,6 +15,10 @@ class Printer:
 
     async def hello(self, data: object) -> dict[str, str]:
         return {"hello": f"from actor {self.id}"}
+
+    async def sleep(self, data: list[str]) -> str:
+        await trio.sleep(float(data[0]))
+        return "slept"
 
     async def deactivate(self) -> None:
         print(f"deactivate {self.id}", flush=True)

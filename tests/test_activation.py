@@ -154,3 +154,43 @@ async def test_calls_queued_behind_a_turn_run_in_order_after_it(
                     await trio.testing.wait_all_tasks_blocked()
     assert [len(a) for a in answers] == [2, 4, 6]
     assert answers[-1] == ["first", "second"] * 3
+
+
+class PlainHooks:
+    def __init__(self, id: str, client: towtruck.Client, events: list[str]) -> None:
+        self.id, self.events = id, events
+
+    def activate(self) -> None:
+        self.events.append(f"activate {self.id}")
+
+    def deactivate(self) -> None:
+        self.events.append(f"deactivate {self.id}")
+
+    def hello(self, data: Any) -> str:
+        self.events.append(f"hello {self.id}")
+        return "hi"
+
+
+@pytest.mark.parametrize("style", ["class", "mapping"])
+async def test_plain_hooks_run_like_async_ones(
+    autojump_clock: trio.testing.MockClock, style: str
+) -> None:
+    events: list[str] = []
+
+    def create_actor(id: str, client: towtruck.Client) -> Any:
+        if style == "class":
+            return PlainHooks(id, client, events)
+        return {
+            "activate": lambda: events.append(f"activate {id}"),
+            "deactivate": lambda: events.append(f"deactivate {id}"),
+            "hello": lambda data: events.append(f"hello {id}") or "hi",
+        }
+
+    async with towtruck.open_runtime(
+        create_actor, environ={}, max_inactivity=5, gc_interval=1
+    ) as runtime:
+        assert await runtime.client.invoke("a", "hello") == "hi"
+        await trio.sleep(10)  # on the autojump clock: the collector takes the idle actor
+        assert events == ["activate a", "hello a", "deactivate a"]
+        assert await runtime.client.invoke("a", "hello") == "hi"
+    assert events == ["activate a", "hello a", "deactivate a"] * 2

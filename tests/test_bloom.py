@@ -10,8 +10,8 @@ def test_no_false_negatives_and_few_false_positives() -> None:
     snapshot = bloom.snapshot()
     assert all(f"in{i}" in snapshot for i in range(10_000))
     false_positives = sum(f"out{i}" in snapshot for i in range(20_000))
-    # Sized for 20,000 at 1%: at half capacity the rate is far lower.
-    assert false_positives / 20_000 < FALSE_POSITIVE_RATE
+    # Full to its capacity, the filter is at its designed rate (1%), give or take.
+    assert false_positives / 20_000 < 1.5 * FALSE_POSITIVE_RATE
 
 
 def test_removed_ids_leave_the_filter() -> None:

@@ -35,6 +35,40 @@ async def test_serve_answers_calls_and_stops_gracefully_on_a_signal(
     assert "stopping gracefully" in output.text
 
 
+async def test_serve_finishes_the_calls_in_flight_and_refuses_new_ones_when_signalled(
+    http: httpx.AsyncClient,
+) -> None:
+    from tests.test_cluster import wait_until
+
+    argv = [*towtruck_command(), "serve", "tests.served:create_actor", "--port", "0"]
+    with trio.fail_after(PROCESS_SECONDS):
+        async with running(argv, ready=SERVING) as (process, match, output):
+            url = match.group(1)
+            slow: list[httpx.Response] = []
+            async with trio.open_nursery() as nursery:
+
+                async def call_in_flight() -> None:
+                    slow.append(await http.get(f"{url}/invoke/s/sleep/3"))
+
+                nursery.start_soon(call_in_flight)
+
+                async def in_flight() -> bool:
+                    return bool((await http.get(f"{url}/health")).json()["in_flight"] == 1)
+
+                await wait_until(in_flight)
+                process.send_signal(signal.SIGTERM)
+                await output.wait_for("stopping gracefully")
+                late = await http.get(f"{url}/invoke/late/hello")
+                assert late.status_code == 503, late.text
+                assert late.json()["error"]["type"] == "NodeStopping"
+                assert late.headers["retry-after"] == "1"
+            assert slow[0].json() == "slept"
+            await process.wait()
+    assert process.returncode == 0, output.text
+    assert "deactivate s" in output.text
+    assert "activate late" not in output.text
+
+
 async def test_python_m_towtruck_and_settings_from_the_environment(http: httpx.AsyncClient) -> None:
     argv = [sys.executable, "-m", "towtruck", "serve", "examples.greeter", "--port", "0"]
     env = child_env(TOWTRUCK_MAX_ACTORS="7", TOWTRUCK_CALL_TIMEOUT="3.5")
@@ -96,5 +130,17 @@ async def test_help_lists_every_setting() -> None:
         "--call-timeout",
         "--mailbox-size",
         "--max-body",
+        "--heartbeat-interval",
+        "--heartbeat-misses",
+        "--bloom-interval",
+        "--advertise",
+        "--cluster-key",
+        "--max-in-flight",
+        "--request-timeout",
+        "--shutdown-timeout",
+        "--keep-alive-timeout",
+        "--workers",
+        "--access-log",
+        "--debug",
     ]:
         assert flag in result.stdout

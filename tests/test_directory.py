@@ -1,0 +1,79 @@
+"""The directory: which peers may hold an actor, as their bloom filters tell, on real nodes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+import towtruck
+from tests.actors import create_counter
+from tests.test_cluster import FAST, TEST_SECONDS, owned_by, wait_until
+from towtruck.bloom import MIN_CAPACITY
+
+
+async def test_filters_spare_peers_the_queries_for_ids_they_do_not_hold() -> None:
+    with trio.fail_after(TEST_SECONDS):
+        async with towtruck.cluster(create_counter, size=3, **FAST) as c:
+            first, second, _ = c.nodes
+            held = owned_by(second, c.nodes, 1, "held")[0]
+            await second.client.invoke(held, "increment")  # active on the second node
+            assert sorted(await first.router.refresh_filters()) == sorted(
+                str(n.address) for n in c.nodes[1:]
+            )
+            peers = first.router.directory._peers  # type: ignore[attr-defined]
+            asked: list[tuple[str, str]] = []
+            get = peers.get
+
+            async def counting_get(peer: str, path: str) -> Any:
+                if path.startswith("/query/"):
+                    asked.append((peer, path))
+                return await get(peer, path)
+
+            peers.get = counting_get
+            # 200 new ids owned by the first node: each is activated there, and a peer
+            # is asked only when its filter says it may hold the id (1% false positives).
+            for actor_id in owned_by(first, c.nodes, 200, "new"):
+                assert await first.client.invoke(actor_id, "increment") == 1
+            assert len(asked) <= 20, asked
+            # An id a peer's filter holds is asked about, and found there.
+            assert await first.router.directory.locate(held, trio.current_time() + 5) == str(
+                second.address
+            )
+            assert (str(second.address), f"/query/{held}") in asked
+
+
+async def test_filters_are_pulled_every_bloom_interval_and_resized_to_the_actors() -> None:
+    with trio.fail_after(TEST_SECONDS):
+        async with towtruck.cluster(create_counter, size=2, max_actors=5000, **FAST) as c:
+            first, second = c.nodes
+            ids = [f"many{i}" for i in range(2 * MIN_CAPACITY)]
+            for actor_id in ids:
+                await second.runtime.catalog.invoke(actor_id, "increment", None, _context())
+
+            async def grown_and_pulled() -> bool:
+                # No /updateblooms here: the second node resizes its own filter, and the
+                # first pulls it, each on its own every bloom_interval.
+                seen = first.router.directory.filters.get(str(second.address))
+                return (
+                    second.router.directory.bloom.capacity >= len(ids)
+                    and seen is not None
+                    and all(actor_id in seen for actor_id in ids)
+                )
+
+            with trio.fail_after(10):
+                await wait_until(grown_and_pulled)
+            for actor_id in ids:
+                second.runtime.catalog.get(actor_id).request_deactivation(  # type: ignore[union-attr]
+                    towtruck.activation.DeactivationReason.IDLE
+                )
+
+            async def shrunk() -> bool:
+                return second.router.directory.bloom.capacity == MIN_CAPACITY
+
+            with trio.fail_after(10):
+                await wait_until(shrunk)
+
+
+def _context() -> towtruck.calls.CallContext:
+    return towtruck.calls.CallContext((), trio.current_time() + 30)
