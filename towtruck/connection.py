@@ -314,7 +314,10 @@ class _FastH11Protocol(H11Protocol):
     async def _send_error_response(self, status_code: int) -> None:
         """Hypercorn answers a request h11 cannot parse with an empty body; this
         answers it as every other towtruck error, in JSON."""
+        # h11 hints at other statuses too (501 for a transfer-encoding it does not
+        # know, say): they are all a request towtruck cannot read, a 400.
         error = _PROTOCOL_ERRORS.get(status_code) or BadRequest("the request is not valid HTTP/1.1")
+        status_code = error.status
         body = codec.error_body(error)
         headers = [
             (b"content-type", b"application/json"),
