@@ -15,6 +15,7 @@ import socket
 import subprocess
 import threading
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -29,6 +30,12 @@ EXAMPLES = 2000
 MAX_BODY = 100_000
 ALLOWED = {200, 400, 401, 404, 405, 413, 431, 500}
 KEY = "a fuzzing cluster key"
+#: The same examples on every run; each sends requests, so slow and fixture-bound.
+REPEATABLE: dict[str, Any] = {
+    "deadline": None,
+    "derandomize": True,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+}
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +90,22 @@ def exchange(node: tuple[str, int], request: bytes) -> tuple[int, dict[str, str]
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     headers = dict(line.lower().split(": ", 1) for line in header_lines if ": " in line)
     return int(status_line.split()[1]), headers, body
+
+
+def check_error(status: int, answer: bytes) -> None:
+    """A documented JSON error; a 500 only for the actor's own exception."""
+    error = json.loads(answer)["error"]
+    assert isinstance(error["type"], str), error
+    assert isinstance(error["message"], str), error
+    if status == 500:
+        assert error["type"] == "ActorError", error
+
+
+def check_serving(node: tuple[str, int]) -> None:
+    ping_status, _, _ = exchange(
+        node, b"GET /ping HTTP/1.1\r\nhost: f\r\nconnection: close\r\n\r\n"
+    )
+    assert ping_status == 200, "the node still serves"
 
 
 segment = st.one_of(
@@ -153,12 +176,7 @@ verb = st.one_of(
 )
 
 
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+@settings(max_examples=EXAMPLES, **REPEATABLE)
 @given(verb=verb, path=path, body=body, extra=headers)
 def test_hostile_requests_get_documented_answers(
     node: tuple[str, int], verb: str, path: str, body: bytes, extra: list[tuple[str, str]]
@@ -182,15 +200,8 @@ def test_hostile_requests_get_documented_answers(
         json.loads(answer)
     if verb != "HEAD" and status != 200:
         assert answer_headers.get("content-type") == "application/json", (status, answer)
-        error = json.loads(answer)["error"]
-        assert isinstance(error["type"], str), error
-        assert isinstance(error["message"], str), error
-        if status == 500:
-            assert error["type"] == "ActorError", error
-    ping_status, _, _ = exchange(
-        node, b"GET /ping HTTP/1.1\r\nhost: f\r\nconnection: close\r\n\r\n"
-    )
-    assert ping_status == 200, "the node still serves"
+        check_error(status, answer)
+    check_serving(node)
 
 
 def exchange_raw(node: tuple[str, int], request: bytes) -> bytes:
@@ -247,12 +258,7 @@ raw_body = st.one_of(
 )
 
 
-@settings(
-    max_examples=EXAMPLES // 2,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+@settings(max_examples=EXAMPLES // 2, **REPEATABLE)
 @given(line=request_line, header_lines=st.lists(header_line, max_size=5), payload=raw_body)
 def test_malformed_http_gets_documented_answers(
     node: tuple[str, int], line: bytes, header_lines: list[bytes], payload: bytes
@@ -275,11 +281,5 @@ def test_malformed_http_gets_documented_answers(
         # An answer is cut off only when the client sent bytes that are no request past
         # one (the node then closes the connection under the answer, as Hypercorn does).
         if status != 200 and len(answer) == length:
-            error = json.loads(answer)["error"]
-            assert isinstance(error["type"], str), error
-            if status == 500:
-                assert error["type"] == "ActorError", error
-    ping_status, _, _ = exchange(
-        node, b"GET /ping HTTP/1.1\r\nhost: f\r\nconnection: close\r\n\r\n"
-    )
-    assert ping_status == 200, "the node still serves"
+            check_error(status, answer)
+    check_serving(node)

@@ -15,21 +15,15 @@ from tests.processes import PROCESS_SECONDS, running, towtruck_command
 
 pytestmark = [pytest.mark.subprocess, pytest.mark.slow]
 
+TWO_COUNTERS = ["serve", "tests.actors:create_counter", "--workers", "2", "--port", "0"]
+TWO_COUNTERS += ["--heartbeat-interval", "0.2"]
+READY = r"2 workers serving on (http://127\.0\.0\.1:\d+)"
+
 
 async def test_two_workers_serve_one_port_as_one_cluster() -> None:
-    argv = [
-        *towtruck_command(),
-        "serve",
-        "tests.actors:create_counter",
-        "--workers",
-        "2",
-        "--port",
-        "0",
-        "--heartbeat-interval",
-        "0.2",
-    ]
+    argv = [*towtruck_command(), *TWO_COUNTERS]
     with trio.fail_after(PROCESS_SECONDS):
-        async with running(argv, ready=r"2 workers serving on (http://127\.0\.0\.1:\d+)") as (
+        async with running(argv, ready=READY) as (
             supervisor,
             match,
             output,
@@ -73,7 +67,7 @@ async def test_workers_stop_when_the_supervisor_is_killed() -> None:
 
     argv = [*towtruck_command(), "serve", "examples.greeter", "--workers", "2", "--port", "0"]
     with trio.fail_after(PROCESS_SECONDS):
-        async with running(argv, ready=r"2 workers serving on (http://127\.0\.0\.1:\d+)") as (
+        async with running(argv, ready=READY) as (
             supervisor,
             match,
             _,
@@ -109,20 +103,10 @@ def _children(pid: int) -> set[int]:
 async def test_a_worker_that_dies_is_restarted() -> None:
     from tests.test_cluster import wait_until
 
-    argv = [
-        *towtruck_command(),
-        "serve",
-        "tests.actors:create_counter",
-        "--workers",
-        "2",
-        "--port",
-        "0",
-        "--heartbeat-interval",
-        "0.2",
-    ]
+    argv = [*towtruck_command(), *TWO_COUNTERS]
     ids = [f"r{i}" for i in range(20)]
     with trio.fail_after(PROCESS_SECONDS):
-        async with running(argv, ready=r"2 workers serving on (http://127\.0\.0\.1:\d+)") as (
+        async with running(argv, ready=READY) as (
             supervisor,
             match,
             output,
