@@ -21,6 +21,7 @@ DOCUMENTED = (
     "503 NodeStopping",
     "503 MailboxFull",
     "504 CallTimeout",
+    "508 ForwardingLoop",
 )
 
 

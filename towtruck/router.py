@@ -114,6 +114,12 @@ class Router:
                 pass  # collected while the call waited: place it afresh
         owner = self.membership.owner(actor_id)
         if owner != self.me:
+            if context.hops and not self._settled.is_set():
+                # A peer sent it here by its view, and this node's view is changing:
+                # sending it on now could bounce it between two views (until 508).
+                # Settling brings the views together; then place it again.
+                await self._wait_settled(context.deadline)
+                return await self.invoke(actor_id, method, data, context)
             return await self._forward(owner, actor_id, method, data, context, existing=False)
         if not self._settled.is_set():
             await self._wait_settled(context.deadline)
