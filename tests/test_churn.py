@@ -38,6 +38,20 @@ async def three_nodes(cluster: Processes, http: httpx.AsyncClient) -> list[Node]
     return nodes
 
 
+async def restart_in_turn(
+    http: httpx.AsyncClient, load: Load, nodes: list[Node], *, calls: int
+) -> None:
+    """Stop each of ``nodes`` gracefully (out of the load's rotation first) and start it
+    again; once the cluster is whole, let ``calls`` more calls complete."""
+    for node in nodes:
+        load.up.remove(node)
+        assert await node.stop() == 0, node.output.text
+        await node.start(load.up[0])
+        load.up.append(node)
+        await wait_joined(http, nodes)
+        await load.wait_calls(calls)
+
+
 async def test_restarting_every_node_in_turn_under_load_fails_no_call(tmp_path: Path) -> None:
     ids = [f"roll{i}" for i in range(40)]
     with trio.fail_after(240):
@@ -47,13 +61,7 @@ async def test_restarting_every_node_in_turn_under_load_fails_no_call(tmp_path: 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(load.run, 6)
                 await load.wait_calls(300)
-                for node in (a, b, c):
-                    up.remove(node)
-                    assert await node.stop() == 0, node.output.text
-                    await node.start(up[0])
-                    up.append(node)
-                    await wait_joined(http, [a, b, c])
-                    await load.wait_calls(300)
+                await restart_in_turn(http, load, [a, b, c], calls=300)
                 load.stop()
             for node in (a, b, c):
                 assert await node.stop() == 0, node.output.text
@@ -101,13 +109,7 @@ async def test_kill_add_remove_restart_under_load(tmp_path: Path) -> None:
                 await load.wait_calls(200)
 
                 # restart each of the others in turn
-                for node in (a, c, d):
-                    up.remove(node)
-                    assert await node.stop() == 0, node.output.text
-                    await node.start(up[0])
-                    up.append(node)
-                    await wait_joined(http, [a, c, d])
-                    await load.wait_calls(200)
+                await restart_in_turn(http, load, [a, c, d], calls=200)
                 load.stop()
             for node in (a, c, d):
                 assert await node.stop() == 0, node.output.text
