@@ -208,13 +208,13 @@ class Connection(TCPServer):
             self.stream.socket.close()
 
     async def _read_data(self) -> None:
-        data = b"-"
+        # A client waits for each answer before it sends its next request, so once a
+        # read took all there was, the next one waits first.
+        drained = True
         while True:
             try:
-                # A client waits for each answer before it sends its next request, so
-                # once a read took all there was, the next one waits first.
-                drained = len(data) < MAX_RECV
                 data = await sockets.receive(self.stream, MAX_RECV, drained=drained)  # type: ignore[arg-type]
+                drained = len(data) < MAX_RECV
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 break  # closed by the reaper, or by the peer abruptly
             try:
