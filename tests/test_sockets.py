@@ -81,8 +81,9 @@ async def test_closing_the_socket_wakes_a_waiting_receive(
                 nursery.start_soon(partial(sockets.receive, b, 1024, drained=True))
                 await trio.testing.wait_all_tasks_blocked()
                 b.socket.close()
-        with pytest.raises(trio.ClosedResourceError):
-            await sockets.receive(b, 1024, drained=False)
+        for drained in (False, True):
+            with pytest.raises(trio.ClosedResourceError):
+                await sockets.receive(b, 1024, drained=drained)
 
 
 async def test_a_reset_connection_is_broken(

@@ -62,6 +62,10 @@ class PeerClient(Protocol):
         """Close what is held open for peers not in ``keep`` (their lanes)."""
         ...
 
+    def interrupt(self, peer: str) -> None:
+        """Fail the calls on their way to ``peer`` (it stopped answering)."""
+        ...
+
 
 class Directory:
     """This node's knowledge of which actors live where.

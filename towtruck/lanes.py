@@ -252,9 +252,15 @@ class Lanes:
     def close(self, keep: set[str]) -> None:
         """Close the lanes to peers not in ``keep`` (gone from the cluster)."""
         for peer in set(self._lanes) - keep:
-            self._lanes.pop(peer)._stream.socket.close()
+            self.interrupt(peer)
         for peer in set(self.refused) - keep:
             del self.refused[peer]
+
+    def interrupt(self, peer: str) -> None:
+        """Close the lane to ``peer`` if there is one (the next call opens another)."""
+        lane = self._lanes.pop(peer, None)
+        if lane is not None:
+            lane._stream.socket.close()
 
     def _refuses(self, peer: str) -> bool:
         since = self.refused.get(peer)

@@ -222,6 +222,7 @@ def run(create_actor: Factory, **settings: Any) -> None:
     :func:`serve_node`, with logging to stderr if the program set up none. Settings
     not given come from ``TOWTRUCK_*`` variables, then the defaults (port 8080).
     """
-    port = Settings.load(**settings).port  # open_node's own default is 0
+    if "port" not in settings:  # open_node's own default is 0
+        settings["port"] = Settings.load(environ=settings.get("environ")).port
     configure_logging("info")
-    trio.run(partial(serve_node, create_actor, **{**settings, "port": port}))
+    trio.run(partial(serve_node, create_actor, **settings))

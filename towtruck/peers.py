@@ -59,6 +59,11 @@ class HttpPeers:
         if self._lanes is not None:
             self._lanes.close(keep)
 
+    def interrupt(self, peer: str) -> None:
+        """Close the lane to ``peer``: the calls on it fail as interrupted."""
+        if self._lanes is not None:
+            self._lanes.interrupt(peer)
+
     async def aclose(self) -> None:
         """Close every connection."""
         await self._calls.aclose()

@@ -344,7 +344,7 @@ class Router:
                 )
                 # Calls on their way to it (a hung process, a lost host) would wait for
                 # their deadlines: they fail now, as interrupted (they may have run).
-                self._peers.prune(set(self.membership.peers()) - {peer})
+                self._peers.interrupt(peer)
                 self._bloom_due.set()
             return
         self._answered(peer, reply)

@@ -31,14 +31,14 @@ async def receive(stream: trio.SocketStream, size: int, *, drained: bool) -> byt
     """
     sock = stream.socket
     if drained:
-        await trio.lowlevel.wait_readable(sock)
+        await _wait_readable(sock)
     else:
         await trio.lowlevel.checkpoint_if_cancelled()
     while True:
         try:
             data = os.read(sock.fileno(), size)
         except BlockingIOError:
-            await trio.lowlevel.wait_readable(sock)
+            await _wait_readable(sock)
             drained = True
             continue
         except OSError as exc:
@@ -48,6 +48,13 @@ async def receive(stream: trio.SocketStream, size: int, *, drained: bool) -> byt
         if not drained:  # no wait, so no yield yet (as trio's own sockets do)
             await trio.lowlevel.cancel_shielded_checkpoint()
         return data
+
+
+async def _wait_readable(sock: trio.socket.SocketType) -> None:
+    if sock.fileno() == -1:  # trio would raise ValueError for the fd -1
+        await trio.lowlevel.checkpoint()
+        raise trio.ClosedResourceError("the socket was closed")
+    await trio.lowlevel.wait_readable(sock)
 
 
 def send_now(stream: trio.SocketStream, data: bytes) -> int:

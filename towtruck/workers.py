@@ -117,7 +117,12 @@ class _Pool:
         self._parent_fd = parent_fd
         self.processes: list[trio.Process] = []
         #: Set once the supervisor was told to stop: workers that exit stay down.
-        self.stopping = False
+        self.stopped = trio.Event()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the supervisor was told to stop."""
+        return self.stopped.is_set()
 
     async def start(
         self, index: int, sockets: tuple[socket.socket, socket.socket], peers: list[str]
@@ -134,6 +139,8 @@ class _Pool:
             self.processes[index] = process
         else:
             self.processes.append(process)
+        if self.stopping:  # told to stop while it started: it missed the signal
+            process.send_signal(signal.SIGTERM)
 
     async def wait_serving(self, index: int) -> None:
         """Wait until worker ``index`` answers ``/ping``.
@@ -177,7 +184,8 @@ class _Pool:
                 status,
                 pause,
             )
-            await trio.sleep(pause)
+            with trio.move_on_after(pause):
+                await self.stopped.wait()
             pause = min(2 * pause, _RESTART_MAX_PAUSE)
             if self.stopping:
                 return
@@ -186,8 +194,6 @@ class _Pool:
             except (OSError, RuntimeError, trio.TooSlowError) as exc:
                 logger.error("could not restart worker %d: %s", index, exc)
                 continue  # its old process has exited: wait() returns at once, pause grows
-            if self.stopping:  # the signal came while it started
-                self.processes[index].send_signal(signal.SIGTERM)
 
     async def _restart(self, index: int) -> None:
         """Start worker ``index`` again on fresh sockets bound to the same ports: the
@@ -196,7 +202,14 @@ class _Pool:
         public = _public_sockets(self._settings.host, self._settings.port, 1)[0]
         try:
             address = self._addresses[index]
-            private = _listening(address.host, address.port)
+            try:
+                private = _listening(address.host, address.port)
+            except OSError as exc:  # taken meanwhile (an outgoing connection's port)
+                private = _listening(address.host, 0)
+                self._addresses[index] = Address(address.host, private.getsockname()[1])
+                logger.warning(
+                    "worker %d moves to %s: %s: %s", index, self._addresses[index], address, exc
+                )
             try:
                 others = [str(a) for n, a in enumerate(self._addresses) if n != index]
                 await self.start(index, (public, private), others)
@@ -287,7 +300,7 @@ async def _stop_on_signal(signals: AsyncIterator[int], pool: _Pool) -> None:
         name = signal.Signals(signum).name
         if not pool.stopping:
             logger.info("%s: stopping the workers gracefully (again to kill them)", name)
-            pool.stopping = True
+            pool.stopped.set()
             pool.signal_all(signal.SIGTERM)
         else:
             logger.warning("%s again: killing the workers", name)
