@@ -83,7 +83,7 @@ async def test_serve_processes_form_a_cluster_and_survive_kill_9(http: httpx.Asy
                 assert process.returncode == 0
 
 
-async def test_a_hung_node_fails_its_calls_at_failure_detection_and_comes_back() -> None:
+async def test_a_hung_node_fails_its_calls_at_failure_detection_and_comes_back_alone() -> None:
     # SIGSTOP: the process holds its sockets open and answers nothing, like a hung
     # process or a host lost from the network (a killed one refuses at once instead).
     serve = [*towtruck_command(), "serve", "tests.actors:create_counter", *FAST]
@@ -114,6 +114,7 @@ async def test_a_hung_node_fails_its_calls_at_failure_detection_and_comes_back()
             assert (await http.post(f"{url}/invoke/{actor_id}/increment")).json() == 1
 
             second.send_signal(signal.SIGSTOP)
+            stopped_at = trio.current_time()
             try:
                 # The call timeout is 30 s; failure detection takes 3 x 0.2 s.
                 with trio.fail_after(10):
@@ -128,10 +129,29 @@ async def test_a_hung_node_fails_its_calls_at_failure_detection_and_comes_back()
 
                 with trio.fail_after(10):
                     await wait_until(placed_afresh)
+                count = (await http.get(f"{url}/invoke/{actor_id}/get")).json()
+                # The stall itself, made long enough for the node to notice it (more
+                # than heartbeat_interval x (heartbeat_misses + 2)) when it wakes up.
+                await trio.sleep_until(stopped_at + 1.5)
             finally:
                 second.send_signal(signal.SIGCONT)
             with trio.fail_after(10):
                 await wait_until(second_alive)
+
+            # Waking up, the node gives up its stale activation: the one activated
+            # meanwhile keeps serving, whichever node is asked.
+            async def one_holder() -> bool:
+                held = [
+                    u
+                    for u in (url, f"http://{other}")
+                    if (await http.get(f"{u}/query/{actor_id}")).json()["exists"]
+                ]
+                return held == [url]
+
+            with trio.fail_after(10):
+                await wait_until(one_holder)
+            response = await http.post(f"http://{other}/invoke/{actor_id}/increment")
+            assert response.json() == count + 1
             for process in (first, second):
                 process.send_signal(signal.SIGTERM)
             for process in (first, second):

@@ -77,3 +77,24 @@ async def test_filters_are_pulled_every_bloom_interval_and_resized_to_the_actors
 
 def _context() -> towtruck.calls.CallContext:
     return towtruck.calls.CallContext((), trio.current_time() + 30)
+
+
+async def test_after_a_stall_a_node_gives_up_the_actors_a_peer_holds_too() -> None:
+    with trio.fail_after(TEST_SECONDS):
+        async with towtruck.cluster(create_counter, size=2, **FAST) as c:
+            first, second = c.nodes
+            # Two activations of "twice", as a stall leaves them (made here by hand).
+            for node in (first, second):
+                await node.runtime.catalog.invoke("twice", "increment", None, _context())
+            await first.runtime.catalog.invoke("once", "increment", None, _context())
+            await first.router.refresh_filters()
+            assert await first.router.directory.duplicates() == ["twice"]
+            await first.router._give_up_duplicates()  # what waking from a stall runs
+
+            async def given_up() -> bool:
+                return "twice" not in first.runtime.catalog
+
+            with trio.fail_after(5):
+                await wait_until(given_up)
+            assert "twice" in second.runtime.catalog
+            assert "once" in first.runtime.catalog

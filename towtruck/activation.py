@@ -75,6 +75,7 @@ class DeactivationReason(enum.Enum):
     CAPACITY = "capacity"  #: least recently used while the node was at ``max_actors``
     SHUTDOWN = "shutdown"  #: the node is stopping
     FAILED = "failed"  #: ``activate`` raised or timed out
+    DUPLICATE = "duplicate"  #: activated on another node while this one was stalled
 
 
 class Activation:

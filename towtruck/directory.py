@@ -33,6 +33,7 @@ logger = logging.getLogger("towtruck.cluster")
 FOUND_CACHE_SIZE: Final = 100_000
 #: Longest a location query may take before the peer is taken not to hold the actor.
 QUERY_TIMEOUT: Final = 2.0
+_QUERIES_AT_ONCE: Final = 16
 # Ids hashed between checkpoints while rebuilding this node's filter.
 _REBUILD_SLICE: Final = 5_000
 
@@ -211,6 +212,33 @@ class Directory:
         if holder is not None:
             self._remember(actor_id, holder)
         return holder
+
+    async def duplicates(self) -> list[str]:
+        """The ids active here that a peer holds too, by its answer to ``/query``
+        (asked only where its filter holds the id). A checkpoint."""
+        candidates = [
+            (actor_id, peer)
+            for actor_id in self._catalog.ids()
+            for peer, bloom in self.filters.items()
+            if actor_id in bloom
+        ]
+        found: list[str] = []
+        limiter = trio.CapacityLimiter(_QUERIES_AT_ONCE)
+
+        async def ask(actor_id: str, peer: str) -> None:
+            async with limiter:
+                try:
+                    with trio.fail_after(QUERY_TIMEOUT):
+                        answer = await self._peers.get(peer, "/query/" + quote(actor_id, safe=""))
+                except (TowtruckError, trio.TooSlowError):
+                    return
+            if isinstance(answer, dict) and answer.get("exists") is True:
+                found.append(actor_id)
+
+        async with trio.open_nursery() as nursery:
+            for actor_id, peer in candidates:
+                nursery.start_soon(ask, actor_id, peer)
+        return sorted(set(found))
 
     async def refresh(self, *, fresh: bool = False) -> None:
         """Fetch the filters of the live peers, and of removed peers that still held

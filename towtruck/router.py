@@ -35,6 +35,7 @@ from typing import Any, Final
 import trio
 
 from . import codec
+from .activation import DeactivationReason
 from .address import Address
 from .calls import CallContext
 from .directory import Directory, PeerClient
@@ -91,6 +92,7 @@ class Router:
         self._settled = trio.Event()  # set once the view is settled: see the module doc
         self._settle_due = trio.Event()
         self._bloom_due = trio.Event()
+        self._duplicates_due = False
         self._left = False
         self._settle_extra: set[str] = set()
         # A node down this long is forgotten (it rejoins like a new one), and so is
@@ -319,8 +321,22 @@ class Router:
     # Background work, run in the node's nursery.
 
     async def _heartbeat_periodically(self) -> None:
+        last = trio.current_time()
         while True:
             started = trio.current_time()
+            # A round takes about two intervals at most. Far longer, and this node was
+            # stalled (a stopped process, a frozen VM) long enough for its peers to take
+            # it for down and activate its actors afresh: see _give_up_duplicates.
+            stalled = started - last
+            if stalled > self._heartbeat_interval * (self.membership.misses_allowed + 2):
+                logger.warning(
+                    "this node did not run for %.1f s: looking for its actors activated"
+                    " elsewhere meanwhile",
+                    stalled,
+                )
+                self._duplicates_due = True
+                self._bloom_due.set()
+            last = started
             async with trio.open_nursery() as nursery:
                 for peer in self.membership.peers():
                     nursery.start_soon(self._heartbeat, peer, self._heartbeat_interval)
@@ -369,8 +385,31 @@ class Router:
             with trio.move_on_after(self._bloom_interval):
                 await self._bloom_due.wait()
             self._bloom_due = trio.Event()
+            if self._duplicates_due:
+                self._duplicates_due = False
+                await self._give_up_duplicates()
             await self.directory.refresh()
             await self.directory.maintain()
+
+    async def _give_up_duplicates(self) -> None:
+        """After a stall, deactivate the actors here that a peer holds too.
+
+        While this node could not answer, its peers took it for down and activated the
+        ids it owned afresh when they were called; those activations have served every
+        call since, so they are the ones to keep (Orleans has a node declared dead
+        restart, for the same reason). Ids that nobody called meanwhile stay here.
+        """
+        await self.directory.refresh(fresh=True)
+        duplicates = await self.directory.duplicates()
+        for actor_id in duplicates:
+            activation = self._catalog.get(actor_id)
+            if activation is not None:
+                activation.request_deactivation(DeactivationReason.DUPLICATE)
+        if duplicates:
+            logger.warning(
+                "gave up %d actors activated elsewhere while this node was stalled",
+                len(duplicates),
+            )
 
     def _hello(self) -> dict[str, Any]:
         return {"from": self.me, "members": self.membership.records()}
