@@ -387,8 +387,9 @@ class Router:
             self._bloom_due = trio.Event()
             if self._duplicates_due:
                 self._duplicates_due = False
-                await self._give_up_duplicates()
-            await self.directory.refresh()
+                await self._give_up_duplicates()  # fetches the filters itself, fresh
+            else:
+                await self.directory.refresh()
             await self.directory.maintain()
 
     async def _give_up_duplicates(self) -> None:
