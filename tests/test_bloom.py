@@ -61,3 +61,10 @@ def test_rebuild_when_outgrown() -> None:
 def test_bad_payloads_are_refused(payload: object) -> None:
     with pytest.raises(ValueError, match="not a bloom filter"):
         BloomFilter.from_payload(payload)
+
+
+def test_a_filter_asking_for_too_many_positions_is_refused() -> None:
+    payload = CountingBloom().snapshot().to_payload()
+    payload["hashes"] = 10**9  # each test of an id would take a billion steps
+    with pytest.raises(ValueError, match="not a bloom filter"):
+        BloomFilter.from_payload(payload)

@@ -16,6 +16,7 @@ from tests import actors
 from tests.actors import create_counter
 from towtruck import placement
 from towtruck.bloom import BloomFilter
+from towtruck.membership import MemberState
 from towtruck.router import MAX_HOPS
 
 #: Quick failure detection: a dead node leaves placement after 3 x 0.2 s.
@@ -490,3 +491,30 @@ async def test_a_node_leaving_sends_calls_on_and_refuses_none() -> None:
                     statuses[response.status_code] += 1
             assert not any(leaving in c.holders(i) for i in ids)
     assert set(statuses) == {200}, statuses  # a lone node would have answered 503s
+
+
+async def test_an_error_a_peer_relays_about_another_never_takes_the_relay_out() -> None:
+    """A, B, C; B dies; A already knows, C not yet. A call A sends to C fails at C
+    (C cannot reach B): that says nothing about C, which must stay in A's placement."""
+    slow = {**FAST, "heartbeat_interval": 30}  # no node notices B on its own here
+    with trio.fail_after(TEST_SECONDS):
+        async with towtruck.cluster(create_counter, size=3, **slow) as c:
+            a, b, relay = c.nodes
+            names = [str(n.address) for n in c.nodes]
+            ids = [
+                i
+                for i in (f"relay{n}" for n in range(2000))
+                if placement.owner(i, names) == names[1]
+                and placement.owner(i, [names[0], names[2]]) == names[2]
+            ][:3]
+            c.kill(b)
+            a.router.membership.missed(names[1], certain=True)
+            with pytest.raises(towtruck.PeerUnavailable) as caught:
+                await a.client.invoke(ids[0], "increment")
+            assert caught.value.details["peer"] == names[1]
+            assert a.router.membership.state(names[2]) is MemberState.ALIVE
+            assert a.router.membership.placement() == tuple(sorted([names[0], names[2]]))
+            # C has since seen B refuse it: the ids it now owns are served there.
+            for actor_id in ids:
+                assert await a.client.invoke(actor_id, "increment") == 1
+                assert c.holders(actor_id) == [relay]

@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import towtruck
 from towtruck import errors
@@ -76,3 +78,35 @@ def test_payload_never_builds_foreign_classes(payload: object) -> None:
 
 def test_unavailable_errors_say_when_to_retry() -> None:
     assert (b"retry-after", b"1") in towtruck.MailboxFull("x").headers
+
+
+def test_payload_details_named_like_parameters_stay_details() -> None:
+    payload = {"error": {"type": "ActorError", "message": "m", "self": 1, "cls": 2}}
+    error = errors.from_payload(payload, 500)
+    assert type(error) is towtruck.ActorError
+    assert error.message == "m"
+    assert error.details == {"self": 1, "cls": 2}
+    assert error.remote
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["type", "message", "self", "message2", "status", "headers"]) | st.text(),
+        _json | st.sampled_from(["ActorError", "PeerUnavailable", "TowtruckError"]),
+    )
+    | _json,
+    st.integers(min_value=0, max_value=65535),
+)
+def test_any_payload_a_peer_sends_is_rebuilt_as_an_error(body: object, status: int) -> None:
+    for payload in (body, {"error": body}):
+        error = errors.from_payload(payload, status)
+        assert isinstance(error, towtruck.TowtruckError)
+        assert isinstance(error.message, str)
+        assert error.remote

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import socket
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -14,6 +16,7 @@ from hypercorn.trio import serve as stock_serve
 
 import towtruck
 from tests.actors import create_counter, create_recorder
+from tests.fake_peer import FakePeer, answer
 from tests.test_cluster import FAST, TEST_SECONDS, owned_by, wait_until
 from towtruck import placement
 from towtruck.lanes import _frame, _split
@@ -170,3 +173,53 @@ async def test_a_lane_sending_garbage_harms_only_itself(
                 response = await http.post(f"{node.url}/invoke/a/increment")
                 assert response.status_code == 200, response.text
             assert await node.client.invoke("a", "increment") == 2
+
+
+async def join_fake(http: httpx.AsyncClient, node: towtruck.Node, fake: FakePeer) -> list[str]:
+    """Join ``fake`` to ``node``'s cluster; returns ids the fake owns there."""
+    response = await http.get(f"{node.url}/addserver/{fake.address}")
+    assert response.status_code == 200, response.text
+    names = [str(node.address), fake.address]
+    return [i for i in (f"f{n}" for n in range(200)) if placement.owner(i, names) == fake.address]
+
+
+def own_ids(node: towtruck.Node, count: int) -> list[str]:
+    """Ids ``node`` owns in its own view of the cluster."""
+    ids = (f"o{n}" for n in itertools.count())
+    return list(
+        itertools.islice(
+            (i for i in ids if node.router.membership.owner(i) == node.router.me), count
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        lambda n: answer(n, 500, b'{"error": {"type": "ActorError", "message": "m", "self": 1}}'),
+        lambda n: answer(n, 503, b'{"error": {"type": ["x"], "message": {"a": 1}}}'),
+        lambda n: answer(n, 200, b"not json"),
+        lambda n: answer(n, 0, b"\xff\xfe"),
+        lambda n: _frame(n, b"A", b"x"),
+        lambda n: _frame(n + 1000, b"A", b"\x00\xc8{}") + answer(n, 404, b"[]"),
+    ],
+    ids=["detail-named-self", "odd-types", "not-json", "status-0", "short", "unknown-number"],
+)
+async def test_whatever_a_peer_answers_on_a_lane_fails_only_that_call(
+    http: httpx.AsyncClient, reply: Callable[[int], bytes]
+) -> None:
+    fake = FakePeer(lambda number, envelope: reply(number))
+    with trio.fail_after(TEST_SECONDS):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fake.serve)
+            async with towtruck.open_node(create_counter, **FAST) as node:
+                ids = await join_fake(http, node, fake)
+                for actor_id in ids[:3]:
+                    with pytest.raises(towtruck.TowtruckError):
+                        await node.client.invoke(actor_id, "increment")
+                assert len(fake.calls) == 3
+                assert fake.lanes_opened == 1, "the lane lives on"
+                (here,) = own_ids(node, 1)
+                response = await http.post(f"{node.url}/invoke/{here}/increment")
+                assert response.status_code == 200, response.text
+            nursery.cancel_scope.cancel()

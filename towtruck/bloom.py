@@ -32,6 +32,9 @@ __all__ = ["BloomFilter", "CountingBloom"]
 FALSE_POSITIVE_RATE: Final = 0.01
 #: Smallest capacity (in ids) a filter is sized for.
 MIN_CAPACITY: Final = 1024
+#: Most positions per id a filter from a peer may ask for (this node's use 7): a
+#: test of membership costs one step per position.
+MAX_HASHES: Final = 32
 _NONZERO_TO_ASCII: Final = bytes([0x30] + [0x31] * 255)  # count 0 -> "0", else "1"
 
 
@@ -60,7 +63,7 @@ class BloomFilter:
     __slots__ = ("_data", "bits", "count", "hashes", "version")
 
     def __init__(self, data: bytes, *, bits: int, hashes: int, count: int, version: int) -> None:
-        if bits <= 0 or len(data) * 8 < bits or hashes <= 0:
+        if bits <= 0 or len(data) * 8 < bits or not 0 < hashes <= MAX_HASHES:
             raise ValueError("inconsistent bloom filter")
         self._data = data
         self.bits = bits

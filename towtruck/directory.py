@@ -198,7 +198,7 @@ class Directory:
             try:
                 answer = await self._peers.get(peer, path)
             except TowtruckError as exc:
-                if exc.details.get("delivered") is False:
+                if not exc.remote and exc.details.get("delivered") is False:
                     self.gone(peer)
                 return
             if isinstance(answer, dict) and answer.get("exists") is True and holder is None:

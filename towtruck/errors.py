@@ -82,6 +82,10 @@ class TowtruckError(Exception):
 
     #: Extra response headers, e.g. ``Retry-After`` for 503s.
     headers: ClassVar[tuple[tuple[bytes, bytes], ...]] = ()
+    #: Rebuilt from another node's answer (:func:`from_payload`): it says what that
+    #: node saw, so its details (``peer``, ``delivered``...) are about that node's own
+    #: peers, never about the connection this node made.
+    remote: bool = False
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
@@ -257,12 +261,19 @@ def from_payload(payload: object, status: int = 500) -> TowtruckError:
 
     Only classes of this module's tree are rebuilt, by name; anything else, including
     a body that is not an error at all, becomes :class:`InternalError` saying what came
-    back, so a caller always gets one of towtruck's errors.
+    back, so a caller always gets one of towtruck's errors. Whatever the body holds,
+    this never raises: details are kept as data (a detail named ``message`` or ``self``
+    is only a detail), and the error is marked :attr:`~TowtruckError.remote`.
     """
     body = payload.get("error") if isinstance(payload, dict) else None
     if not isinstance(body, dict):
-        return InternalError(f"a peer answered HTTP {status} without a towtruck error body")
-    details = {k: v for k, v in body.items() if k not in ("type", "message")}
-    message = str(body.get("message", ""))
-    cls = _BY_NAME.get(str(body.get("type")), InternalError)
-    return cls(message, **details)
+        error: TowtruckError = InternalError(
+            f"a peer answered HTTP {status} without a towtruck error body"
+        )
+    else:
+        message, name = body.get("message"), body.get("type")
+        cls = _BY_NAME.get(name, InternalError) if isinstance(name, str) else InternalError
+        error = cls(message if isinstance(message, str) else str(message))
+        error.details = {k: v for k, v in body.items() if k not in ("type", "message")}
+    error.remote = True
+    return error

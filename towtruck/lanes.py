@@ -191,6 +191,8 @@ class _Lane:
                 nursery.cancel_scope.cancel()
         except* (trio.BrokenResourceError, trio.ClosedResourceError, _BadFrame) as group:
             logger.info("lane to %s broke: %r", self.peer, group.exceptions[0])
+        except* Exception as group:  # a bug; whatever the peer sent, the node lives on
+            logger.error("closing the lane to %s", self.peer, exc_info=group.exceptions[0])
         finally:
             self.broken = True
             # They were sent, or about to be: they may have run.
@@ -419,3 +421,5 @@ async def serve_lane(
         pass  # the caller went away: nobody to answer
     except* _BadFrame as group:
         logger.warning("closing a lane: the peer sent %s", group.exceptions[0])
+    except* Exception as group:  # a bug; whatever the peer sent, the node lives on
+        logger.error("closing a lane after an unexpected error", exc_info=group.exceptions[0])

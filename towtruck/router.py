@@ -175,7 +175,13 @@ class Router:
                 node=peer,
             )
         except PeerUnavailable as exc:
-            if exc.details.get("delivered") is False and self.membership.missed(peer, certain=True):
+            # Only this node's own failure to reach the peer counts against it: an error
+            # the peer relayed (``remote``) is about that peer's own peers.
+            if (
+                not exc.remote
+                and exc.details.get("delivered") is False
+                and self.membership.missed(peer, certain=True)
+            ):
                 logger.warning("%s refused a connection: out of placement", peer)
                 self._bloom_due.set()
             raise
