@@ -71,7 +71,7 @@ class FakePeer:
 
     async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.address = "127.0.0.1:%d" % listeners[0].socket.getsockname()[1]
+        self.address = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
         async with trio.open_nursery() as nursery:
             await nursery.start(trio.serve_listeners, self._connection, listeners)
             task_status.started(self.address)

@@ -223,3 +223,83 @@ async def test_whatever_a_peer_answers_on_a_lane_fails_only_that_call(
                 response = await http.post(f"{node.url}/invoke/{here}/increment")
                 assert response.status_code == 200, response.text
             nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_that_never_answers_a_lane_fails_calls_before_their_deadline(
+    http: httpx.AsyncClient,
+) -> None:
+    """It takes the connection, answers heartbeats, and never answers the upgrade: the
+    calls sent its way fail (they did not run) once the opening outlasts the failure
+    detector's bound, not at their deadline."""
+    fake = FakePeer(hang_lanes=True)
+    with trio.fail_after(TEST_SECONDS):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fake.serve)
+            async with towtruck.open_node(create_counter, call_timeout=30, **FAST) as node:
+                ids = await join_fake(http, node, fake)
+                with pytest.raises(towtruck.PeerUnavailable, match="opened no lane"):
+                    await node.client.invoke(ids[0], "increment")
+                assert fake.lanes_opened == 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_giving_up_on_a_peer_cuts_short_the_opening_of_its_lane(
+    http: httpx.AsyncClient,
+) -> None:
+    fake = FakePeer(hang_lanes=True)
+    patient = {**FAST, "heartbeat_interval": 10}  # opening a lane may take 30 s
+    with trio.fail_after(TEST_SECONDS):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fake.serve)
+            async with towtruck.open_node(create_counter, call_timeout=20, **patient) as node:
+                ids = await join_fake(http, node, fake)
+                failed: list[BaseException] = []
+
+                async def call() -> None:
+                    try:
+                        await node.client.invoke(ids[0], "increment")
+                    except towtruck.TowtruckError as exc:
+                        failed.append(exc)
+
+                async with trio.open_nursery() as calls:
+                    calls.start_soon(call)
+
+                    async def opening() -> bool:
+                        return fake.lanes_opened == 1
+
+                    await wait_until(opening)
+                    node.router._peers.interrupt(fake.address)  # what the detector does
+                assert len(failed) == 1
+                assert isinstance(failed[0], towtruck.PeerUnavailable), failed
+                assert "stopped answering" in failed[0].message
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_that_answers_heartbeats_but_swallows_calls_is_taken_out(
+    http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = FakePeer()  # reads every call on its lane, answers none
+    with trio.fail_after(TEST_SECONDS):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fake.serve)
+            async with towtruck.open_node(create_counter, call_timeout=30, **FAST) as node:
+                ids = await join_fake(http, node, fake)
+                with pytest.raises(towtruck.CallInterrupted):
+                    await node.client.invoke(ids[0], "increment")
+                assert fake.calls, "the call reached it"
+                assert "answers heartbeats but nothing on its lane" in caplog.text
+                assert fake.heartbeats > 0
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_long_turn_on_a_peer_is_not_taken_for_a_stalled_lane() -> None:
+    with trio.fail_after(TEST_SECONDS):
+        async with towtruck.cluster(create_recorder, size=2, **FAST) as c:
+            first, second = c.nodes
+            (remote,) = owned_by(second, c.nodes, 1, "long")
+            # Five times the bound after which a silent lane counts as stalled: the
+            # peer's replies to probes keep it alive.
+            assert await first.client.invoke(remote, "sleep", 3) == "slept"
+            assert first.router.membership.placement() == tuple(
+                sorted(str(n.address) for n in c.nodes)
+            )

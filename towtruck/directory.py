@@ -67,6 +67,11 @@ class PeerClient(Protocol):
         """Fail the calls on their way to ``peer`` (it stopped answering)."""
         ...
 
+    def stalled(self, peer: str, after: float) -> bool:
+        """Whether calls sent to ``peer`` have gone ``after`` seconds with no sign of
+        life from it (it answers heartbeats, say, but swallows calls)."""
+        ...
+
 
 class Directory:
     """This node's knowledge of which actors live where.

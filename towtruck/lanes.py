@@ -9,6 +9,8 @@ towtruck-lane``), and from the ``101`` on both ends exchange length-prefixed fra
     frame  = length (4 bytes, big-endian: what follows) | number (8) | kind (1) | body
     call   : kind "C", body = the call's envelope (JSON, as POST /cluster/forward takes)
     answer : kind "A", body = HTTP status (2 bytes) | the answer (JSON: result or error)
+    probe  : kind "P", empty; the answering end sends back at once, from its reader,
+    reply  : kind "Q", empty (older nodes ignore kinds they do not know)
 
 Calls are numbered by the caller; answers come back in any order, matched by number.
 Each side has one task that reads and one that writes; frames queued while a write is
@@ -21,6 +23,15 @@ Hypercorn, say) gets its calls as HTTP requests instead (:mod:`towtruck.peers`).
 
 A lane that breaks fails the calls waiting on it with :class:`CallInterrupted` (they
 were sent, so they may have run); the next call opens a new one.
+
+A peer can fail without breaking the lane: it may accept the connection and never
+answer the upgrade, or answer heartbeats and swallow calls. So opening a lane has a
+deadline of its own (and the failure detector can cut it short:
+:meth:`Lanes.interrupt`), and a lane with calls waiting that has received nothing
+for a while is probed; one that answers neither calls nor the probe is *stalled*
+(:meth:`Lanes.stalled`), which the router treats like missed heartbeats. A turn that
+runs long is not a stall: the probe's reply comes from the peer's reader, whatever its
+actors are doing.
 """
 
 from __future__ import annotations
@@ -57,6 +68,8 @@ _HEAD: Final = struct.Struct(">IQc")  # length, number, kind
 _STATUS: Final = struct.Struct(">H")
 _CALL: Final = b"C"
 _ANSWER: Final = b"A"
+_PROBE: Final = b"P"
+_PROBED: Final = b"Q"
 _READ_SIZE: Final = 256 * 1024
 #: Largest frame a lane carries; a call's envelope past it is refused with 413, and a
 #: peer announcing a larger one is cut off (its lane is closed).
@@ -159,6 +172,29 @@ class _Lane:
         self._writer = _Writer(stream)
         self._numbers = itertools.count()
         self._waiting: dict[int, Reply] = {}
+        #: When the last bytes came in from the peer, on trio's clock.
+        self.received_at = trio.current_time()
+        # When :meth:`stalled` first saw calls waiting (None: it saw none).
+        self._busy_seen: float | None = None
+
+    def stalled(self, after: float) -> bool:
+        """Whether calls have been waiting for ``after`` seconds with nothing received
+        from the peer (no answer, no reply to a probe). Probes the peer if it has been
+        quiet for half that. Seen from one call to the next (the heartbeat's), so a
+        stall shows within ``after`` plus the time between two calls. Not a checkpoint.
+        """
+        now = trio.current_time()
+        if not self._waiting:
+            self._busy_seen = None
+            return False
+        if self._busy_seen is None:
+            self._busy_seen = now
+        quiet = now - max(self.received_at, self._busy_seen)
+        if quiet > after:
+            return True
+        if quiet >= after / 2:
+            self._writer.send(_frame(0, _PROBE, b""))
+        return False
 
     async def call(self, envelope: bytes) -> bytes:
         """Send a call and wait for its answer (see :meth:`Lanes.call`)."""
@@ -187,6 +223,7 @@ class _Lane:
                     )
                     if not chunk:
                         break
+                    self.received_at = trio.current_time()
                     buffer += chunk
                 nursery.cancel_scope.cancel()
         except* (trio.BrokenResourceError, trio.ClosedResourceError, _BadFrame) as group:
@@ -204,8 +241,10 @@ class _Lane:
 
     def _dispatch(self, frames: list[tuple[int, bytes, bytes]]) -> None:
         for number, kind, body in frames:
+            if kind != _ANSWER:
+                continue  # a probe's reply (its arrival was the point), or unknown
             reply = self._waiting.pop(number, None)
-            if reply is None or kind != _ANSWER:
+            if reply is None:
                 continue  # its caller gave up
             if len(body) < 2:
                 reply.set(outcome.Error(InternalError(f"{self.peer} sent a broken answer")))
@@ -224,11 +263,13 @@ class _Lane:
 class Lanes:
     """This node's lanes to its peers, opened on first use. See :func:`open_lanes`."""
 
-    def __init__(self, nursery: trio.Nursery, headers: dict[str, str]) -> None:
+    def __init__(self, nursery: trio.Nursery, headers: dict[str, str], open_timeout: float) -> None:
         self._nursery = nursery
         self._headers = headers
+        self._open_timeout = open_timeout
         self._lanes: dict[str, _Lane] = {}
-        self._opening: dict[str, trio.Event] = {}
+        # Lanes being opened: set when done; cancelled to give up on the peer.
+        self._opening: dict[str, tuple[trio.Event, trio.CancelScope]] = {}
         #: Peers that refused a lane, and when: their calls go as HTTP requests for a
         #: while (a node served by stock Hypercorn, say), then they are asked again.
         self.refused: dict[str, float] = {}
@@ -238,8 +279,9 @@ class Lanes:
         JSON), or None if the peer takes no lanes. Bounded by the caller's scope.
 
         Raises:
-            PeerUnavailable: no connection could be made (``delivered=False``), or the
-                lane broke while the call waited.
+            PeerUnavailable: no connection could be made (``delivered=False``), the
+                peer did not open a lane within ``open_timeout`` or was given up on
+                meanwhile (:meth:`interrupt`), or the lane broke while the call waited.
             TowtruckError: the error the peer answered with.
         """
         lane = self._lanes.get(peer)
@@ -259,10 +301,21 @@ class Lanes:
             del self.refused[peer]
 
     def interrupt(self, peer: str) -> None:
-        """Close the lane to ``peer`` if there is one (the next call opens another)."""
+        """Close the lane to ``peer`` if there is one, or stop opening it (the next
+        call opens another). Its calls fail: see :meth:`call`."""
         lane = self._lanes.pop(peer, None)
         if lane is not None:
             lane._stream.socket.close()
+        opening = self._opening.get(peer)
+        if opening is not None:
+            opening[1].cancel()
+
+    def stalled(self, peer: str, after: float) -> bool:
+        """Whether the lane to ``peer`` has had calls waiting for ``after`` seconds
+        and received nothing meanwhile (see :meth:`_Lane.stalled`; it probes the peer
+        when quiet). Not a checkpoint."""
+        lane = self._lanes.get(peer)
+        return lane is not None and not lane.broken and lane.stalled(after)
 
     def _refuses(self, peer: str) -> bool:
         since = self.refused.get(peer)
@@ -272,27 +325,37 @@ class Lanes:
         return since is not None
 
     async def _open(self, peer: str) -> _Lane | None:
-        while (opening := self._opening.get(peer)) is not None:
-            await opening.wait()  # another call is opening it: use that lane
+        while (pending := self._opening.get(peer)) is not None:
+            await pending[0].wait()  # another call is opening it: use that lane
             lane = self._lanes.get(peer)
             if lane is not None and not lane.broken:
                 return lane
             if self._refuses(peer):
                 return None
-        opening = self._opening[peer] = trio.Event()
+        opening = (
+            trio.Event(),
+            trio.CancelScope(deadline=trio.current_time() + self._open_timeout),
+        )
+        self._opening[peer] = opening
         try:
             host, _, port = peer.rpartition(":")
-            try:
-                stream = await trio.open_tcp_stream(host.strip("[]"), int(port))
-            except OSError as exc:
-                raise PeerUnavailable(
-                    f"could not connect to {peer}: {exc}", peer=peer, delivered=False
-                ) from exc
-            try:
-                initial = await _upgrade(stream, peer, self._headers)
-            except BaseException:
-                stream.socket.close()
-                raise
+            initial: bytes | None = None
+            with opening[1]:
+                try:
+                    stream = await trio.open_tcp_stream(host.strip("[]"), int(port))
+                except OSError as exc:
+                    raise PeerUnavailable(
+                        f"could not connect to {peer}: {exc}", peer=peer, delivered=False
+                    ) from exc
+                try:
+                    initial = await _upgrade(stream, peer, self._headers)
+                except BaseException:
+                    stream.socket.close()
+                    raise
+            if opening[1].cancelled_caught:
+                given_up = trio.current_time() < opening[1].deadline
+                reason = "it stopped answering" if given_up else f"{self._open_timeout:g} s"
+                raise PeerUnavailable(f"{peer} opened no lane: {reason}", peer=peer)
             if initial is None:
                 self.refused[peer] = trio.current_time()
                 await stream.aclose()
@@ -301,7 +364,7 @@ class Lanes:
             self._nursery.start_soon(lane.run, initial)
             return lane
         finally:
-            opening.set()
+            opening[0].set()
             if self._opening.get(peer) is opening:
                 del self._opening[peer]
 
@@ -333,14 +396,17 @@ async def _upgrade(stream: trio.SocketStream, peer: str, headers: dict[str, str]
 
 
 @asynccontextmanager
-async def open_lanes(headers: dict[str, str] | None = None) -> AsyncIterator[Lanes]:
+async def open_lanes(
+    headers: dict[str, str] | None = None, *, open_timeout: float = 5.0
+) -> AsyncIterator[Lanes]:
     """Lanes to peers for the duration of the block; leaving it closes them all.
 
     Args:
         headers: Sent with every upgrade request (the cluster's credentials).
+        open_timeout: Longest a peer may take to accept a lane (connect and upgrade).
     """
     async with trio.open_nursery() as nursery:
-        yield Lanes(nursery, headers or {})
+        yield Lanes(nursery, headers or {}, open_timeout)
         nursery.cancel_scope.cancel()
 
 
@@ -400,6 +466,8 @@ async def serve_lane(
                         trio.lowlevel.reschedule(spare.pop(), outcome.Value((number, body)))
                     else:
                         nursery.start_soon(take_calls, number, body)
+                elif kind == _PROBE:
+                    writer.send(_frame(number, _PROBED, b""))
             chunk = await sockets.receive(stream, _READ_SIZE, drained=len(chunk) < _READ_SIZE)
             if not chunk:
                 nursery.cancel_scope.cancel()  # the caller closed the lane

@@ -64,6 +64,11 @@ class HttpPeers:
         if self._lanes is not None:
             self._lanes.interrupt(peer)
 
+    def stalled(self, peer: str, after: float) -> bool:
+        """Whether calls on the lane to ``peer`` have had no answer, nor the peer any
+        sign of life on it, for ``after`` seconds (it probes the peer meanwhile)."""
+        return self._lanes is not None and self._lanes.stalled(peer, after)
+
     async def aclose(self) -> None:
         """Close every connection."""
         await self._calls.aclose()
@@ -160,7 +165,10 @@ async def open_router(runtime: Runtime, me: str, cluster_key: str | None) -> Asy
     Every request to a peer carries ``cluster_key`` (if set). Closes every connection
     to peers on the way out."""
     headers = key_headers(cluster_key)
-    async with open_lanes(headers) as lanes:
+    settings = runtime.settings
+    # A peer slower than the failure detector to accept a lane is as good as down.
+    open_timeout = settings.heartbeat_interval * settings.heartbeat_misses
+    async with open_lanes(headers, open_timeout=open_timeout) as lanes:
         peers = HttpPeers(lanes, headers)
         try:
             yield Router(runtime, me, peers)

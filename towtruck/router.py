@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from functools import partial
 from typing import Any, Final
 
 import trio
@@ -88,6 +89,8 @@ class Router:
         self._catalog = runtime.catalog
         self._peers = peers
         self._heartbeat_interval = settings.heartbeat_interval
+        # A lane with calls waiting and nothing from the peer for this long is stalled.
+        self._stall_after = settings.heartbeat_interval * settings.heartbeat_misses
         self._bloom_interval = settings.bloom_interval
         self._settled = trio.Event()  # set once the view is settled: see the module doc
         self._settle_due = trio.Event()
@@ -345,33 +348,49 @@ class Router:
             last = started
             async with trio.open_nursery() as nursery:
                 for peer in self.membership.peers():
-                    nursery.start_soon(self._heartbeat, peer, self._heartbeat_interval)
+                    nursery.start_soon(
+                        partial(self._heartbeat, peer, self._heartbeat_interval, watch=True)
+                    )
             expired = self.membership.expire(after=self._forget_after)
             if expired:
                 logger.info("forgot %s: gone too long", ", ".join(expired))
                 self._peers.prune(set(self.membership.peers(MemberState.ALIVE, MemberState.DOWN)))
             await trio.sleep_until(started + self._heartbeat_interval)
 
-    async def _heartbeat(self, peer: str, seconds: float) -> None:
-        """Exchange views with ``peer``; no answer within ``seconds`` is a miss."""
+    async def _heartbeat(self, peer: str, seconds: float, *, watch: bool = False) -> None:
+        """Exchange views with ``peer``; no answer within ``seconds`` is a miss.
+        ``watch``: also check that the peer answers the calls sent to it."""
         try:
             with trio.fail_after(seconds):
                 reply = await self._peers.post(peer, "/cluster/heartbeat", self._hello())
         except (TowtruckError, trio.TooSlowError):
             if self.membership.missed(peer):
-                logger.warning(
-                    "%s missed %d heartbeats: out of placement",
+                self._taken_out(peer, f"missed {self.membership.misses_allowed} heartbeats")
+            return
+        if watch and self._peers.stalled(peer, self._stall_after):
+            # It answers heartbeats, but neither the calls on its lane nor a probe
+            # there: calls sent to it would wait for their deadlines. As good as down.
+            self._answered(peer, reply, alive=False)
+            if self.membership.missed(peer, certain=True):
+                self._taken_out(
                     peer,
-                    self.membership.misses_allowed,
+                    f"answers heartbeats but nothing on its lane, calls waiting,"
+                    f" for {self._stall_after:g} s",
                 )
-                # Calls on their way to it (a hung process, a lost host) would wait for
-                # their deadlines: they fail now, as interrupted (they may have run).
+            else:
                 self._peers.interrupt(peer)
-                self._bloom_due.set()
             return
         self._answered(peer, reply)
 
-    def _answered(self, peer: str, reply: Any) -> str:
+    def _taken_out(self, peer: str, why: str) -> None:
+        """``peer`` has just left placement for not answering."""
+        logger.warning("%s %s: out of placement", peer, why)
+        # Calls on their way to it (a hung process, a lost host) would wait for their
+        # deadlines: they fail now, as interrupted (they may have run).
+        self._peers.interrupt(peer)
+        self._bloom_due.set()
+
+    def _answered(self, peer: str, reply: Any, *, alive: bool = True) -> str:
         """Take in a peer's answer to a heartbeat; returns the name it goes by. An
         address that turns out to be an alias (``localhost:8080`` for
         ``127.0.0.1:8080``) is taken out: one node must have one name, or placement
@@ -381,7 +400,7 @@ class Router:
             self.membership.remove(peer)  # a tombstone, so that no peer gossips it back
         if self.membership.merge(_records(reply)):
             self._settle_soon()
-        if self.membership.heard_from(name):
+        if alive and self.membership.heard_from(name):
             logger.info("%s answers: in placement", name)
             self._bloom_due.set()
         return name
