@@ -44,6 +44,7 @@ def test_public_api() -> None:
         "Overloaded",
         "PayloadTooLarge",
         "PeerUnavailable",
+        "ResultTooLarge",
         "RouteNotFound",
         "Runtime",
         "RuntimeStatistics",

@@ -303,3 +303,45 @@ async def test_a_long_turn_on_a_peer_is_not_taken_for_a_stalled_lane() -> None:
             assert first.router.membership.placement() == tuple(
                 sorted(str(n.address) for n in c.nodes)
             )
+
+
+def create_sizable(id: str, client: towtruck.Client) -> dict[str, Any]:
+    async def sized(size: int) -> str:
+        return "x" * size
+
+    async def sleep(seconds: float) -> str:
+        await trio.sleep(seconds)
+        return "slept"
+
+    return {"sized": sized, "sleep": sleep}
+
+
+async def test_an_answer_too_large_to_send_fails_that_call_alone_wherever_it_runs(
+    http: httpx.AsyncClient,
+) -> None:
+    too_large = towtruck.runtime.MAX_ANSWER + 1_000_000
+    with trio.fail_after(TEST_SECONDS):
+        async with towtruck.cluster(create_sizable, size=2, **FAST) as c:
+            first, second = c.nodes
+            big, slow = owned_by(second, c.nodes, 2, "sizable")
+            for node in (second, first):  # where it runs, then through a lane
+                response = await http.post(f"{node.url}/invoke/{big}/sized", json=too_large)
+                assert response.status_code == 500, response.text[:200]
+                error = response.json()["error"]
+                assert error["type"] == "ResultTooLarge"
+                assert error["limit"] == towtruck.runtime.MAX_ANSWER
+            lanes = first.router.directory._peers._lanes  # type: ignore[attr-defined]
+            lane = lanes._lanes[str(second.address)]
+            async with trio.open_nursery() as nursery:
+                slept: list[str] = []
+
+                async def sleep() -> None:
+                    slept.append(await first.client.invoke(slow, "sleep", 0.5))
+
+                nursery.start_soon(sleep)
+                with pytest.raises(towtruck.ResultTooLarge):
+                    await first.client.invoke(big, "sized", too_large)
+            assert slept == ["slept"], "the call sharing the lane was answered"
+            assert lanes._lanes[str(second.address)] is lane
+            assert not lane.broken
+            assert await first.client.invoke(big, "sized", 3) == "xxx"

@@ -37,6 +37,7 @@ from .errors import NotFound as NotFound
 from .errors import Overloaded as Overloaded
 from .errors import PayloadTooLarge as PayloadTooLarge
 from .errors import PeerUnavailable as PeerUnavailable
+from .errors import ResultTooLarge as ResultTooLarge
 from .errors import RouteNotFound as RouteNotFound
 from .errors import SettingsError as SettingsError
 from .errors import TowtruckError as TowtruckError
@@ -84,6 +85,7 @@ __all__ = [
     "Overloaded",
     "PayloadTooLarge",
     "PeerUnavailable",
+    "ResultTooLarge",
     "RouteNotFound",
     "Runtime",
     "RuntimeStatistics",

@@ -18,6 +18,7 @@ The whole tree::
     ├── MethodNotAllowed          405: the route exists, but not for that HTTP verb
     ├── PayloadTooLarge           413: the body is larger than ``max_body``
     ├── ActorError                500: the actor's own code raised
+    │   └── ResultTooLarge        the method's answer is too large to send (over 64 MiB)
     ├── InternalError             500: towtruck itself failed (a bug: please report it)
     ├── CallInterrupted           502: cut off under way: it may or may not have run
     ├── Unavailable               503: the call was refused; trying again later may work
@@ -61,6 +62,7 @@ __all__ = [
     "Overloaded",
     "PayloadTooLarge",
     "PeerUnavailable",
+    "ResultTooLarge",
     "RouteNotFound",
     "SettingsError",
     "TowtruckError",
@@ -171,6 +173,12 @@ class ActorError(TowtruckError):
         return str(self.details.get("exception", ""))
 
 
+class ResultTooLarge(ActorError):
+    """The method ran, but its answer is larger than any call may carry (64 MiB, the
+    most a lane between nodes takes), so it is not sent: the same wherever the actor
+    lives. ``details`` give the ``size`` and the ``limit``, in bytes."""
+
+
 class InternalError(TowtruckError):
     """towtruck itself failed; this is a bug, please report it."""
 
@@ -232,6 +240,7 @@ STATUS: dict[type[TowtruckError], int] = {
     MethodNotAllowed: 405,
     PayloadTooLarge: 413,
     ActorError: 500,
+    ResultTooLarge: 500,
     InternalError: 500,
     CallInterrupted: 502,
     Unavailable: 503,

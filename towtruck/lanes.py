@@ -54,8 +54,10 @@ from .errors import (
     InvalidJSON,
     PayloadTooLarge,
     PeerUnavailable,
+    ResultTooLarge,
     from_payload,
 )
+from .runtime import MAX_ANSWER
 
 __all__ = ["LANE_PATH", "UPGRADE", "Lanes", "open_lanes", "serve_lane"]
 
@@ -71,13 +73,19 @@ _ANSWER: Final = b"A"
 _PROBE: Final = b"P"
 _PROBED: Final = b"Q"
 _READ_SIZE: Final = 256 * 1024
-#: Largest frame a lane carries; a call's envelope past it is refused with 413, and a
-#: peer announcing a larger one is cut off (its lane is closed).
-MAX_FRAME: Final = 64 * 1024 * 1024
+#: Largest frame body a lane carries: an answer of ``MAX_ANSWER`` and its status. A
+#: call's envelope past it is refused with 413, an answer past it is answered as an
+#: error instead, and a peer announcing a larger frame is cut off (its lane closed).
+MAX_FRAME: Final = MAX_ANSWER + _STATUS.size
 #: How long a peer that refused a lane gets its calls over HTTP before it is asked again.
 _REFUSAL_SECONDS: Final = 60.0
 #: Tasks a lane keeps waiting for calls once they have answered one.
 _SPARE_TASKS: Final = 64
+
+
+def _too_large(size: int) -> tuple[int, bytes]:
+    error = ResultTooLarge(f"an answer of {size} bytes is over {MAX_ANSWER}", size=size)
+    return error.status, codec.error_body(error)
 
 
 def _frame(number: int, kind: bytes, body: bytes) -> bytes:
@@ -443,6 +451,8 @@ async def serve_lane(
         while True:
             try:
                 status, body = await answer(envelope)
+                if len(body) + _STATUS.size > MAX_FRAME:  # the runtime refuses them first
+                    status, body = _too_large(len(body))
                 frame = _frame(number, _ANSWER, _STATUS.pack(status) + body)
                 writer.send(frame, alone=running == 1)
             finally:

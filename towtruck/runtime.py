@@ -15,19 +15,23 @@ import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import trio
 
 from .calls import CallContext
 from .catalog import Catalog, CatalogStatistics, Factory
 from .client import Client
-from .errors import NodeStopping, Overloaded, TowtruckError
-from .settings import Settings
+from .errors import NodeStopping, Overloaded, ResultTooLarge, TowtruckError
+from .settings import MIB, Settings
 
-__all__ = ["Router", "Runtime", "RuntimeStatistics", "open_runtime"]
+__all__ = ["MAX_ANSWER", "Router", "Runtime", "RuntimeStatistics", "open_runtime"]
 
 logger = logging.getLogger("towtruck")
+
+#: Largest answer a call may have (its result as JSON), wherever its actor lives: the
+#: most a lane between nodes carries in one frame. Past it, :class:`ResultTooLarge`.
+MAX_ANSWER: Final = 64 * MIB
 
 
 class Router(Protocol):
@@ -249,8 +253,20 @@ class Runtime:
         self.in_flight += 1
         try:
             if existing:
-                return await self.catalog.invoke(actor_id, method, data, context, create=False)
-            return await self.router.invoke(actor_id, method, data, context)
+                answer = await self.catalog.invoke(actor_id, method, data, context, create=False)
+            else:
+                answer = await self.router.invoke(actor_id, method, data, context)
+            if len(answer) > MAX_ANSWER:
+                raise ResultTooLarge(
+                    f"{method[:100]!r} on actor {actor_id!r} answered {len(answer)} bytes:"
+                    f" over the {MAX_ANSWER} a call may carry; return less (a page of it,"
+                    " say) or keep large data outside the actor",
+                    actor=actor_id,
+                    method=method[:100],
+                    size=len(answer),
+                    limit=MAX_ANSWER,
+                )
+            return answer
         except TowtruckError:
             self.failed += 1
             raise
