@@ -8,7 +8,6 @@ real node joins it like any other peer, so tests can see what a broken peer does
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -57,7 +56,8 @@ class FakePeer:
         self.calls: list[bytes] = []
         self.lanes_opened = 0
         self.born = 1_000_000_000
-        self._versions = itertools.count(self.born)
+        #: The highest membership version seen in the heartbeats it was sent.
+        self.newest = 0
 
     def record(self, *, joined: bool = True, version: int | None = None) -> dict[str, Any]:
         """Its own membership record."""
@@ -107,6 +107,9 @@ class FakePeer:
     def _respond(self, verb: str, path: str, body: bytes) -> bytes:
         if path == "/cluster/heartbeat":
             self.heartbeats += 1
+            hello = codec.loads(body)
+            for record in hello.get("members", []) if isinstance(hello, dict) else []:
+                self.newest = max(self.newest, record.get("version", 0))
             status, payload = 200, {"from": self.address, "members": self.records(self)}
         elif path.startswith("/query/"):
             status, payload = 200, {"exists": False}

@@ -14,6 +14,7 @@ import towtruck
 from examples import chain
 from tests import actors
 from tests.actors import create_counter
+from tests.fake_peer import FakePeer
 from towtruck import placement
 from towtruck.bloom import BloomFilter
 from towtruck.membership import MemberState
@@ -518,3 +519,99 @@ async def test_an_error_a_peer_relays_about_another_never_takes_the_relay_out() 
             for actor_id in ids:
                 assert await a.client.invoke(actor_id, "increment") == 1
                 assert c.holders(actor_id) == [relay]
+
+
+async def test_a_node_removed_then_added_back_keeps_one_activation_of_each_actor(
+    http: httpx.AsyncClient,
+) -> None:
+    with trio.fail_after(TEST_SECONDS):
+        async with towtruck.cluster(create_counter, size=3, **FAST) as c:
+            a, b, gone = c.nodes
+            assert (await http.get(f"{a.url}/removeserver/{gone.address}")).status_code == 200
+
+            async def apart() -> bool:
+                return await servers(http, gone) == [] and await servers(http, b) == [
+                    str(a.address)
+                ]
+
+            await wait_until(apart)
+            # Apart, each side activates the same ids: the removed node serves alone.
+            ids = [f"back{i}" for i in range(40)]
+            for actor_id in ids:
+                for node in (a, gone):
+                    response = await http.post(f"{node.url}/invoke/{actor_id}/increment")
+                    assert response.json() == 1, response.text
+            assert all(len(c.holders(actor_id)) == 2 for actor_id in ids)
+            assert (await http.get(f"{a.url}/addserver/{gone.address}")).status_code == 200
+
+            async def one_each() -> bool:
+                return all(len(c.holders(actor_id)) == 1 for actor_id in ids)
+
+            with trio.fail_after(5):
+                await wait_until(one_each)
+            for n, actor_id in enumerate(ids):
+                node = c.nodes[n % 3]
+                response = await http.post(f"{node.url}/invoke/{actor_id}/increment")
+                assert response.json() == 2, (actor_id, response.text)
+                assert len(c.holders(actor_id)) == 1
+
+
+async def test_a_peer_announcing_itself_anew_on_every_heartbeat_holds_up_nothing(
+    http: httpx.AsyncClient,
+) -> None:
+    """It answers every heartbeat with its own record at a version newer than any it
+    was sent: nodes must neither settle for ever nor let it undo its removal."""
+    fake = FakePeer(records=lambda peer: [peer.record(version=peer.newest + 1)])
+    with trio.fail_after(TEST_SECONDS):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fake.serve)
+            async with towtruck.open_node(create_counter, call_timeout=5, **FAST) as node:
+                response = await http.get(f"{node.url}/addserver/{fake.address}")
+                assert response.status_code == 200, response.text
+                heartbeats = fake.heartbeats
+                mine = [
+                    i
+                    for i in (f"new{n}" for n in range(100))
+                    if node.router.membership.owner(i) == node.router.me
+                ]
+                for actor_id in mine[:20]:  # each is a new activation
+                    response = await http.post(f"{node.url}/invoke/{actor_id}/increment")
+                    assert response.status_code == 200, response.text
+
+                async def heartbeats_went_on() -> bool:
+                    return fake.heartbeats >= heartbeats + 3
+
+                await wait_until(heartbeats_went_on)
+                assert node.router._settled.is_set()
+                response = await http.get(f"{node.url}/removeserver/{fake.address}")
+                assert response.status_code == 200, response.text
+                assert await servers(http, node) == []
+                assert node.router.membership.state(fake.address) is MemberState.REMOVED
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_node_whose_key_every_peer_refuses_does_not_start_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with trio.fail_after(TEST_SECONDS):
+        async with towtruck.open_node(
+            create_counter, cluster_key="the cluster's own key", **FAST
+        ) as keyed:
+            for key in (None, "another key, as long"):
+                with pytest.RaisesGroup(
+                    pytest.RaisesExc(towtruck.SettingsError, match="--cluster-key: every peer"),
+                    flatten_subgroups=True,
+                ):
+                    async with towtruck.open_node(
+                        create_counter, cluster_key=key, peers=[str(keyed.address)], **FAST
+                    ):
+                        pytest.fail("it serves as a cluster of its own")
+            assert await servers_of(keyed) == []
+    logged = caplog.text
+    assert f"{keyed.address} refused this node's cluster key (401 Unauthorized" in logged
+    assert f"{keyed.address} refused this node's cluster key (403 Forbidden" in logged
+    assert "refused a request for the cluster from 127.0.0.1 (/cluster/heartbeat)" in logged
+
+
+async def servers_of(node: towtruck.Node) -> list[str]:
+    return node.router.membership.peers()

@@ -83,10 +83,24 @@ async def test_serve_processes_form_a_cluster_and_survive_kill_9(http: httpx.Asy
                 assert process.returncode == 0
 
 
-async def test_a_hung_node_fails_its_calls_at_failure_detection_and_comes_back_alone() -> None:
+@pytest.mark.parametrize(
+    ("flags", "stall"),
+    [
+        # The stall made long enough for the node to notice it itself when it wakes
+        # (more than heartbeat_interval x (heartbeat_misses + 2)).
+        ([], 1.5),
+        # A stall shorter than that (3 s x 3), yet long enough for its peer to take it
+        # for down (3 s x 1) and activate its actor afresh: only the peer knows.
+        (["--heartbeat-interval", "3", "--heartbeat-misses", "1"], 0.0),
+    ],
+    ids=["noticed-by-the-node", "noticed-by-its-peer-only"],
+)
+async def test_a_hung_node_fails_its_calls_at_failure_detection_and_comes_back_alone(
+    flags: list[str], stall: float
+) -> None:
     # SIGSTOP: the process holds its sockets open and answers nothing, like a hung
     # process or a host lost from the network (a killed one refuses at once instead).
-    serve = [*towtruck_command(), "serve", "tests.actors:create_counter", *FAST]
+    serve = [*towtruck_command(), "serve", "tests.actors:create_counter", *FAST, *flags]
     with trio.fail_after(PROCESS_SECONDS * 2):
         async with AsyncExitStack() as stack, httpx.AsyncClient(timeout=60) as http:
             first, match, _ = await stack.enter_async_context(running(serve, ready=SERVING))
@@ -116,7 +130,7 @@ async def test_a_hung_node_fails_its_calls_at_failure_detection_and_comes_back_a
             second.send_signal(signal.SIGSTOP)
             stopped_at = trio.current_time()
             try:
-                # The call timeout is 30 s; failure detection takes 3 x 0.2 s.
+                # The call timeout is 30 s; failure detection takes 3 x 0.2 s (3 x 1).
                 with trio.fail_after(10):
                     response = await http.post(f"{url}/invoke/{actor_id}/increment")
                 assert response.status_code == 502, response.text
@@ -130,9 +144,7 @@ async def test_a_hung_node_fails_its_calls_at_failure_detection_and_comes_back_a
                 with trio.fail_after(10):
                     await wait_until(placed_afresh)
                 count = (await http.get(f"{url}/invoke/{actor_id}/get")).json()
-                # The stall itself, made long enough for the node to notice it (more
-                # than heartbeat_interval x (heartbeat_misses + 2)) when it wakes up.
-                await trio.sleep_until(stopped_at + 1.5)
+                await trio.sleep_until(stopped_at + stall)  # the stall itself
             finally:
                 second.send_signal(signal.SIGCONT)
             with trio.fail_after(10):

@@ -68,3 +68,48 @@ def test_records_that_could_break_a_node_are_skipped() -> None:
         ]
     )
     assert membership.peers() == []
+
+
+def test_a_batch_that_removes_this_node_removes_it_in_any_order() -> None:
+    a, bs = make("a:1"), [make("b:1"), make("b:1")]
+    a.add("b:1")
+    a.add("c:1")
+    for b in bs:
+        b.merge(a.records())
+    a.remove("b:1")
+    records = a.records()
+    for removed, batch in zip(bs, (records, records[::-1]), strict=True):
+        assert removed.peers() == ["a:1", "c:1"]
+        assert removed.merge(batch)
+        assert removed.peers() == [], "it serves on its own, whatever came first"
+        assert removed.placement() == ("b:1",)
+
+
+def test_a_node_cannot_announce_itself_back_once_removed_unless_restarted() -> None:
+    a, b = make("a:1"), make("b:1")
+    a.merge(b.records())
+    a.remove("b:1")
+    removal = a.records()
+    b.merge(removal)
+    (own,) = (r for r in b.records() if r["address"] == "b:1")
+    again = {**own, "joined": True, "version": own["version"] + 10, "by": "b:1"}
+    assert not a.merge([again]), "its own word cannot undo its removal"
+    assert a.state("b:1") is MemberState.REMOVED
+    restarted = make("b:1")  # a new process: a later born
+    assert a.merge(restarted.records())
+    assert a.state("b:1") is MemberState.ALIVE
+    a.remove("b:1")
+    a.add("b:1")  # another node's decision brings it back too
+    assert a.state("b:1") is MemberState.ALIVE
+
+
+def test_a_version_moved_on_alone_changes_no_placement() -> None:
+    a, b = make("a:1"), make("b:1")
+    assert a.merge(b.records())
+    (own,) = (r for r in b.records() if r["address"] == "b:1")
+    for bump in range(1, 4):
+        assert not a.merge([{**own, "version": own["version"] + bump}])
+    assert a.placement() == ("a:1", "b:1")
+    assert {"address": "b:1", "version": own["version"] + 3}.items() <= next(
+        r for r in a.records() if r["address"] == "b:1"
+    ).items(), "the newest version is kept, to gossip on"

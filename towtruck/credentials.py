@@ -4,26 +4,43 @@ When ``cluster_key`` is set, every request a node makes to a peer carries it in 
 ``towtruck-cluster-key`` header, and the routes that read or change the cluster
 (``/addserver``, ``/removeserver``, ``/getbloom``, ``/updateblooms``, ``/rungc``, and the
 node-to-node routes under ``/cluster/``) answer only requests that carry it: 401
-without it, 403 with a wrong one. The key is compared in constant time.
+without it, 403 with a wrong one. The key is compared in constant time. A refusal is
+logged (at most every ``_COMPLAINT_SECONDS`` for each status), since it is most often
+a node whose cluster key does not match this one's, which cannot join.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
+import math
 from collections.abc import Iterable
 from typing import Final
 
-from .errors import Forbidden, Unauthorized
+import trio
+
+from .errors import Forbidden, TowtruckError, Unauthorized
 
 __all__ = ["CLUSTER_KEY_HEADER", "check_cluster_key", "key_headers"]
 
 #: The header that carries the cluster key between nodes.
 CLUSTER_KEY_HEADER: Final = "towtruck-cluster-key"
 _HEADER: Final = CLUSTER_KEY_HEADER.encode()
+_COMPLAINT_SECONDS: Final = 10.0
+
+logger = logging.getLogger("towtruck.cluster")
+# When each kind of refusal (by status) was last logged, and how many since (per trio
+# run: the clock is the run's).
+_complained: trio.lowlevel.RunVar[dict[int, tuple[float, int]]] = trio.lowlevel.RunVar(
+    "towtruck.credentials.complained"
+)
 
 
-def check_cluster_key(expected: str | None, headers: Iterable[tuple[bytes, bytes]]) -> None:
-    """Refuse a request that lacks the cluster key, if one is set.
+def check_cluster_key(
+    expected: str | None, headers: Iterable[tuple[bytes, bytes]], *, source: str = ""
+) -> None:
+    """Refuse a request that lacks the cluster key, if one is set. ``source``: who sent
+    it, for the log line a refusal makes.
 
     Raises:
         Unauthorized: no key in the request.
@@ -35,11 +52,38 @@ def check_cluster_key(expected: str | None, headers: Iterable[tuple[bytes, bytes
         if bytes(name).lower() == _HEADER:
             if hmac.compare_digest(bytes(value), expected.encode()):
                 return
-            raise Forbidden("wrong cluster key")
-    raise Unauthorized(
-        "this route is for the nodes of the cluster: send the cluster key in the"
-        f" {CLUSTER_KEY_HEADER} header"
+            raise _refused(Forbidden("wrong cluster key"), source)
+    raise _refused(
+        Unauthorized(
+            "this route is for the nodes of the cluster: send the cluster key in the"
+            f" {CLUSTER_KEY_HEADER} header"
+        ),
+        source,
     )
+
+
+def _refused(error: TowtruckError, source: str) -> TowtruckError:
+    """Log a refusal (not too often) and return the error to raise."""
+    now = trio.current_time()
+    try:
+        complained = _complained.get()
+    except LookupError:
+        complained = {}
+        _complained.set(complained)
+    last, since = complained.get(error.status, (-math.inf, 0))
+    if now - last < _COMPLAINT_SECONDS:
+        complained[error.status] = (last, since + 1)
+        return error
+    complained[error.status] = (now, 0)
+    logger.error(
+        "refused a request for the cluster%s (%d %s%s): a node whose cluster key does"
+        " not match this node's cannot join it; give every node the same --cluster-key",
+        f" from {source}" if source else "",
+        error.status,
+        error.message,
+        f"; {since} more since the last such line" if since else "",
+    )
+    return error
 
 
 def key_headers(key: str | None) -> dict[str, str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, Final, Protocol
 from urllib.parse import quote
 
@@ -218,14 +219,19 @@ class Directory:
             self._remember(actor_id, holder)
         return holder
 
-    async def duplicates(self) -> list[str]:
+    async def duplicates(self, *, yield_to: Callable[[str, str], bool] | None = None) -> list[str]:
         """The ids active here that a peer holds too, by its answer to ``/query``
-        (asked only where its filter holds the id). A checkpoint."""
+        (asked only where its filter holds the id). A checkpoint.
+
+        Args:
+            yield_to: ``yield_to(actor_id, peer)``: count a copy on ``peer`` only if
+                this is true (only those peers are asked); every copy if None.
+        """
         candidates = [
             (actor_id, peer)
             for actor_id in self._catalog.ids()
             for peer, bloom in self.filters.items()
-            if actor_id in bloom
+            if actor_id in bloom and (yield_to is None or yield_to(actor_id, peer))
         ]
         found: list[str] = []
         limiter = trio.CapacityLimiter(_QUERIES_AT_ONCE)

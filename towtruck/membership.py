@@ -3,15 +3,24 @@
 Two kinds of knowledge, kept apart:
 
 - **Decisions** (a node joined, a node was removed) are spread to every node. Each is a
-  ``(address, joined, version)`` record; the highest version wins, so the records can
-  arrive in any order, any number of times (gossip with last-writer-wins). A removal
-  stays as a tombstone, so stale gossip cannot bring the node back; adding it again
-  makes a newer record. Versions are wall-clock nanoseconds bumped past every version
-  seen (a Lamport clock), so a later decision wins even across clocks that drift a
-  little.
+  ``(address, joined, version, born, by)`` record; the highest version wins, so the
+  records can arrive in any order, any number of times (gossip with last-writer-wins).
+  A removal stays as a tombstone, so stale gossip cannot bring the node back; adding it
+  again makes a newer record. Versions are wall-clock nanoseconds bumped past every
+  version seen (a Lamport clock), so a later decision wins even across clocks that
+  drift a little. ``born`` is when the node started (its incarnation) and ``by`` who
+  made the decision: a node cannot undo its own removal by announcing itself again
+  (only another node's decision, or a restart, which is a newer ``born``), so a
+  ``/removeserver`` sticks whatever the removed node says. Only a change of who is in
+  (a join, a removal) is a change of placement; a record that only moves a version on
+  is kept, and changes nothing else.
 - **Liveness** (answering heartbeats or not) is each node's own observation, never
   spread: a peer that misses ``heartbeat_misses`` heartbeats in a row is *down* and
   leaves this node's placement; it is back when it answers again.
+
+How a batch of records is taken in does not depend on their order: a batch that removes
+this node removes it, whatever else it holds (the node then serves on its own until it
+is added again).
 
 Placement uses this node plus its joined peers that are alive. This module only keeps
 state; the heartbeats and the messages that spread decisions live in
@@ -23,7 +32,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import placement
 from .address import Address
@@ -47,13 +56,31 @@ class MemberState(enum.Enum):
 class Member:
     """One node this node knows of."""
 
-    __slots__ = ("address", "decided_at", "down_since", "joined", "misses", "version")
+    __slots__ = (
+        "address",
+        "born",
+        "by",
+        "decided_at",
+        "down_since",
+        "downs",
+        "joined",
+        "misses",
+        "version",
+    )
 
-    def __init__(self, address: str, *, joined: bool, version: int) -> None:
+    def __init__(
+        self, address: str, *, joined: bool, version: int, born: int = 0, by: str = ""
+    ) -> None:
         self.address = address
         self.joined = joined
         self.version = version
+        #: When the node started (its incarnation), as far as this node knows; 0 if not.
+        self.born = born
+        #: Who made the decision in force: the node itself, another, or "" (unknown).
+        self.by = by
         self.misses = 0
+        #: How many times this node has taken it out of placement for not answering.
+        self.downs = 0
         #: When it went down (``time.monotonic()``), while it is down.
         self.down_since: float | None = None
         #: When this node learned the decision (``time.monotonic()``).
@@ -61,7 +88,38 @@ class Member:
 
     def record(self) -> dict[str, Any]:
         """The decision about this member, as it is gossiped."""
-        return {"address": self.address, "joined": self.joined, "version": self.version}
+        return {
+            "address": self.address,
+            "joined": self.joined,
+            "version": self.version,
+            "born": self.born,
+            "by": self.by,
+        }
+
+
+class _Record(NamedTuple):
+    """A gossiped decision, checked."""
+
+    address: str
+    joined: bool
+    version: int
+    born: int
+    by: str
+
+
+def _parse(record: Any) -> _Record | None:
+    """A record as a peer sent it, or None if it is malformed."""
+    try:
+        address = str(Address.parse(str(record["address"])))
+        joined, version = record["joined"], record["version"]
+        born, by = record.get("born", 0), record.get("by", "")
+    except (KeyError, TypeError, AttributeError, InvalidAddress):
+        return None
+    if not isinstance(joined, bool) or type(version) is not int or type(born) is not int:
+        return None
+    if not (0 <= version < MAX_VERSION and 0 <= born < MAX_VERSION):  # it has to fit JSON
+        return None
+    return _Record(address, joined, version, born, by if isinstance(by, str) else "")
 
 
 class Membership:
@@ -80,7 +138,10 @@ class Membership:
         #: Bumped on every change of decision (a join or a removal).
         self.decisions = 0
         self._clock = 0
-        self._members: dict[str, Member] = {me: Member(me, joined=True, version=self._tick())}
+        born = self._tick()
+        self._members: dict[str, Member] = {
+            me: Member(me, joined=True, version=born, born=born, by=me)
+        }
         self._placement: tuple[str, ...] = (me,)
 
     def state(self, address: str) -> MemberState | None:
@@ -114,52 +175,88 @@ class Membership:
         """Every decision this node knows, tombstones included, to gossip."""
         return [member.record() for member in self._members.values()]
 
-    def add(self, address: str) -> None:
-        """Decide that ``address`` is in the cluster (newer than any earlier decision)."""
+    def add(self, address: str, *, placed: bool = True) -> None:
+        """Decide that ``address`` is in the cluster (newer than any earlier decision).
+        ``placed=False``: keep it out of placement until it answers a heartbeat."""
         self._decide(address, joined=True)
+        if not placed:
+            member = self._members[address]
+            member.misses, member.down_since = self.misses_allowed, time.monotonic()
+            self._changed()
+
+    def downs(self, address: str) -> int:
+        """How many times this node has taken ``address`` out of placement for not
+        answering (0 if it never has, or does not know it)."""
+        member = self._members.get(address)
+        return 0 if member is None else member.downs
 
     def remove(self, address: str) -> None:
         """Decide that ``address`` is out of the cluster (a tombstone)."""
         self._decide(address, joined=False)
 
     def merge(self, records: Iterable[Any]) -> bool:
-        """Take in gossiped decisions; newer ones win. Returns whether anything changed.
+        """Take in gossiped decisions; newer ones win. Returns whether that changed who
+        is in the cluster (a join or a removal; a version moved on alone is kept quietly).
 
         Malformed records are skipped. A record saying this node was removed makes it
-        forget every peer: it serves on its own until someone adds it again.
+        forget every peer, and the rest of the batch: it serves on its own until
+        someone adds it again. A node's own announcement cannot undo its removal
+        unless it restarted since (see the module's docstring).
         """
-        changed = False
-        for record in records:
-            try:
-                address = str(Address.parse(str(record["address"])))
-                joined, version = record["joined"], record["version"]
-            except (KeyError, TypeError, InvalidAddress):
-                continue
-            if not isinstance(joined, bool) or type(version) is not int:
-                continue
-            if not 0 <= version < MAX_VERSION:  # it has to fit the JSON this node sends
-                continue
-            self._clock = max(self._clock, version)
-            member = self._members.get(address)
-            if member is not None and member.version >= version:
-                continue
-            if member is not None and address == self.me:
-                member.joined, member.version = joined, version
-                if not joined:  # removed: on its own, its own record saying so
-                    self._members = {self.me: member}
-                changed = True
+        batch = [record for record in map(_parse, records) if record is not None]
+        if not batch:
+            return False
+        before = self._joined()
+        self._clock = max(self._clock, *(record.version for record in batch))
+        # This node's own record first: if it was removed, nothing else here counts.
+        for record in sorted(batch, key=lambda r: r.address != self.me):
+            member = self._members.get(record.address)
+            if record.address == self.me:
+                assert member is not None
+                if record.version > member.version:
+                    member.joined, member.version, member.by = (
+                        record.joined,
+                        record.version,
+                        record.by,
+                    )
+                    if not record.joined:  # removed: on its own, its own record saying so
+                        self._members = {self.me: member}
+                        break
                 continue
             if member is None:
-                self._members[address] = Member(address, joined=joined, version=version)
-            else:
-                member.joined, member.version = joined, version
+                self._members[record.address] = Member(
+                    record.address,
+                    joined=record.joined,
+                    version=record.version,
+                    born=record.born,
+                    by=record.by,
+                )
+                continue
+            restarted = record.born > member.born
+            member.born = max(member.born, record.born)
+            if record.version <= member.version:
+                continue
+            if (
+                record.joined
+                and not member.joined
+                and record.by == record.address
+                and not restarted
+            ):
+                continue  # it announces itself back, removed: only another node may add it
+            flipped = record.joined != member.joined
+            member.joined, member.version, member.by = record.joined, record.version, record.by
+            if flipped:
                 member.misses, member.down_since = 0, None
                 member.decided_at = time.monotonic()
-            changed = True
-        if changed:
-            self.decisions += 1
-            self._changed()
-        return changed
+        after = self._joined()
+        if after == before:
+            return False
+        self.decisions += 1
+        self._changed()
+        return True
+
+    def _joined(self) -> frozenset[str]:
+        return frozenset(a for a, member in self._members.items() if member.joined)
 
     def heard_from(self, address: str) -> bool:
         """``address`` answered; returns whether that brought it back into placement."""
@@ -216,6 +313,7 @@ class Membership:
         member.misses = self.misses_allowed if certain else member.misses + 1
         if was_up and member.misses >= self.misses_allowed and member.joined:
             member.down_since = time.monotonic()
+            member.downs += 1
             self._changed()
             return True
         return False
@@ -224,10 +322,12 @@ class Membership:
         self.decisions += 1
         member = self._members.get(address)
         if member is None:
-            self._members[address] = Member(address, joined=joined, version=self._tick())
+            member = self._members[address] = Member(
+                address, joined=joined, version=self._tick(), by=self.me
+            )
         else:
-            member.joined, member.version, member.misses = joined, self._tick(), 0
-            member.down_since, member.decided_at = None, time.monotonic()
+            member.joined, member.version, member.by = joined, self._tick(), self.me
+            member.misses, member.down_since, member.decided_at = 0, None, time.monotonic()
         self._changed()
 
     def _tick(self) -> int:

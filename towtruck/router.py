@@ -28,14 +28,16 @@ answer heartbeats, the owner finds them through the last filter the node served.
 
 from __future__ import annotations
 
+import enum
 import logging
+import math
 from collections.abc import Iterable
 from functools import partial
 from typing import Any, Final
 
 import trio
 
-from . import codec
+from . import codec, placement
 from .activation import DeactivationReason
 from .address import Address
 from .calls import CallContext
@@ -48,6 +50,7 @@ from .errors import (
     NotActive,
     NotFound,
     PeerUnavailable,
+    SettingsError,
     TowtruckError,
     Unauthorized,
 )
@@ -62,6 +65,18 @@ logger = logging.getLogger("towtruck.cluster")
 MAX_HOPS: Final = 4
 #: Bound on each step of joining, leaving and spreading a membership change.
 PROTOCOL_TIMEOUT: Final = 5.0
+# Rounds of settling at most before a node goes on with the view it has.
+_SETTLE_ROUNDS: Final = 5
+# The same complaint about a peer's cluster key is logged at most this often.
+_KEY_COMPLAINT_SECONDS: Final = 10.0
+
+
+class _Duplicates(enum.Enum):
+    """Which activations a node gives up when it finds an actor active elsewhere too."""
+
+    NONE = "none"  #: no check is due
+    PLACEMENT = "placement"  #: nodes joined: the copy where placement prefers stays
+    ALL = "all"  #: it was taken for down: the copies activated meanwhile elsewhere stay
 
 
 class Router:
@@ -95,7 +110,14 @@ class Router:
         self._settled = trio.Event()  # set once the view is settled: see the module doc
         self._settle_due = trio.Event()
         self._bloom_due = trio.Event()
-        self._duplicates_due = False
+        self._duplicates_due = _Duplicates.NONE
+        # The joined peers as of the last settling (see _settle).
+        self._joined_seen: frozenset[str] = frozenset()
+        # Per peer: how many times it said it took this node for down, as last heard.
+        self._downs_heard: dict[str, int] = {}
+        # Peers whose last answer refused this node's cluster key, with the refusal.
+        self._key_refused: dict[str, str] = {}
+        self._key_complained: dict[str, float] = {}
         self._left = False
         self._settle_extra: set[str] = set()
         # A node down this long is forgotten (it rejoins like a new one), and so is
@@ -204,14 +226,24 @@ class Router:
 
         A peer that does not answer stays a member, out of placement until it answers
         a heartbeat. Calls that would activate an actor wait until this returns.
+
+        Raises:
+            SettingsError: every one of ``peers`` refused this node's cluster key: it
+                would otherwise serve as a cluster of its own, beside theirs.
         """
-        for peer in peers:
-            if peer != self.me:
-                self.membership.add(peer)
-                self.membership.missed(peer, certain=True)  # placed once it answers
+        seeds = [peer for peer in peers if peer != self.me]
+        for peer in seeds:
+            self.membership.add(peer, placed=False)  # placed once it answers
         await self._push(self.membership.peers())
+        if seeds and all(peer in self._key_refused for peer in seeds):
+            refusals = ", ".join(f"{peer} ({self._key_refused[peer]})" for peer in seeds)
+            raise SettingsError(
+                f"--cluster-key: every peer refused this node's cluster key: {refusals};"
+                " give every node of the cluster the same key"
+            )
         for peer in self.membership.peers(MemberState.DOWN):
-            logger.warning("could not join through %s yet; will keep trying", peer)
+            if peer not in self._key_refused:
+                logger.warning("could not join through %s yet; will keep trying", peer)
         await self._settle()
 
     async def add_peer(self, address: str) -> None:
@@ -226,7 +258,8 @@ class Router:
             raise InvalidAddress(f"{address} is this node's own address", address=address)
         try:
             with trio.fail_after(PROTOCOL_TIMEOUT):
-                reply = await self._peers.post(address, "/cluster/heartbeat", self._hello())
+                hello = self._hello(address)
+                reply = await self._peers.post(address, "/cluster/heartbeat", hello)
         except (TowtruckError, trio.TooSlowError) as exc:
             if isinstance(exc, (Unauthorized, Forbidden)):
                 raise  # it answered: with this node's cluster key, it refuses to join
@@ -267,11 +300,16 @@ class Router:
                 await self._push(peers)
         return bool(peers)
 
-    def handle_heartbeat(self, records: Any) -> dict[str, Any]:
+    def handle_heartbeat(self, hello: Any) -> dict[str, Any]:
         """A peer's heartbeat (or pushed change): take in its records, answer ours and
         the name this node goes by (so an alias of it is recognised as such)."""
-        if isinstance(records, list) and self.membership.merge(records):
+        records = _records(hello)
+        if records and self.membership.merge(records):
             self._settle_soon()
+        sender = hello.get("from") if isinstance(hello, dict) else None
+        if isinstance(sender, str) and self.membership.state(sender) is not None:
+            self._note_downs(sender, hello)
+            return self._hello(sender)
         return self._hello()
 
     async def refresh_filters(self) -> list[str]:
@@ -310,16 +348,31 @@ class Router:
     async def _settle(self, extra: list[str] | None = None) -> None:
         """Push this node's view to every live peer (and ``extra``) and wait for their
         acknowledgements, then fetch their filters fresh; again while decisions keep
-        changing meanwhile. Calls that would activate an actor wait for this."""
+        changing meanwhile, up to ``_SETTLE_ROUNDS`` rounds (a cluster whose members
+        keep changing must not hold up its activations for ever: the next change
+        settles again). Calls that would activate an actor wait for this."""
         if self._settled.is_set():
             self._settled = trio.Event()
-        while True:
+        for _ in range(_SETTLE_ROUNDS):
             decisions = self.membership.decisions
             await self._push(self.membership.peers(MemberState.ALIVE) + (extra or []))
             extra = None
             await self.directory.refresh(fresh=True)
             if self.membership.decisions == decisions:
                 break
+        else:
+            logger.warning(
+                "the cluster's members changed in each of %d rounds of settling: going on"
+                " with this view (%s)",
+                _SETTLE_ROUNDS,
+                ", ".join(self.membership.placement()),
+            )
+        joined = frozenset(self.membership.peers())
+        if joined - self._joined_seen:
+            # Nodes joined (this node added back, two clusters merged): while apart, an
+            # id may have been activated on both sides. One activation stays.
+            await self._give_up_duplicates(_Duplicates.PLACEMENT, among=joined - self._joined_seen)
+        self._joined_seen = joined
         self._settled.set()
 
     async def _push(self, peers: list[str]) -> None:
@@ -343,7 +396,7 @@ class Router:
                     " elsewhere meanwhile",
                     stalled,
                 )
-                self._duplicates_due = True
+                self._duplicates_due = _Duplicates.ALL
                 self._bloom_due.set()
             last = started
             async with trio.open_nursery() as nursery:
@@ -362,8 +415,10 @@ class Router:
         ``watch``: also check that the peer answers the calls sent to it."""
         try:
             with trio.fail_after(seconds):
-                reply = await self._peers.post(peer, "/cluster/heartbeat", self._hello())
-        except (TowtruckError, trio.TooSlowError):
+                reply = await self._peers.post(peer, "/cluster/heartbeat", self._hello(peer))
+        except (TowtruckError, trio.TooSlowError) as exc:
+            if isinstance(exc, (Unauthorized, Forbidden)):
+                self._refused_key(peer, exc)
             if self.membership.missed(peer):
                 self._taken_out(peer, f"missed {self.membership.misses_allowed} heartbeats")
             return
@@ -396,49 +451,110 @@ class Router:
         ``127.0.0.1:8080``) is taken out: one node must have one name, or placement
         would count it twice and send calls round in circles."""
         name = _name(peer, reply)
+        self._key_refused.pop(peer, None)
         if name != peer and self.membership.state(peer) in (MemberState.ALIVE, MemberState.DOWN):
             self.membership.remove(peer)  # a tombstone, so that no peer gossips it back
         if self.membership.merge(_records(reply)):
             self._settle_soon()
+        self._note_downs(name, reply)
         if alive and self.membership.heard_from(name):
             logger.info("%s answers: in placement", name)
             self._bloom_due.set()
         return name
+
+    def _note_downs(self, peer: str, hello: Any) -> None:
+        """Take in how many times ``peer`` says it took this node for down. A change
+        means it did so again (or forgot this node): meanwhile it may have activated
+        this node's actors afresh, whatever the reason (a stall here, a lost link)."""
+        downs = hello.get("downs") if isinstance(hello, dict) else None
+        if type(downs) is not int:
+            return
+        heard = self._downs_heard.get(peer)
+        self._downs_heard[peer] = downs
+        if downs != (heard or 0):
+            logger.warning(
+                "%s took this node for down meanwhile: looking for its actors activated elsewhere",
+                peer,
+            )
+            self._duplicates_due = _Duplicates.ALL
+            self._bloom_due.set()
+
+    def _refused_key(self, peer: str, exc: TowtruckError) -> None:
+        """``peer`` answered 401 or 403: the cluster keys differ. Say so, loudly and
+        again while it lasts (at most every ``_KEY_COMPLAINT_SECONDS`` per peer)."""
+        why = f"{exc.status} {type(exc).__name__}: {exc.message}"
+        self._key_refused[peer] = why
+        now = trio.current_time()
+        if now - self._key_complained.get(peer, -math.inf) >= _KEY_COMPLAINT_SECONDS:
+            self._key_complained[peer] = now
+            logger.error(
+                "%s refused this node's cluster key (%s): this node's cluster key does"
+                " not match; give every node of the cluster the same --cluster-key",
+                peer,
+                why,
+            )
 
     async def _refresh_filters_periodically(self) -> None:
         while True:
             with trio.move_on_after(self._bloom_interval):
                 await self._bloom_due.wait()
             self._bloom_due = trio.Event()
-            if self._duplicates_due:
-                self._duplicates_due = False
-                await self._give_up_duplicates()  # fetches the filters itself, fresh
+            if self._duplicates_due is not _Duplicates.NONE:
+                due, self._duplicates_due = self._duplicates_due, _Duplicates.NONE
+                await self._give_up_duplicates(due)  # fetches the filters itself, fresh
             else:
                 await self.directory.refresh()
             await self.directory.maintain()
 
-    async def _give_up_duplicates(self) -> None:
-        """After a stall, deactivate the actors here that a peer holds too.
+    async def _give_up_duplicates(
+        self, which: _Duplicates = _Duplicates.ALL, among: frozenset[str] | None = None
+    ) -> None:
+        """Deactivate the actors here that a peer holds too.
 
-        While this node could not answer, its peers took it for down and activated the
+        ``ALL``, after this node was taken for down: meanwhile its peers activated the
         ids it owned afresh when they were called; those activations have served every
         call since, so they are the ones to keep (Orleans has a node declared dead
         restart, for the same reason). Ids that nobody called meanwhile stay here.
+        It fetches the peers' filters first.
+
+        ``PLACEMENT``, when the peers ``among`` joined (this node settling, its filters
+        just fetched): each node keeps its copy only if placement prefers it to the
+        peer's (the higher rendezvous score), so every node reaches the same verdict
+        and one copy stays.
         """
-        await self.directory.refresh(fresh=True)
-        duplicates = await self.directory.duplicates()
+        if which is _Duplicates.ALL:
+            await self.directory.refresh(fresh=True)
+            duplicates = await self.directory.duplicates()
+        else:
+            joined = among or frozenset()
+            duplicates = await self.directory.duplicates(
+                yield_to=lambda actor_id, peer: peer in joined and self._prefers(actor_id, peer)
+            )
         for actor_id in duplicates:
             activation = self._catalog.get(actor_id)
             if activation is not None:
                 activation.request_deactivation(DeactivationReason.DUPLICATE)
         if duplicates:
             logger.warning(
-                "gave up %d actors activated elsewhere while this node was stalled",
+                "gave up %d actors active on another node too (%s)",
                 len(duplicates),
+                "activated there while this node was taken for down"
+                if which is _Duplicates.ALL
+                else "the cluster's views came together",
             )
 
-    def _hello(self) -> dict[str, Any]:
-        return {"from": self.me, "members": self.membership.records()}
+    def _prefers(self, actor_id: str, peer: str) -> bool:
+        """Whether placement prefers ``peer`` to this node for ``actor_id``."""
+        mine = (placement.score(self.me, actor_id), self.me)
+        return (placement.score(peer, actor_id), peer) > mine
+
+    def _hello(self, peer: str | None = None) -> dict[str, Any]:
+        """A heartbeat, to ``peer`` (or the answer to one): this node's name and view,
+        and how many times it took ``peer`` for down."""
+        hello: dict[str, Any] = {"from": self.me, "members": self.membership.records()}
+        if peer is not None:
+            hello["downs"] = self.membership.downs(peer)
+        return hello
 
 
 def _name(peer: str, reply: Any) -> str:
@@ -451,6 +567,7 @@ def _name(peer: str, reply: Any) -> str:
 
 
 def _records(reply: Any) -> list[Any]:
+    """The membership records in a heartbeat or its answer (none if malformed)."""
     members = reply.get("members") if isinstance(reply, dict) else None
     return members if isinstance(members, list) else []
 

@@ -118,7 +118,8 @@ def build_routes(runtime: Runtime) -> QuartTrio:
     @app.before_request
     async def check_request() -> None:
         if request.path.startswith(_CLUSTER_ROUTES):
-            check_cluster_key(settings.cluster_key, request.scope["headers"])
+            source = f"{request.remote_addr} ({request.path})"
+            check_cluster_key(settings.cluster_key, request.scope["headers"], source=source)
         length = request.content_length
         if length is not None and length > settings.max_body:
             raise PayloadTooLarge(
@@ -204,8 +205,7 @@ def build_routes(runtime: Runtime) -> QuartTrio:
     async def heartbeat() -> Response:
         """A peer's heartbeat: its view of the membership in, this node's out."""
         hello = codec.loads(await request.get_data())
-        records = hello.get("members") if isinstance(hello, dict) else None
-        return json_response(router().handle_heartbeat(records))
+        return json_response(router().handle_heartbeat(hello))
 
     @app.errorhandler(TowtruckError)
     async def towtruck_error(error: TowtruckError) -> Response:
