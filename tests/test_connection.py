@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import types
 from collections.abc import AsyncIterator
 
 import pytest
@@ -69,12 +71,15 @@ async def test_the_query_string_is_not_part_of_the_path(node: towtruck.Node) -> 
     assert response.endswith(b"\r\n\r\n0")
 
 
-async def test_head_is_answered_without_a_body(node: towtruck.Node) -> None:
+async def test_head_is_refused_without_a_body(node: towtruck.Node) -> None:
+    # HEAD runs no method (test_app.py): it is answered 405, and like every answer to
+    # HEAD, without the body its content-length announces.
     with trio.fail_after(NETWORK_TEST_SECONDS):
         received = await until_closed(
             node, b"HEAD /invoke/c/get HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
         )
-    assert received.startswith(b"HTTP/1.1 200")
+    assert received.startswith(b"HTTP/1.1 405")
+    assert b"\r\nallow: GET, POST, PUT, PATCH, DELETE, OPTIONS\r\n" in received
     assert received.endswith(b"\r\n\r\n")
 
 
@@ -93,3 +98,34 @@ async def test_a_malformed_request_is_refused_and_the_node_serves_on(node: towtr
         assert received.startswith(b"HTTP/1.1 400")
         (response,) = await exchange(node, b"GET /invoke/c/get HTTP/1.1\r\nhost: t\r\n\r\n", 1)
     assert response.startswith(b"HTTP/1.1 200")
+
+
+def tracebacks_through(module: object) -> int:
+    """How many traceback entries alive point into ``module``'s code."""
+    gc.collect()
+    filename = getattr(module, "__file__", None)
+    return sum(
+        1
+        for o in gc.get_objects()
+        if isinstance(o, types.TracebackType) and o.tb_frame.f_code.co_filename == filename
+    )
+
+
+@pytest.mark.parametrize("size", [20 * 1024, 200])
+async def test_refused_requests_keep_nothing_of_theirs_alive(
+    node: towtruck.Node, size: int
+) -> None:
+    # 431 for headers over 16 KiB, 413 for a body over max_body: each error is raised
+    # afresh, so no traceback (holding the request's frames) outlives its answer.
+    request = (
+        b"POST /invoke/c/increment HTTP/1.1\r\nhost: t\r\nx-big: "
+        + b"x" * size
+        + b"\r\ncontent-length: 2000000\r\nconnection: close\r\n\r\n"
+    )
+    status = b"HTTP/1.1 431" if size > 16 * 1024 else b"HTTP/1.1 413"
+    with trio.fail_after(NETWORK_TEST_SECONDS):
+        assert (await until_closed(node, request)).startswith(status)
+        before = tracebacks_through(towtruck.app)
+        for _ in range(50):
+            assert (await until_closed(node, request)).startswith(status)
+        assert tracebacks_through(towtruck.app) - before < 10

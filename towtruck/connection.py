@@ -290,7 +290,7 @@ class _FastH11Protocol(H11Protocol):
                 return
         stream = _FastStream(self, verb, raw_path, request.headers)
         if too_long:
-            stream.error = _PROTOCOL_ERRORS[431]
+            stream.error = _headers_too_large()
         self.stream = stream  # type: ignore[assignment]
         self.keep_alive_requests += 1
         await self.context.mark_request()
@@ -298,11 +298,14 @@ class _FastH11Protocol(H11Protocol):
             await stream.answer()
 
     async def _accept_lane(self, request: h11.Request) -> None:
+        refusal: TowtruckError | None = None
         try:
             self._fast.check_cluster_key(request.headers)
         except TowtruckError as exc:  # answered as an ordinary request, refused
+            refusal = exc.with_traceback(None)  # the stream holds it: no cycle
+        if refusal is not None:
             self.stream = stream = _FastStream(self, "GET", LANE_PATH, [])  # type: ignore[assignment]
-            stream.error = exc
+            stream.error = refusal
             await stream.answer()
             return
         switch = h11.InformationalResponse(
@@ -316,7 +319,7 @@ class _FastH11Protocol(H11Protocol):
         answers it as every other towtruck error, in JSON."""
         # h11 hints at other statuses too (501 for a transfer-encoding it does not
         # know, say): they are all a request towtruck cannot read, a 400.
-        error = _PROTOCOL_ERRORS.get(status_code) or BadRequest("the request is not valid HTTP/1.1")
+        error = _headers_too_large() if status_code == 431 else _not_http()
         status_code = error.status
         body = codec.error_body(error)
         headers = [
@@ -419,10 +422,17 @@ def _upgrade_to(request: h11.Request) -> bytes:
     return b""
 
 
-_PROTOCOL_ERRORS: Final[dict[int, TowtruckError]] = {
-    400: BadRequest("the request is not valid HTTP/1.1"),
-    431: HeadersTooLarge("the request line and headers are over 16 KiB"),
-}
+# Errors are built afresh for each request, never kept in a module-level instance:
+# every raise of a shared instance would lengthen its one traceback, which holds the
+# frames, and so the headers, of every request it was raised for.
+
+
+def _not_http() -> BadRequest:
+    return BadRequest("the request is not valid HTTP/1.1")
+
+
+def _headers_too_large() -> HeadersTooLarge:
+    return HeadersTooLarge("the request line and headers are over 16 KiB")
 
 
 def _too_large(max_body: int) -> PayloadTooLarge:
