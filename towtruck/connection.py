@@ -131,6 +131,21 @@ class Connection(TCPServer):
         """Close the socket at once; the read loop ends. For idle connections only."""
         self.stream.socket.close()
 
+    def close_if_quiet(self) -> None:
+        """Close the socket at once (see :meth:`close_now`) unless bytes are waiting
+        to be read: closing with a request unread would reset the connection, and its
+        client could not tell that request from one that ran. Not a checkpoint."""
+        if not sockets.readable_now(self.stream):  # type: ignore[arg-type]
+            self.stream.socket.close()
+
+    def excuse(self, stall: float) -> None:
+        """Count ``stall`` seconds, when the process did not run, as neither idle nor
+        receiving time (see :func:`reap_idle`)."""
+        if self.idle_since is not None:
+            self.idle_since += stall
+        if self.receiving_since is not None:
+            self.receiving_since += stall
+
     async def run(self) -> None:
         self._connections.add(self)
         try:
@@ -253,17 +268,32 @@ async def reap_idle(
     """Close, for ever, the connections idle longer than ``keep_alive_timeout`` (a
     request's head still arriving counts as idle: a client that trickles it is cut off
     too), and those that took longer than ``request_timeout`` to send a request's body.
-    Checks four times per timeout, at most once a second."""
+    Checks four times per timeout, at most once a second.
+
+    A stall of the process (stopped, or held by code that does not yield) is not idle
+    time: a check that comes more than a tick late moves every connection's clock on
+    by the delay. Without that, the check after a long stall closed every keep-alive
+    connection, with the requests clients had sent on them meanwhile unread, and the
+    kernel answered those with a reset: the clients could not tell them from calls
+    that ran. For the same reason a connection with bytes waiting to be read (a
+    request, or the client's close) is left to its reader, never closed here.
+    """
     tick = min(1.0, keep_alive_timeout / 4, request_timeout / 4)
+    due = trio.current_time() + tick
     while True:
-        await trio.sleep(tick)
+        await trio.sleep_until(due)
         now = trio.current_time()
+        stall = now - due
+        if stall > tick:
+            for connection in connections:
+                connection.excuse(stall)
         for connection in list(connections):
             idle, receiving = connection.idle_since, connection.receiving_since
             if (idle is not None and now - idle >= keep_alive_timeout) or (
                 receiving is not None and now - receiving >= request_timeout
             ):
-                connection.close_now()
+                connection.close_if_quiet()
+        due = now + tick
 
 
 class _FastH11Protocol(H11Protocol):
