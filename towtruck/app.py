@@ -22,6 +22,7 @@ import trio
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope, Scope
 
 from . import codec, lanes
+from .access import AccessLog, LoggedSend
 from .calls import CallContext
 from .catalog import Factory
 from .client import check_actor_id
@@ -90,6 +91,8 @@ class App:
         ]
         #: Largest request body accepted, in bytes.
         self.max_body = runtime.settings.max_body
+        #: Writes a line per request (``access_log``), or None.
+        self.access_log = AccessLog() if runtime.settings.access_log else None
         self._call_timeout = runtime.settings.call_timeout
 
     def is_fast(self, verb: str, raw_path: bytes) -> bool:
@@ -101,6 +104,11 @@ class App:
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
+        # With the access log on, the request comes back here through it, its send
+        # wrapped: off, this costs one attribute check (``and`` stops there).
+        if self.access_log is not None and not isinstance(send, LoggedSend):
+            await self.access_log.serve(self, scope, receive, send)
+            return
         if scope["type"] == "http":
             raw_path = scope.get("raw_path") or scope["path"].encode()
             if self.is_fast(scope["method"], raw_path):

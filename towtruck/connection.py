@@ -51,6 +51,7 @@ from hypercorn.typing import ConnectionState
 from hypercorn.utils import parse_socket_addr
 
 from . import codec, sockets
+from .access import AccessLog
 from .errors import BadRequest, HeadersTooLarge, PayloadTooLarge, TowtruckError
 from .lanes import LANE_PATH, UPGRADE
 
@@ -71,6 +72,7 @@ class FastRoutes(Protocol):
     """The routes a connection answers without ASGI (:class:`towtruck.App`)."""
 
     max_body: int
+    access_log: AccessLog | None
 
     async def serve_lane(
         self,
@@ -167,7 +169,10 @@ class Connection(TCPServer):
                 )
                 self.protocol = ProtocolWrapper(*arguments)
                 if self._fast is not None:
-                    self.protocol.protocol = _FastH11Protocol(self, self._fast, *arguments)
+                    fast_protocol = (
+                        _FastH11Protocol if self._fast.access_log is None else _LoggedH11Protocol
+                    )
+                    self.protocol.protocol = fast_protocol(self, self._fast, *arguments)
                 await self.protocol.initiate()
                 await self.idle_task.restart(task_group, self._idle_timeout)
                 await self._read_data()
@@ -347,10 +352,10 @@ class _FastH11Protocol(H11Protocol):
     async def _send_error_response(self, status_code: int) -> None:
         """Hypercorn answers a request h11 cannot parse with an empty body; this
         answers it as every other towtruck error, in JSON."""
-        # h11 hints at other statuses too (501 for a transfer-encoding it does not
-        # know, say): they are all a request towtruck cannot read, a 400.
-        error = _headers_too_large() if status_code == 431 else _not_http()
-        status_code = error.status
+        await self._refuse(_unreadable(status_code))
+
+    async def _refuse(self, error: TowtruckError) -> int:
+        """Answer ``error`` (the connection closes after it); the body's size."""
         body = codec.error_body(error)
         headers = [
             (b"content-type", b"application/json"),
@@ -358,9 +363,10 @@ class _FastH11Protocol(H11Protocol):
             (b"connection", b"close"),
             (b"date", _date()),
         ]
-        await self._send_h11_event(h11.Response(status_code=status_code, headers=headers))
+        await self._send_h11_event(h11.Response(status_code=error.status, headers=headers))
         await self._send_h11_event(h11.Data(data=body))
         await self._send_h11_event(h11.EndOfMessage())
+        return len(body)
 
     async def send_answer(
         self, status: int, headers: list[tuple[bytes, bytes]], body: bytes
@@ -383,6 +389,51 @@ class _FastH11Protocol(H11Protocol):
         else:
             await self.connection_handler.write(data)
         await self.stream_send(StreamClosed(stream_id=_STREAM_ID))
+
+
+class _LoggedH11Protocol(_FastH11Protocol):
+    """:class:`_FastH11Protocol` writing the access log's line (:mod:`towtruck.access`)
+    for each request it answers itself: fast routes, lanes, and requests the parser
+    refuses. Requests it hands to ASGI are logged there. A protocol of its own, so
+    that without the access log the fast lane does not even check for it."""
+
+    def __init__(self, connection: Connection, fast: FastRoutes, *args: Any) -> None:
+        super().__init__(connection, fast, *args)
+        assert fast.access_log is not None
+        self._log = fast.access_log.log
+        client = self.client
+        self._client = f"{client[0]}:{client[1]}" if client else "-"
+        self._request: tuple[str, str, float] = ("-", "-", trio.current_time())
+
+    async def _create_stream(self, request: h11.Request) -> None:
+        method = request.method.decode("ascii")
+        self._request = (method, request.target.decode("latin-1"), trio.current_time())
+        await super()._create_stream(request)
+
+    async def send_answer(
+        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> None:
+        await super().send_answer(status, headers, body)
+        self._log(self._client, *self._request[:2], status, len(body), self._request[2])
+
+    async def _accept_lane(self, request: h11.Request) -> None:
+        try:
+            await super()._accept_lane(request)
+        except _UpgradedToLane:
+            self._log(self._client, *self._request[:2], 101, 0, self._request[2])
+            raise
+
+    async def _send_error_response(self, status_code: int) -> None:
+        if isinstance(self.stream, _FastStream):  # the request it began is refused
+            method, target, started = self._request
+        elif self.stream is None:  # not a request yet: nothing to name it by
+            method, target, started = "-", "-", trio.current_time()
+        else:  # a request handed to ASGI, which logs it
+            await super()._send_error_response(status_code)
+            return
+        error = _unreadable(status_code)
+        size = await self._refuse(error)
+        self._log(self._client, method, target, error.status, size, started)
 
 
 class _FastStream:
@@ -463,6 +514,13 @@ def _not_http() -> BadRequest:
 
 def _headers_too_large() -> HeadersTooLarge:
     return HeadersTooLarge("the request line and headers are over 16 KiB")
+
+
+def _unreadable(status_code: int) -> BadRequest:
+    """The error for a request h11 could not parse, by the status h11 hints at."""
+    # h11 hints at other statuses too (501 for a transfer-encoding it does not know,
+    # say): they are all a request towtruck cannot read, a 400.
+    return _headers_too_large() if status_code == 431 else _not_http()
 
 
 def _too_large(max_body: int) -> PayloadTooLarge:

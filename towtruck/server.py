@@ -36,7 +36,7 @@ def hypercorn_config(settings: Settings) -> Config:
     config.bind = [f"{host}:{settings.port}"]
     config.keep_alive_timeout = settings.keep_alive_timeout
     config.graceful_timeout = settings.shutdown_timeout
-    config.accesslog = logging.getLogger("towtruck.access") if settings.access_log else None
+    config.accesslog = None  # the app and the connections write it (towtruck.access)
     config.errorlog = logger
     config.include_server_header = False
     return config
