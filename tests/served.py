@@ -1,9 +1,11 @@
-"""An app for ``hypercorn --worker-class trio tests.served:app``: its actors print their
-lifecycle to stdout so the test can see ``deactivate`` run at shutdown."""
+"""Apps for ``hypercorn --worker-class trio tests.served:app``: its actors print their
+lifecycle to stdout so the test can see ``deactivate`` run at shutdown;
+``tests.served:logged_app`` serves counters with the access log on."""
 
 import trio
 
 import towtruck
+from tests.actors import create_counter
 
 
 class Printer:
@@ -29,3 +31,4 @@ def create_actor(id: str, client: towtruck.Client) -> Printer:
 
 
 app = towtruck.App(create_actor)
+logged_app = towtruck.App(create_counter, access_log=True)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import httpx
 import pytest
 import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as stock_serve
 
 import towtruck
 from tests.actors import EVENTS, create_counter, create_recorder
@@ -273,3 +277,46 @@ async def test_leaving_open_node_runs_every_deactivate(http: httpx.AsyncClient) 
     assert sorted(e for e in EVENTS if e[1] == "deactivate") == [
         (str(i), "deactivate") for i in range(5)
     ]
+
+
+@asynccontextmanager
+async def served(how: str, **settings: Any) -> AsyncIterator[str]:
+    """A counter node's URL: served by towtruck's own server (``open_node``, where
+    ``/invoke`` skips ASGI) or by stock Hypercorn (``App`` as a plain ASGI app)."""
+    if how == "open_node":
+        async with towtruck.open_node(create_counter, environ={}, **settings) as node:
+            yield node.url
+        return
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    app = towtruck.App(create_counter, environ={}, **settings)
+    async with trio.open_nursery() as nursery:
+        stop = trio.Event()
+        (url,) = await nursery.start(partial(stock_serve, app, config, shutdown_trigger=stop.wait))
+        yield url
+        stop.set()
+
+
+CALL_VERBS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
+
+
+@pytest.mark.parametrize("how", ["open_node", "hypercorn"])
+async def test_head_and_options_on_invoke_run_nothing(how: str, http: httpx.AsyncClient) -> None:
+    with trio.fail_after(NETWORK_TEST_SECONDS):
+        async with served(how) as url:
+            for _ in range(2):
+                head = await http.head(f"{url}/invoke/c/increment")
+                assert head.status_code == 405
+                assert head.headers["allow"] == CALL_VERBS
+                assert head.content == b""
+                options = await http.options(f"{url}/invoke/c/increment")
+                assert options.status_code == 200, options.text
+                assert options.headers["allow"] == CALL_VERBS
+                assert options.content == b""
+                other = await http.request("TRACE", f"{url}/invoke/c/increment")
+                error_of(other, 405, "MethodNotAllowed")
+                assert other.headers["allow"] == CALL_VERBS
+            assert (await http.get(f"{url}/invoke/c/get")).json() == 0
+            for verb in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+                await http.request(verb, f"{url}/invoke/c/increment")
+            assert (await http.get(f"{url}/invoke/c/get")).json() == 5

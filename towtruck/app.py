@@ -22,6 +22,7 @@ import trio
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope, Scope
 
 from . import codec, lanes
+from .access import AccessLog, LoggedSend
 from .calls import CallContext
 from .catalog import Factory
 from .client import check_actor_id
@@ -29,6 +30,7 @@ from .credentials import check_cluster_key, key_headers
 from .errors import (
     BadRequest,
     InternalError,
+    MethodNotAllowed,
     PayloadTooLarge,
     RouteNotFound,
     TowtruckError,
@@ -43,10 +45,14 @@ logger = logging.getLogger("towtruck.http")
 
 #: Verbs whose JSON body is the call's data; the others pass their extra path segments.
 BODY_VERBS: Final = frozenset({"POST", "PUT", "PATCH"})
+#: Verbs that call an actor's method. ``HEAD`` and ``OPTIONS`` do not: a link checker
+#: or a browser's CORS preflight must not run ``transfer``.
+CALL_VERBS: Final = frozenset({"GET", "DELETE", *BODY_VERBS})
 #: Most path segments after the method (GET data); most characters in a method name.
 MAX_SEGMENTS: Final = 64
 MAX_METHOD_LENGTH: Final = 128
 _JSON: Final = (b"content-type", b"application/json")
+_ALLOW: Final = (b"allow", b"GET, POST, PUT, PATCH, DELETE, OPTIONS")
 
 
 class App:
@@ -85,6 +91,8 @@ class App:
         ]
         #: Largest request body accepted, in bytes.
         self.max_body = runtime.settings.max_body
+        #: Writes a line per request (``access_log``), or None.
+        self.access_log = AccessLog() if runtime.settings.access_log else None
         self._call_timeout = runtime.settings.call_timeout
 
     def is_fast(self, verb: str, raw_path: bytes) -> bool:
@@ -96,19 +104,24 @@ class App:
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
+        # With the access log on, the request comes back here through it, its send
+        # wrapped: off, this costs one attribute check (``and`` stops there).
+        if self.access_log is not None and not isinstance(send, LoggedSend):
+            await self.access_log.serve(self, scope, receive, send)
+            return
         if scope["type"] == "http":
             raw_path = scope.get("raw_path") or scope["path"].encode()
             if self.is_fast(scope["method"], raw_path):
-                error: TowtruckError | None = None
                 try:
                     body = await self._read_body(scope, receive)
                 except _ClientGone:
                     return
                 except PayloadTooLarge as exc:
-                    body, error = b"", exc
-                status, headers, answer = await self.respond(
-                    scope["method"], raw_path, body, error, headers=scope["headers"]
-                )
+                    status, headers, answer = self._refusal(exc)
+                else:
+                    status, headers, answer = await self.respond(
+                        scope["method"], raw_path, body, headers=scope["headers"]
+                    )
                 await send(
                     {
                         "type": "http.response.start",
@@ -145,25 +158,46 @@ class App:
                 ``max_body``), to answer instead.
             headers: The request's headers (the cluster key is looked for there).
         """
-        answer_headers = [_JSON]
+        if error is not None:  # rendered, not raised: it may be raised elsewhere too
+            return self._refusal(error)
         try:
-            if error is not None:
-                raise error
             if raw_path.startswith(b"/invoke/"):
+                if verb not in CALL_VERBS:
+                    return self._not_a_call(verb)
                 status, answer = 200, await self._invoke(verb, raw_path, body)
             else:
                 self.check_cluster_key(headers)
                 status, answer = 200, await self._forwarded(body)
         except TowtruckError as exc:
-            status, answer = exc.status, codec.error_body(exc, debug=self._debug)
-            answer_headers.extend(exc.headers)
+            return self._refusal(exc)
         except Exception as exc:
             logger.exception("error answering %s %r", verb, raw_path)
-            failure = InternalError(f"towtruck failed answering this call: {type(exc).__name__}")
-            failure.__cause__ = exc
-            status, answer = 500, codec.error_body(failure, debug=self._debug)
-        answer_headers.append((b"content-length", str(len(answer)).encode()))
-        return status, answer_headers, answer
+            return self._failure(exc)
+        return status, [_JSON, (b"content-length", str(len(answer)).encode())], answer
+
+    def _refusal(self, error: TowtruckError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        answer = codec.error_body(error, debug=self._debug)
+        headers = [_JSON, *error.headers, (b"content-length", str(len(answer)).encode())]
+        return error.status, headers, answer
+
+    def _failure(self, exc: Exception) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        # Built here, not in respond(), so that respond's frame (which exc's traceback
+        # holds) holds no reference back to exc.
+        failure = InternalError(f"towtruck failed answering this call: {type(exc).__name__}")
+        failure.__cause__ = exc
+        return self._refusal(failure)
+
+    def _not_a_call(self, verb: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """``OPTIONS``: 200, the verbs a call takes in ``Allow`` (as Quart answers it
+        on the other routes). Any other verb but those (``HEAD`` too, which a link
+        checker sends): 405. Neither runs anything."""
+        if verb == "OPTIONS":
+            return 200, [_ALLOW, (b"content-length", b"0")], b""
+        status, headers, answer = self._refusal(
+            MethodNotAllowed(f"/invoke does not take {verb}; it takes {_ALLOW[1].decode()}")
+        )
+        headers.append(_ALLOW)
+        return status, headers, answer
 
     async def serve_lane(
         self,

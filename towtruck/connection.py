@@ -51,6 +51,7 @@ from hypercorn.typing import ConnectionState
 from hypercorn.utils import parse_socket_addr
 
 from . import codec, sockets
+from .access import AccessLog
 from .errors import BadRequest, HeadersTooLarge, PayloadTooLarge, TowtruckError
 from .lanes import LANE_PATH, UPGRADE
 
@@ -71,6 +72,7 @@ class FastRoutes(Protocol):
     """The routes a connection answers without ASGI (:class:`towtruck.App`)."""
 
     max_body: int
+    access_log: AccessLog | None
 
     async def serve_lane(
         self,
@@ -131,6 +133,21 @@ class Connection(TCPServer):
         """Close the socket at once; the read loop ends. For idle connections only."""
         self.stream.socket.close()
 
+    def close_if_quiet(self) -> None:
+        """Close the socket at once (see :meth:`close_now`) unless bytes are waiting
+        to be read: closing with a request unread would reset the connection, and its
+        client could not tell that request from one that ran. Not a checkpoint."""
+        if not sockets.readable_now(self.stream):  # type: ignore[arg-type]
+            self.stream.socket.close()
+
+    def excuse(self, stall: float) -> None:
+        """Count ``stall`` seconds, when the process did not run, as neither idle nor
+        receiving time (see :func:`reap_idle`)."""
+        if self.idle_since is not None:
+            self.idle_since += stall
+        if self.receiving_since is not None:
+            self.receiving_since += stall
+
     async def run(self) -> None:
         self._connections.add(self)
         try:
@@ -152,7 +169,10 @@ class Connection(TCPServer):
                 )
                 self.protocol = ProtocolWrapper(*arguments)
                 if self._fast is not None:
-                    self.protocol.protocol = _FastH11Protocol(self, self._fast, *arguments)
+                    fast_protocol = (
+                        _FastH11Protocol if self._fast.access_log is None else _LoggedH11Protocol
+                    )
+                    self.protocol.protocol = fast_protocol(self, self._fast, *arguments)
                 await self.protocol.initiate()
                 await self.idle_task.restart(task_group, self._idle_timeout)
                 await self._read_data()
@@ -253,17 +273,32 @@ async def reap_idle(
     """Close, for ever, the connections idle longer than ``keep_alive_timeout`` (a
     request's head still arriving counts as idle: a client that trickles it is cut off
     too), and those that took longer than ``request_timeout`` to send a request's body.
-    Checks four times per timeout, at most once a second."""
+    Checks four times per timeout, at most once a second.
+
+    A stall of the process (stopped, or held by code that does not yield) is not idle
+    time: a check that comes more than a tick late moves every connection's clock on
+    by the delay. Without that, the check after a long stall closed every keep-alive
+    connection, with the requests clients had sent on them meanwhile unread, and the
+    kernel answered those with a reset: the clients could not tell them from calls
+    that ran. For the same reason a connection with bytes waiting to be read (a
+    request, or the client's close) is left to its reader, never closed here.
+    """
     tick = min(1.0, keep_alive_timeout / 4, request_timeout / 4)
+    due = trio.current_time() + tick
     while True:
-        await trio.sleep(tick)
+        await trio.sleep_until(due)
         now = trio.current_time()
+        stall = now - due
+        if stall > tick:
+            for connection in connections:
+                connection.excuse(stall)
         for connection in list(connections):
             idle, receiving = connection.idle_since, connection.receiving_since
             if (idle is not None and now - idle >= keep_alive_timeout) or (
                 receiving is not None and now - receiving >= request_timeout
             ):
-                connection.close_now()
+                connection.close_if_quiet()
+        due = now + tick
 
 
 class _FastH11Protocol(H11Protocol):
@@ -290,7 +325,7 @@ class _FastH11Protocol(H11Protocol):
                 return
         stream = _FastStream(self, verb, raw_path, request.headers)
         if too_long:
-            stream.error = _PROTOCOL_ERRORS[431]
+            stream.error = _headers_too_large()
         self.stream = stream  # type: ignore[assignment]
         self.keep_alive_requests += 1
         await self.context.mark_request()
@@ -298,11 +333,14 @@ class _FastH11Protocol(H11Protocol):
             await stream.answer()
 
     async def _accept_lane(self, request: h11.Request) -> None:
+        refusal: TowtruckError | None = None
         try:
             self._fast.check_cluster_key(request.headers)
         except TowtruckError as exc:  # answered as an ordinary request, refused
+            refusal = exc.with_traceback(None)  # the stream holds it: no cycle
+        if refusal is not None:
             self.stream = stream = _FastStream(self, "GET", LANE_PATH, [])  # type: ignore[assignment]
-            stream.error = exc
+            stream.error = refusal
             await stream.answer()
             return
         switch = h11.InformationalResponse(
@@ -314,10 +352,10 @@ class _FastH11Protocol(H11Protocol):
     async def _send_error_response(self, status_code: int) -> None:
         """Hypercorn answers a request h11 cannot parse with an empty body; this
         answers it as every other towtruck error, in JSON."""
-        # h11 hints at other statuses too (501 for a transfer-encoding it does not
-        # know, say): they are all a request towtruck cannot read, a 400.
-        error = _PROTOCOL_ERRORS.get(status_code) or BadRequest("the request is not valid HTTP/1.1")
-        status_code = error.status
+        await self._refuse(_unreadable(status_code))
+
+    async def _refuse(self, error: TowtruckError) -> int:
+        """Answer ``error`` (the connection closes after it); the body's size."""
         body = codec.error_body(error)
         headers = [
             (b"content-type", b"application/json"),
@@ -325,9 +363,10 @@ class _FastH11Protocol(H11Protocol):
             (b"connection", b"close"),
             (b"date", _date()),
         ]
-        await self._send_h11_event(h11.Response(status_code=status_code, headers=headers))
+        await self._send_h11_event(h11.Response(status_code=error.status, headers=headers))
         await self._send_h11_event(h11.Data(data=body))
         await self._send_h11_event(h11.EndOfMessage())
+        return len(body)
 
     async def send_answer(
         self, status: int, headers: list[tuple[bytes, bytes]], body: bytes
@@ -350,6 +389,51 @@ class _FastH11Protocol(H11Protocol):
         else:
             await self.connection_handler.write(data)
         await self.stream_send(StreamClosed(stream_id=_STREAM_ID))
+
+
+class _LoggedH11Protocol(_FastH11Protocol):
+    """:class:`_FastH11Protocol` writing the access log's line (:mod:`towtruck.access`)
+    for each request it answers itself: fast routes, lanes, and requests the parser
+    refuses. Requests it hands to ASGI are logged there. A protocol of its own, so
+    that without the access log the fast lane does not even check for it."""
+
+    def __init__(self, connection: Connection, fast: FastRoutes, *args: Any) -> None:
+        super().__init__(connection, fast, *args)
+        assert fast.access_log is not None
+        self._log = fast.access_log.log
+        client = self.client
+        self._client = f"{client[0]}:{client[1]}" if client else "-"
+        self._request: tuple[str, str, float] = ("-", "-", trio.current_time())
+
+    async def _create_stream(self, request: h11.Request) -> None:
+        method = request.method.decode("ascii")
+        self._request = (method, request.target.decode("latin-1"), trio.current_time())
+        await super()._create_stream(request)
+
+    async def send_answer(
+        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> None:
+        await super().send_answer(status, headers, body)
+        self._log(self._client, *self._request[:2], status, len(body), self._request[2])
+
+    async def _accept_lane(self, request: h11.Request) -> None:
+        try:
+            await super()._accept_lane(request)
+        except _UpgradedToLane:
+            self._log(self._client, *self._request[:2], 101, 0, self._request[2])
+            raise
+
+    async def _send_error_response(self, status_code: int) -> None:
+        if isinstance(self.stream, _FastStream):  # the request it began is refused
+            method, target, started = self._request
+        elif self.stream is None:  # not a request yet: nothing to name it by
+            method, target, started = "-", "-", trio.current_time()
+        else:  # a request handed to ASGI, which logs it
+            await super()._send_error_response(status_code)
+            return
+        error = _unreadable(status_code)
+        size = await self._refuse(error)
+        self._log(self._client, method, target, error.status, size, started)
 
 
 class _FastStream:
@@ -419,10 +503,24 @@ def _upgrade_to(request: h11.Request) -> bytes:
     return b""
 
 
-_PROTOCOL_ERRORS: Final[dict[int, TowtruckError]] = {
-    400: BadRequest("the request is not valid HTTP/1.1"),
-    431: HeadersTooLarge("the request line and headers are over 16 KiB"),
-}
+# Errors are built afresh for each request, never kept in a module-level instance:
+# every raise of a shared instance would lengthen its one traceback, which holds the
+# frames, and so the headers, of every request it was raised for.
+
+
+def _not_http() -> BadRequest:
+    return BadRequest("the request is not valid HTTP/1.1")
+
+
+def _headers_too_large() -> HeadersTooLarge:
+    return HeadersTooLarge("the request line and headers are over 16 KiB")
+
+
+def _unreadable(status_code: int) -> BadRequest:
+    """The error for a request h11 could not parse, by the status h11 hints at."""
+    # h11 hints at other statuses too (501 for a transfer-encoding it does not know,
+    # say): they are all a request towtruck cannot read, a 400.
+    return _headers_too_large() if status_code == 431 else _not_http()
 
 
 def _too_large(max_body: int) -> PayloadTooLarge:

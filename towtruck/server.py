@@ -36,7 +36,7 @@ def hypercorn_config(settings: Settings) -> Config:
     config.bind = [f"{host}:{settings.port}"]
     config.keep_alive_timeout = settings.keep_alive_timeout
     config.graceful_timeout = settings.shutdown_timeout
-    config.accesslog = logging.getLogger("towtruck.access") if settings.access_log else None
+    config.accesslog = None  # the app and the connections write it (towtruck.access)
     config.errorlog = logger
     config.include_server_header = False
     return config
@@ -72,8 +72,9 @@ async def serve(
     to ``fast`` routes are answered without ASGI (see :mod:`towtruck.connection`). Reports
     the URLs (``["http://127.0.0.1:8080"]``) through ``task_status``. Runs the app's
     ASGI lifespan around serving. On shutdown it stops accepting, closes idle
-    connections at once, and gives requests in flight ``config.graceful_timeout``
-    before cancelling them; if cancelled instead, it closes every socket at once.
+    connections at once (but answers a request already sent on one, then closes),
+    and gives requests in flight ``config.graceful_timeout`` before cancelling them;
+    if cancelled instead, it closes every socket at once.
     Installs no signal handlers; the caller decides what ends serving.
     """
     wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")
@@ -122,7 +123,7 @@ async def serve(
             await context.terminated.set()
             for connection in list(connections):
                 if connection.idle_since is not None:
-                    connection.close_now()
+                    connection.close_if_quiet()
             connection_nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()

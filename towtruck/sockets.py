@@ -12,10 +12,11 @@ and a write follows a read on the same task.
 from __future__ import annotations
 
 import os
+import select
 
 import trio
 
-__all__ = ["receive", "send_now"]
+__all__ = ["readable_now", "receive", "send_now"]
 
 
 async def receive(stream: trio.SocketStream, size: int, *, drained: bool) -> bytes:
@@ -66,3 +67,14 @@ def send_now(stream: trio.SocketStream, data: bytes) -> int:
         return os.write(stream.socket.fileno(), data)
     except OSError:  # full (BlockingIOError), closed, or broken
         return 0
+
+
+def readable_now(stream: trio.SocketStream) -> bool:
+    """Whether a read would not wait: bytes, or the peer's close, are waiting (False
+    for a closed socket). Not a checkpoint."""
+    fd = stream.socket.fileno()
+    if fd == -1:
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
