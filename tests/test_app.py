@@ -320,3 +320,17 @@ async def test_head_and_options_on_invoke_run_nothing(how: str, http: httpx.Asyn
             for verb in ("GET", "POST", "PUT", "PATCH", "DELETE"):
                 await http.request(verb, f"{url}/invoke/c/increment")
             assert (await http.get(f"{url}/invoke/c/get")).json() == 5
+
+
+@pytest.mark.parametrize(
+    "route", ["/rungc", "/updateblooms", "/addserver/127.0.0.1:1", "/removeserver/127.0.0.1:1"]
+)
+async def test_head_never_runs_a_route_that_acts(http: httpx.AsyncClient, route: str) -> None:
+    with trio.fail_after(NETWORK_TEST_SECONDS):
+        async with towtruck.open_node(create_counter, environ={}) as node:
+            await node.client.invoke("a", "increment")
+            node.runtime.catalog.get("a").touched -= 3600  # type: ignore[union-attr]
+            response = await http.head(f"{node.url}{route}")
+            assert response.status_code == 405
+            assert response.headers["allow"] == "GET, POST"
+            assert "a" in node.runtime.catalog, "HEAD /rungc collected nothing"

@@ -345,3 +345,31 @@ async def test_an_answer_too_large_to_send_fails_that_call_alone_wherever_it_run
             assert lanes._lanes[str(second.address)] is lane
             assert not lane.broken
             assert await first.client.invoke(big, "sized", 3) == "xxx"
+
+
+async def test_each_call_on_a_broken_lane_gets_an_error_of_its_own() -> None:
+    """One exception raised in several tasks would chain their tracebacks (and keep
+    their frames alive)."""
+    with trio.fail_after(TEST_SECONDS):
+        async with towtruck.cluster(create_recorder, size=2, **FAST) as c:
+            first, second = c.nodes
+            remote = owned_by(second, c.nodes, 3, "broken")
+            errors: list[towtruck.CallInterrupted] = []
+
+            async def call(actor_id: str) -> None:
+                try:
+                    await first.client.invoke(actor_id, "sleep", 25)
+                except towtruck.CallInterrupted as exc:
+                    errors.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                for actor_id in remote:
+                    nursery.start_soon(call, actor_id)
+
+                async def running() -> bool:
+                    return all(c.holders(actor_id) for actor_id in remote)
+
+                await wait_until(running)
+                c.kill(second)
+            assert len(errors) == 3
+            assert len({id(error) for error in errors}) == 3

@@ -240,9 +240,10 @@ class _Lane:
             logger.error("closing the lane to %s", self.peer, exc_info=group.exceptions[0])
         finally:
             self.broken = True
-            # They were sent, or about to be: they may have run.
-            error = CallInterrupted(f"the lane to {self.peer} closed", peer=self.peer)
+            # They were sent, or about to be: they may have run. One error each: an
+            # exception raised in several tasks would chain their tracebacks.
             for reply in self._waiting.values():
+                error = CallInterrupted(f"the lane to {self.peer} closed", peer=self.peer)
                 reply.set(outcome.Error(error))
             self._waiting.clear()
             self._stream.socket.close()

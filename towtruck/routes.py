@@ -45,6 +45,8 @@ logger = logging.getLogger("towtruck.http")
 ALL_VERBS: Final = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _READ: Final = ["GET", "HEAD"]
 _ACT: Final = ["GET", "POST"]
+#: The routes that act (``_ACT``), by endpoint.
+_ACTIONS: Final = frozenset({"rungc", "addserver", "removeserver", "updateblooms"})
 
 #: Routes that read or change the cluster: with a cluster key set, only for its nodes.
 _CLUSTER_ROUTES: Final = (
@@ -117,6 +119,10 @@ def build_routes(runtime: Runtime) -> QuartTrio:
 
     @app.before_request
     async def check_request() -> None:
+        rule = request.url_rule
+        if request.method == "HEAD" and rule is not None and rule.endpoint in _ACTIONS:
+            # Werkzeug answers HEAD wherever GET is; a HEAD must never act.
+            raise MethodNotAllowed(f"{request.path} does not take HEAD; it takes GET, POST")
         if request.path.startswith(_CLUSTER_ROUTES):
             source = f"{request.remote_addr} ({request.path})"
             check_cluster_key(settings.cluster_key, request.scope["headers"], source=source)
@@ -216,6 +222,9 @@ def build_routes(runtime: Runtime) -> QuartTrio:
         )
         for name, value in error.headers:
             response.headers[name.decode()] = value.decode()
+        if isinstance(error, MethodNotAllowed) and request.url_rule is not None:
+            allowed = request.url_rule.methods or set()
+            response.headers["Allow"] = ", ".join(sorted(allowed - {"HEAD", "OPTIONS"}))
         return response
 
     @app.errorhandler(HTTPException)
