@@ -161,3 +161,26 @@ def create_blocker(id: str, client: towtruck.Client) -> Blocker:
 async def create_async_counter(id: str, client: towtruck.Client) -> Counter:
     """A common mistake: ``create_actor`` must be a plain def."""
     return Counter(id, client)
+
+
+class SlowStarter:
+    """Blocks the event loop in ``activate`` for 1.5 s."""
+
+    def __init__(self, id: str, client: towtruck.Client) -> None:
+        self.id = id
+
+    def activate(self) -> None:
+        time.sleep(1.5)
+
+    def ready(self) -> str:
+        return "ready"
+
+
+def create_slow_starter(id: str, client: towtruck.Client) -> SlowStarter:
+    return SlowStarter(id, client)
+
+
+def create_slowly(id: str, client: towtruck.Client) -> Blocker:
+    """A ``create_actor`` that blocks the event loop for 1.5 s."""
+    time.sleep(1.5)
+    return Blocker(id, client)

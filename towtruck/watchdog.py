@@ -133,7 +133,11 @@ class _Watchdog(threading.Thread):
             held = self.clock.current_time() - beat - self.tick
             if held >= self.threshold:
                 blocked_since = beat
-                turn = self._report(held)
+                try:
+                    turn = self._report(held)
+                except Exception:  # reading another thread's stack: never fail for it
+                    logger.exception("the event loop is blocked for %.1f s", held)
+                    turn = ""
 
     def _report(self, held: float) -> str:
         """Log the warning for a loop held ``held`` seconds so far; return the turn it
