@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -136,3 +137,50 @@ class StoredCounter:
 
 def create_stored_counter(id: str, client: towtruck.Client) -> StoredCounter:
     return StoredCounter(id, client)
+
+
+class Blocker:
+    """Blocks the event loop, as actor code calling blocking functions does."""
+
+    def __init__(self, id: str, client: towtruck.Client) -> None:
+        self.id = id
+
+    def nap(self, data: Any) -> str:
+        time.sleep(float(data[0]))
+        return "napped"
+
+    def spin(self, data: Any) -> None:
+        while True:
+            pass
+
+
+def create_blocker(id: str, client: towtruck.Client) -> Blocker:
+    return Blocker(id, client)
+
+
+async def create_async_counter(id: str, client: towtruck.Client) -> Counter:
+    """A common mistake: ``create_actor`` must be a plain def."""
+    return Counter(id, client)
+
+
+class SlowStarter:
+    """Blocks the event loop in ``activate`` for 1.5 s."""
+
+    def __init__(self, id: str, client: towtruck.Client) -> None:
+        self.id = id
+
+    def activate(self) -> None:
+        time.sleep(1.5)
+
+    def ready(self) -> str:
+        return "ready"
+
+
+def create_slow_starter(id: str, client: towtruck.Client) -> SlowStarter:
+    return SlowStarter(id, client)
+
+
+def create_slowly(id: str, client: towtruck.Client) -> Blocker:
+    """A ``create_actor`` that blocks the event loop for 1.5 s."""
+    time.sleep(1.5)
+    return Blocker(id, client)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import socket
+import subprocess
 import sys
 
 import httpx
@@ -89,7 +91,8 @@ async def test_python_m_towtruck_and_settings_from_the_environment(http: httpx.A
         (["--port", "99999"], {}, "--port: expected a port"),
         (["--peer", "nohost"], {}, "--peer: 'nohost' is not an address"),
         ([], {"TOWTRUCK_GC_INTERVAL": "soon"}, "TOWTRUCK_GC_INTERVAL: expected a number"),
-        ([], {"TOWTRUCK_MAX_ACTOR": "3"}, "TOWTRUCK_MAX_ACTOR: unknown setting"),
+        ([], {"TOWTRUCK_LOG_LEVEL": "loud"}, "TOWTRUCK_LOG_LEVEL: expected one of"),
+        (["--log-level", "loud"], {}, "--log-level: expected one of"),
     ],
 )
 async def test_bad_settings_are_refused_at_start(
@@ -142,5 +145,120 @@ async def test_help_lists_every_setting() -> None:
         "--workers",
         "--access-log",
         "--debug",
+        "--log-level",
+        "--blocked-warning",
     ]:
         assert flag in result.stdout
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The single line a start-up mistake prints, checking it is one line, status 2."""
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("towtruck: error: "), result.stderr
+    return result.stderr.removeprefix("towtruck: error: ").rstrip("\n")
+
+
+WORKERS = pytest.mark.parametrize(
+    "workers", [[], ["--workers", "2"]], ids=["one process", "two workers"]
+)
+
+
+@WORKERS
+async def test_a_port_in_use_is_one_line_naming_the_flag_and_value(workers: list[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = [*towtruck_command(), "serve", "examples.greeter", "--port", str(port), *workers]
+        with trio.fail_after(PROCESS_SECONDS):
+            result = await run_to_end(argv)
+    assert one_line_error(result) == f"--port {port}: address already in use"
+
+
+@WORKERS
+@pytest.mark.parametrize(
+    ("host", "reason"),
+    [
+        ("10.255.255.1", "not an address of this machine"),
+        ("192.0.2.7", "not an address of this machine"),
+        ("no-such-host.invalid", "the name does not resolve to an address"),
+        ("999.1.1.1", "the name does not resolve to an address"),
+    ],
+)
+async def test_a_host_that_cannot_be_bound_is_one_line_naming_the_flag_and_value(
+    host: str, reason: str, workers: list[str]
+) -> None:
+    argv = [*towtruck_command(), "serve", "examples.greeter", "--host", host, "--port", "0"]
+    with trio.fail_after(PROCESS_SECONDS):
+        result = await run_to_end([*argv, *workers])
+    assert one_line_error(result) == f"--host {host}: {reason}"
+
+
+@WORKERS
+async def test_an_async_create_actor_is_one_line(workers: list[str]) -> None:
+    factory = "tests.actors:create_async_counter"
+    with trio.fail_after(PROCESS_SECONDS):
+        result = await run_to_end([*towtruck_command(), "serve", factory, *workers])
+    assert one_line_error(result).startswith(
+        f"{factory} is an async def: create_actor must be a plain def returning the actor"
+    )
+
+
+@pytest.mark.parametrize(
+    ("factory", "hint"),
+    [
+        ("bad.py", "'bad'"),
+        ("examples/greeter.py", "'examples.greeter'"),
+        ("./examples/greeter.py:create_actor", "'examples.greeter:create_actor'"),
+    ],
+)
+async def test_a_file_name_for_the_factory_hints_at_the_module_name(
+    factory: str, hint: str
+) -> None:
+    with trio.fail_after(PROCESS_SECONDS):
+        result = await run_to_end([*towtruck_command(), "serve", factory])
+    error = one_line_error(result)
+    assert error.startswith(f"cannot import {factory.partition(':')[0]!r}")
+    assert f"give the module's name, not its file: {hint}" in error
+    assert "pkg.module" in error
+
+
+async def test_a_worker_refusing_to_start_stops_the_supervisor_with_its_one_line() -> None:
+    argv = [*towtruck_command(), "serve", "tests.refused_in_workers", "--workers", "2"]
+    with trio.fail_after(PROCESS_SECONDS):
+        result = await run_to_end([*argv, "--port", "0"])
+    assert one_line_error(result).endswith("refused in the workers")
+
+
+async def test_an_unknown_towtruck_variable_is_ignored_with_a_warning(
+    http: httpx.AsyncClient,
+) -> None:
+    argv = [*towtruck_command(), "serve", "examples.greeter", "--port", "0"]
+    env = child_env(TOWTRUCK_VERSION="1.2", TOWTRUCK_MAX_ACTOR="7")
+    with trio.fail_after(PROCESS_SECONDS):
+        async with running(argv, ready=SERVING, env=env) as (process, match, output):
+            url = match.group(1)
+            assert (await http.get(f"{url}/invoke/1/hello")).json() == {"hello": "from actor 1"}
+            process.send_signal(signal.SIGTERM)
+            await process.wait()
+    assert process.returncode == 0, output.text
+    assert output.text.count("TOWTRUCK_VERSION is not a towtruck setting: ignored") == 1
+    assert "TOWTRUCK_MAX_ACTOR is not a towtruck setting: ignored" in output.text
+    assert "did you mean TOWTRUCK_MAX_ACTORS?" in output.text
+
+
+@pytest.mark.slow
+async def test_workers_get_the_log_level_and_do_not_warn_again(http: httpx.AsyncClient) -> None:
+    argv = [*towtruck_command(), "serve", "examples.greeter", "--port", "0", "--workers", "2"]
+    env = child_env(TOWTRUCK_VERSION="1.2", TOWTRUCK_LOG_LEVEL="DEBUG")
+    ready = r"2 workers serving on (http://127\.0\.0\.1:\d+)"
+    with trio.fail_after(PROCESS_SECONDS):
+        async with running(argv, ready=ready, env=env) as (process, match, output):
+            url = match.group(1)
+            assert (await http.get(f"{url}/invoke/1/hello")).status_code == 200
+            process.send_signal(signal.SIGTERM)
+            await process.wait()
+    assert process.returncode == 0, output.text
+    assert output.text.count("TOWTRUCK_VERSION is not a towtruck setting") == 1, output.text
+    assert output.text.count("DEBUG settings: Settings(") == 2, "each worker logs at debug"

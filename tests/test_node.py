@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 
@@ -12,7 +13,7 @@ import trio
 import towtruck
 from tests.actors import create_recorder
 from tests.conftest import NETWORK_TEST_SECONDS
-from tests.processes import PROCESS_SECONDS, child_env, running
+from tests.processes import PROCESS_SECONDS, child_env, running, towtruck_command
 
 
 def all_tasks() -> set[trio.lowlevel.Task]:
@@ -120,3 +121,36 @@ async def test_towtruck_run_serves_until_ctrl_c(
             process.send_signal(signal.SIGINT)
             await process.wait()
     assert process.returncode == 0, output.text
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_a_second_signal_exits_at_once_while_a_method_holds_the_event_loop(
+    http: httpx.AsyncClient, signum: signal.Signals
+) -> None:
+    argv = [*towtruck_command(), "serve", "tests.actors:create_blocker", "--port", "0"]
+    argv += ["--blocked-warning", "0.5"]
+    with trio.fail_after(PROCESS_SECONDS):
+        async with (
+            running(argv, ready=r"serving on (http://127\.0\.0\.1:\d+)") as (
+                process,
+                match,
+                output,
+            ),
+            trio.open_nursery() as nursery,
+        ):
+            url = match.group(1)
+
+            async def spin() -> None:  # never answered: the process exits meanwhile
+                with contextlib.suppress(httpx.TransportError):
+                    await http.get(f"{url}/invoke/spinner/spin")
+
+            nursery.start_soon(spin)
+            await output.wait_for("actor 'spinner' method 'spin' has held it")
+            process.send_signal(signum)
+            await output.wait_for("stopping gracefully")  # said though the loop is stuck
+            with trio.fail_after(10):
+                process.send_signal(signum)
+                await process.wait()
+    assert process.returncode == 1, output.text
+    assert "again: exiting at once" in output.text

@@ -1,3 +1,4 @@
+import logging
 import os
 
 import pytest
@@ -53,10 +54,43 @@ def test_bad_values_name_their_source(source: dict, expected: str) -> None:
 def test_unknown_names_are_refused() -> None:
     with pytest.raises(towtruck.SettingsError, match="max_actor: unknown setting"):
         towtruck.Settings.load(environ={}, max_actor=3)
-    with pytest.raises(towtruck.SettingsError, match="TOWTRUCK_MAX_ACTOR: unknown setting"):
-        towtruck.Settings.load(environ={"TOWTRUCK_MAX_ACTOR": "3"})
     with pytest.raises(towtruck.SettingsError, match="nope: unknown setting"):
         towtruck.Settings().replace(nope=1)
+
+
+def test_unknown_variables_are_ignored_with_a_warning_naming_the_closest_setting(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    environ = {"TOWTRUCK_MAX_ACTOR": "3", "TOWTRUCK_BUILD_ID": "1.2", "TOWTRUCK_PORT": "81"}
+    settings = towtruck.Settings.load(environ=environ)
+    assert settings.max_actors == 1000
+    assert settings.port == 81
+    warnings = {r.getMessage() for r in caplog.records if r.name == "towtruck"}
+    assert warnings == {
+        "TOWTRUCK_MAX_ACTOR is not a towtruck setting: ignored (did you mean TOWTRUCK_MAX_ACTORS?)",
+        "TOWTRUCK_BUILD_ID is not a towtruck setting: ignored",
+    }
+    assert all(r.levelno == logging.WARNING for r in caplog.records)
+
+
+def test_an_unknown_variable_is_warned_about_once_per_process(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    for _ in range(3):
+        towtruck.Settings.load(environ={"TOWTRUCK_GC_INTERVALS": "3"})
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert "did you mean TOWTRUCK_GC_INTERVAL?" in warning
+
+
+def test_log_level_and_blocked_warning_are_settings() -> None:
+    environ = {"TOWTRUCK_LOG_LEVEL": "WARNING", "TOWTRUCK_BLOCKED_WARNING": "0.5"}
+    settings = towtruck.Settings.load(environ=environ)
+    assert settings.log_level == "warning"
+    assert settings.blocked_warning == 0.5
+    assert towtruck.Settings().log_level == "info"
+    assert towtruck.Settings().blocked_warning == 1.0
+    with pytest.raises(towtruck.SettingsError, match=r"^TOWTRUCK_LOG_LEVEL: expected one of"):
+        towtruck.Settings.load(environ={"TOWTRUCK_LOG_LEVEL": "loud"})
 
 
 def test_settings_are_frozen_and_checked_when_built_directly() -> None:

@@ -6,11 +6,14 @@ handling for processes (``towtruck serve``), and :func:`run` is its blocking one
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import gc
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Sequence
+import types
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -25,7 +28,7 @@ from .peers import open_router
 from .router import Router
 from .runtime import Runtime
 from .server import bind, hypercorn_config, serve
-from .settings import Settings
+from .settings import Settings, bind_error
 
 __all__ = ["Node", "configure_logging", "open_node", "run", "serve_node", "tune_garbage_collector"]
 
@@ -94,14 +97,18 @@ async def open_node(
 
     The node's runtime (its actors and background work) and its HTTP server run as
     sibling tasks of a nursery this block opens: an error in either takes the node
-    down and propagates out of the block (as an exception group). Leaving the block
-    stops the node gracefully (see :meth:`Node.stop`), even when it is left by
-    cancellation. No task the node started outlives the block.
+    down and propagates out of the block (as an exception group). A ``host`` and
+    ``port`` it cannot listen on raise :class:`~towtruck.SettingsError` naming them.
+    Leaving the block stops the node gracefully (see :meth:`Node.stop`), even when it
+    is left by cancellation. No task the node started outlives the block.
     """
     config = Settings.load(port=port, **settings)
     runtime = Runtime(create_actor, config)
     http_config = hypercorn_config(config)
-    sockets, urls = bind(http_config, listen_fds)
+    try:
+        sockets, urls = bind(http_config, listen_fds)
+    except OSError as exc:  # a port in use, a host not of this machine...
+        raise bind_error(config, exc) from exc
     me = config.advertise or urls[0].removeprefix("http://")
     runtime.node_id = me
     exposed = [
@@ -150,7 +157,8 @@ async def serve_node(
     **settings: Any,
 ) -> None:
     """Run a node until SIGINT (Ctrl-C) or SIGTERM, then stop it gracefully; a second
-    signal during the graceful stop exits the process at once (status 1).
+    signal exits the process at once (status 1), even while the event loop is held by
+    blocking code.
 
     Must run in the main thread (it installs signal handlers for its duration).
     Reports the node through ``task_status`` once it serves. ``parent_fd`` is the read
@@ -158,18 +166,8 @@ async def serve_node(
     died, even by SIGKILL), the node stops gracefully too (``--workers`` uses this).
     """
     stopping = trio.Event()
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with _stop_on_signals(stopping):
         async with trio.open_nursery() as nursery:
-
-            async def watch_signals() -> None:
-                async for signum in signals:
-                    name = signal.Signals(signum).name
-                    if not stopping.is_set():
-                        logger.info("%s: stopping gracefully (again to stop at once)", name)
-                        stopping.set()
-                    else:
-                        logger.warning("%s again: exiting at once", name)
-                        os._exit(1)
 
             async def watch_parent(fd: int) -> None:
                 await trio.lowlevel.wait_readable(fd)  # readable only at EOF: it is gone
@@ -177,15 +175,58 @@ async def serve_node(
                     logger.warning("the parent process is gone: stopping gracefully")
                     stopping.set()
 
-            nursery.start_soon(watch_signals)
             if parent_fd is not None:
                 nursery.start_soon(watch_parent, parent_fd)
             async with open_node(create_actor, **settings) as node:
                 tune_garbage_collector()
                 logger.info("towtruck node serving on %s", node.url)
+                logger.debug("settings: %r", node.runtime.settings)
                 task_status.started(node)
                 await stopping.wait()
             nursery.cancel_scope.cancel()
+
+
+# SIGINT and SIGTERM are handled by a plain Python signal handler rather than trio's
+# open_signal_receiver, which delivers them through the event loop: blocking code in
+# an actor holds the loop, and a loop that never runs again never sees them. Python
+# runs a handler in the main thread between two bytecodes, even inside ``while True:
+# pass``, and interrupts ``time.sleep`` for it. The first signal asks the loop to stop
+# gracefully (``run_sync_soon`` may be called from a signal handler); the second exits
+# at once from the handler itself.
+@contextlib.contextmanager
+def _stop_on_signals(stopping: trio.Event) -> Iterator[None]:
+    """For the duration of the block, SIGINT and SIGTERM set ``stopping`` (through the
+    loop); a second one, or one after ``stopping`` was set otherwise, exits at once."""
+    token = trio.lowlevel.current_trio_token()
+    received = 0
+
+    def handle(signum: int, frame: types.FrameType | None) -> None:
+        nonlocal received
+        received += 1
+        name = signal.Signals(signum).name
+        if received == 1 and not stopping.is_set():
+            _log_in_handler(logging.INFO, "%s: stopping gracefully (again to stop at once)", name)
+            token.run_sync_soon(stopping.set)
+        else:
+            _log_in_handler(logging.WARNING, "%s again: exiting at once", name)
+            os._exit(1)
+
+    previous: dict[int, Callable[[int, types.FrameType | None], Any] | int | None] = {}
+    try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, handle)
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _log_in_handler(level: int, message: str, *args: object) -> None:
+    # A signal handler runs between two bytecodes of whatever the main thread was doing;
+    # if that was a write to the same stream, this write raises RuntimeError (reentrant
+    # call). Losing the line is better than raising into that code.
+    with contextlib.suppress(Exception):
+        logger.log(level, message, *args)
 
 
 def tune_garbage_collector() -> None:
@@ -208,21 +249,34 @@ def tune_garbage_collector() -> None:
 
 def configure_logging(level: str) -> None:
     """Log to stderr at ``level`` (unless the program set up logging already), without
-    httpx's line per request between nodes."""
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    httpx's line per request between nodes. Called again, it changes the level of the
+    logging it set up."""
+    global _logging_configured
+    root = logging.getLogger()
+    if not _logging_configured and root.handlers:
+        return  # the program's own
+    if not _logging_configured:
+        logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        _logging_configured = True
+    root.setLevel(level.upper())
+
+
+_logging_configured = False
 
 
 def run(create_actor: Factory, **settings: Any) -> None:
     """Serve a node until Ctrl-C or SIGTERM: the one-liner for scripts.
 
     ``towtruck.run(create_actor, port=8080)`` blocks; it is ``trio.run`` of
-    :func:`serve_node`, with logging to stderr if the program set up none. Settings
-    not given come from ``TOWTRUCK_*`` variables, then the defaults (port 8080).
+    :func:`serve_node`, with logging to stderr at ``log_level`` if the program set up
+    none. Settings not given come from ``TOWTRUCK_*`` variables, then the defaults
+    (port 8080).
+
+    Raises:
+        SettingsError: a bad setting (before anything starts).
     """
-    if "port" not in settings:  # open_node's own default is 0
-        settings["port"] = Settings.load(environ=settings.get("environ")).port
-    configure_logging("info")
-    trio.run(partial(serve_node, create_actor, **settings))
+    configure_logging("warning")  # until the settings are read: their warnings show
+    config = Settings.load(**settings)  # open_node's own default port is 0, not 8080
+    configure_logging(config.log_level)
+    trio.run(partial(serve_node, create_actor, environ={}, **dataclasses.asdict(config)))

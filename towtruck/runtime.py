@@ -24,6 +24,7 @@ from .catalog import Catalog, CatalogStatistics, Factory
 from .client import Client
 from .errors import NodeStopping, Overloaded, ResultTooLarge, TowtruckError
 from .settings import MIB, Settings
+from .watchdog import watch_event_loop
 
 __all__ = ["MAX_ANSWER", "Router", "Runtime", "RuntimeStatistics", "open_runtime"]
 
@@ -132,8 +133,9 @@ class Runtime:
         """Run the node's actors until :meth:`stop` has finished.
 
         Use as ``await nursery.start(runtime.serve)``: it returns to the caller of
-        ``start`` once calls can be made. Every actor task and the collector run in a
-        nursery inside this call; an error escaping one of them (a bug in towtruck, not
+        ``start`` once calls can be made. Every actor task, the collector and the
+        event loop's watchdog (:mod:`towtruck.watchdog`) run in a nursery inside this
+        call; an error escaping one of them (a bug in towtruck, not
         in an actor: those are caught per call) propagates out of here and takes the
         node down. Cancelling it cancels every turn in progress without ``deactivate``.
         """
@@ -144,6 +146,7 @@ class Runtime:
             async with trio.open_nursery() as nursery:
                 self.catalog.attach(nursery)
                 self._started_at = trio.current_time()
+                await nursery.start(watch_event_loop, self.settings.blocked_warning)
                 for service in self._services:
                     nursery.start_soon(service)
                 task_status.started()

@@ -2,30 +2,40 @@
 flags and ``TOWTRUCK_*`` environment variables.
 
 Precedence, highest first: keyword arguments, command-line flags, environment, the
-defaults below. Every value is checked when the object is built; an unknown name or a
-bad value raises :class:`~towtruck.errors.SettingsError` with a message naming the
-keyword, flag or variable it came from, so a node refuses to start rather than run
-with a setting it misread.
+defaults below. Every value is checked when the object is built; a bad value, or an
+unknown keyword, raises :class:`~towtruck.errors.SettingsError` with a message naming
+the keyword, flag or variable it came from, so a node refuses to start rather than run
+with a setting it misread. An unknown ``TOWTRUCK_*`` variable is only warned about
+(once per process, suggesting the closest setting): the environment is shared with
+the rest of a deployment, which may name its own variables so.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import errno
+import logging
 import math
 import os
+import socket
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from .address import Address
 from .errors import InvalidAddress, SettingsError
 
-__all__ = ["BYTES", "MIB", "SECONDS", "Settings"]
+__all__ = ["BYTES", "MIB", "SECONDS", "Settings", "bind_error"]
+
+logger = logging.getLogger("towtruck")
 
 SECONDS: Final = 1.0
 BYTES: Final = 1
 MIB: Final = 1024 * 1024 * BYTES
 
 ENV_PREFIX: Final = "TOWTRUCK_"
+#: How much ``towtruck serve`` and ``towtruck.run`` log.
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -59,8 +69,13 @@ class Settings:
         shutdown_timeout: On shutdown, how long calls in flight and ``deactivate``
             hooks get before they are cancelled.
         keep_alive_timeout: An idle HTTP keep-alive connection is closed after this.
+        blocked_warning: A turn that holds the event loop this long (blocking code
+            in an actor) is logged, naming its actor and method.
         access_log: Log every HTTP request (costs throughput).
         debug: Put tracebacks in error responses (never in production).
+        log_level: How much ``towtruck serve`` and :func:`towtruck.run` log to stderr
+            (``debug``, ``info``, ``warning``, ``error``); a program embedding a node
+            sets up logging itself.
     """
 
     host: str = "127.0.0.1"
@@ -82,8 +97,10 @@ class Settings:
     max_body: int = 1 * MIB
     shutdown_timeout: float = 5 * SECONDS
     keep_alive_timeout: float = 5 * SECONDS
+    blocked_warning: float = 1 * SECONDS
     access_log: bool = False
     debug: bool = False
+    log_level: str = "info"
 
     def __post_init__(self) -> None:
         for name in _KINDS:
@@ -106,8 +123,11 @@ class Settings:
                 mean "not given".
             **kwargs: Settings by name; they override flags and the environment.
 
+        An unknown ``TOWTRUCK_*`` variable is ignored, with a warning (logger
+        ``towtruck``, once per variable and process) naming the closest setting.
+
         Raises:
-            SettingsError: an unknown name or a bad value, named by its source.
+            SettingsError: an unknown keyword or a bad value, named by its source.
         """
         values: dict[str, Any] = {}
         environ = os.environ if environ is None else environ
@@ -116,7 +136,8 @@ class Settings:
                 continue
             name = key[len(ENV_PREFIX) :].lower()
             if name not in _KINDS:
-                raise SettingsError(f"{key}: unknown setting; known: {_known()}")
+                _warn_unknown(key)
+                continue
             values[name] = _coerce(name, text, key)
         for name, value in (flags or {}).items():
             if value is not None:
@@ -156,8 +177,10 @@ _KINDS: Final[dict[str, str]] = {
     "max_body": "count",
     "shutdown_timeout": "seconds",
     "keep_alive_timeout": "seconds",
+    "blocked_warning": "seconds",
     "access_log": "flag",
     "debug": "flag",
+    "log_level": "log_level",
 }
 
 #: Command-line flags not named after their setting.
@@ -167,8 +190,42 @@ _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off", ""})
 
 
+#: The unknown ``TOWTRUCK_*`` variables warned about so far in this process.
+_warned: set[str] = set()
+
+
 def _known() -> str:
     return ", ".join(sorted(_KINDS))
+
+
+def _warn_unknown(key: str) -> None:
+    if key in _warned:
+        return
+    _warned.add(key)
+    name = key[len(ENV_PREFIX) :].lower()
+    close = difflib.get_close_matches(name, _KINDS, n=1)
+    hint = f" (did you mean {ENV_PREFIX}{close[0].upper()}?)" if close else ""
+    logger.warning("%s is not a towtruck setting: ignored%s", key, hint)
+
+
+def bind_error(settings: Settings, exc: OSError) -> SettingsError:
+    """The error for a node that cannot listen on ``settings.host:port``: it names the
+    setting at fault and its value (details ``setting``, ``value``, ``reason``), so the
+    command line can say ``--port 8081: address already in use``."""
+    if exc.errno == errno.EADDRINUSE:
+        setting, reason = "port", "address already in use"
+    elif exc.errno == errno.EACCES:
+        setting, reason = "port", "permission denied (ports below 1024 need privileges)"
+    elif isinstance(exc, socket.gaierror):
+        setting, reason = "host", "the name does not resolve to an address"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        setting, reason = "host", "not an address of this machine"
+    else:
+        setting, reason = "host", f"cannot listen on port {settings.port}: {exc.strerror or exc}"
+    value = getattr(settings, setting)
+    return SettingsError(
+        f"{setting} {value}: {reason}", setting=setting, value=value, reason=reason
+    )
 
 
 def _coerce(name: str, value: Any, label: str) -> Any:
@@ -253,6 +310,12 @@ def _secret(value: Any) -> str | None:
     return value
 
 
+def _log_level(value: Any) -> str:
+    if isinstance(value, str) and value.strip().lower() in LOG_LEVELS:
+        return value.strip().lower()
+    raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
+
+
 def _flag(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -271,4 +334,5 @@ _CHECKS: Final = {
     "workers": _workers,
     "seconds": _seconds,
     "flag": _flag,
+    "log_level": _log_level,
 }

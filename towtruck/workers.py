@@ -14,7 +14,10 @@ cluster, so an actor still lives in exactly one of them:
   owner there, on a lane. Worker 0 starts first; the others join it with ``--peer``.
 
 Settings reach the workers as ``TOWTRUCK_*`` variables, so each worker is configured
-exactly as ``towtruck serve`` would be without ``--workers``. A worker that dies is
+exactly as ``towtruck serve`` would be without ``--workers`` (other variables, the
+deployment's own ``TOWTRUCK_*`` ones included, pass through unchanged). A worker that
+refuses to start with a one-line error (status 2) stops the supervisor with that
+status, adding nothing to the worker's line. A worker that dies is
 logged and restarted, on the same private address, after a pause that grows while
 restarts keep dying young; meanwhile the others go on serving (the cluster takes the
 dead one out, its connections and actors with it, and places its ids again once it is
@@ -38,9 +41,9 @@ import httpx
 import trio
 
 from .address import Address
-from .settings import ENV_PREFIX, Settings
+from .settings import ENV_PREFIX, Settings, bind_error
 
-__all__ = ["supervise"]
+__all__ = ["WorkerExited", "supervise"]
 
 logger = logging.getLogger("towtruck")
 
@@ -52,24 +55,45 @@ _RESTART_PAUSE: Final = 0.5
 _RESTART_MAX_PAUSE: Final = 30.0
 _RESTART_WINDOW: Final = 10.0
 _BACKLOG: Final = 1024
+#: The status of a ``towtruck serve`` that refused its settings at start.
+_REFUSED: Final = 2
 
 
-async def supervise(factory: str, settings: Settings, log_level: str) -> int:
+class WorkerExited(RuntimeError):
+    """A worker exited before it served.
+
+    Attributes:
+        status: Its exit status (negative: the signal that killed it).
+    """
+
+    def __init__(self, index: int, status: int) -> None:
+        super().__init__(f"worker {index} exited with status {status} before serving")
+        self.status = status
+
+
+async def supervise(factory: str, settings: Settings) -> int:
     """Run ``settings.workers`` workers serving ``factory`` until SIGINT or SIGTERM,
     restarting any that dies meanwhile.
 
-    Returns the exit status: 0 if every worker stopped cleanly.
+    Returns the exit status: 0 if every worker stopped cleanly; a worker's own status
+    if it refused to start with a settings error (2), which it has printed.
+
+    Raises:
+        SettingsError: ``host`` and ``port`` cannot be listened on.
     """
     count = settings.workers
     wildcard = settings.host in ("0.0.0.0", "::")
     private_host = "127.0.0.1" if wildcard else settings.host
-    publics = _public_sockets(settings.host, settings.port, count)
-    port = publics[0].getsockname()[1]
-    privates = [_listening(private_host, 0) for _ in range(count)]
+    try:
+        publics = _public_sockets(settings.host, settings.port, count)
+        port = publics[0].getsockname()[1]
+        privates = [_listening(private_host, 0) for _ in range(count)]
+    except OSError as exc:  # a port in use, a host not of this machine...
+        raise bind_error(settings, exc) from exc
     addresses = [Address(private_host, s.getsockname()[1]) for s in privates]
     # The workers watch this pipe: it closes when the supervisor dies, however it dies.
     parent_read, parent_write = os.pipe()
-    pool = _Pool(factory, settings.replace(port=port), log_level, addresses, parent_read)
+    pool = _Pool(factory, settings.replace(port=port), addresses, parent_read)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         try:
             for index in range(count):
@@ -80,6 +104,13 @@ async def supervise(factory: str, settings: Settings, log_level: str) -> int:
                     await pool.wait_serving(0)
             for index in range(count):
                 await pool.wait_serving(index)
+        except WorkerExited as exc:
+            pool.kill_all()
+            os.close(parent_read)
+            os.close(parent_write)
+            if exc.status == _REFUSED:  # it said why, in one line
+                return exc.status
+            raise
         except BaseException:
             pool.kill_all()
             os.close(parent_read)
@@ -106,13 +137,11 @@ class _Pool:
         self,
         factory: str,
         settings: Settings,
-        log_level: str,
         addresses: list[Address],
         parent_fd: int,
     ) -> None:
         self._factory = factory
         self._settings = settings
-        self._log_level = log_level
         self._addresses = addresses
         self._parent_fd = parent_fd
         self.processes: list[trio.Process] = []
@@ -134,7 +163,7 @@ class _Pool:
             workers=1,
         )
         fds = (sockets[0].fileno(), sockets[1].fileno())
-        process = await _start(self._factory, worker, fds, self._parent_fd, self._log_level)
+        process = await _start(self._factory, worker, fds, self._parent_fd)
         if index < len(self.processes):
             self.processes[index] = process
         else:
@@ -146,7 +175,7 @@ class _Pool:
         """Wait until worker ``index`` answers ``/ping``.
 
         Raises:
-            RuntimeError: it exited first.
+            WorkerExited: it exited first.
             trio.TooSlowError: not within ``START_SECONDS``.
         """
         process = self.processes[index]
@@ -160,7 +189,7 @@ class _Pool:
                     except httpx.TransportError:
                         pass
                     await trio.sleep(0.05)
-        raise RuntimeError(f"worker {index} exited with status {process.returncode} before serving")
+        raise WorkerExited(index, process.returncode)
 
     async def keep(self, index: int) -> None:
         """Watch worker ``index`` until the supervisor stops; restart it whenever it
@@ -261,9 +290,10 @@ def _listening(host: str, port: int) -> socket.socket:
 
 
 async def _start(
-    factory: str, settings: Settings, fds: tuple[int, int], parent_fd: int, log_level: str
+    factory: str, settings: Settings, fds: tuple[int, int], parent_fd: int
 ) -> trio.Process:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    variables = {ENV_PREFIX + name.upper() for name in dataclasses.asdict(settings)}
+    env = {k: v for k, v in os.environ.items() if k not in variables}
     for name, value in dataclasses.asdict(settings).items():
         if value is None:
             continue
@@ -284,8 +314,6 @@ async def _start(
         ",".join(map(str, fds)),
         "--parent-fd",
         str(parent_fd),
-        "--log-level",
-        log_level,
     ]
     # A session of its own: Ctrl-C in a terminal reaches the supervisor only, which
     # passes it on once; the worker would take a second signal for "stop at once".
