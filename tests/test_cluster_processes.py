@@ -9,7 +9,7 @@ import httpx
 import pytest
 import trio
 
-from tests.processes import PROCESS_SECONDS, running, towtruck_command
+from tests.processes import PROCESS_SECONDS, run_to_end, running, towtruck_command
 from tests.test_cluster import wait_until
 from towtruck import placement
 
@@ -169,3 +169,26 @@ async def test_a_hung_node_fails_its_calls_at_failure_detection_and_comes_back_a
             for process in (first, second):
                 await process.wait()
                 assert process.returncode == 0
+
+
+@pytest.mark.parametrize(
+    "key", [[], ["--cluster-key", "another key, as long"]], ids=["none", "other"]
+)
+async def test_a_node_whose_key_its_peer_refuses_does_not_start_and_both_say_why(
+    key: list[str],
+) -> None:
+    serve = [*towtruck_command(), "serve", "tests.actors:create_counter", *FAST]
+    keyed = [*serve, "--cluster-key", "the cluster's own key"]
+    with trio.fail_after(PROCESS_SECONDS):
+        async with running(keyed, ready=SERVING) as (first, match, output):
+            peer = match.group(1).removeprefix("http://")
+            result = await run_to_end([*serve, "--peer", peer, *key])
+            assert result.returncode == 2, result.stderr
+            assert "Traceback" not in result.stderr
+            last = result.stderr.rstrip("\n").splitlines()[-1]
+            assert last.startswith(
+                f"towtruck: error: --cluster-key: every peer refused this node's cluster key: {peer}"
+            ), result.stderr
+            assert f"{peer} refused this node's cluster key" in result.stderr
+            await output.wait_for("refused a request for the cluster from 127.0.0.1")
+            first.send_signal(signal.SIGTERM)

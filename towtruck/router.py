@@ -390,7 +390,8 @@ class Router:
             # stalled (a stopped process, a frozen VM) long enough for its peers to take
             # it for down and activate its actors afresh: see _give_up_duplicates.
             stalled = started - last
-            if stalled > self._heartbeat_interval * (self.membership.misses_allowed + 2):
+            long = self._heartbeat_interval * (self.membership.misses_allowed + 2)
+            if stalled > long and self.membership.peers():  # alone, there is no elsewhere
                 logger.warning(
                     "this node did not run for %.1f s: looking for its actors activated"
                     " elsewhere meanwhile",
