@@ -1,6 +1,8 @@
 """An app for ``hypercorn --worker-class trio tests.served:app``: its actors print their
 lifecycle to stdout so the test can see ``deactivate`` run at shutdown."""
 
+import sys
+
 import trio
 
 import towtruck
@@ -19,6 +21,9 @@ class Printer:
     async def sleep(self, data: list[str]) -> str:
         await trio.sleep(float(data[0]))
         return "slept"
+
+    def exit(self, data: object) -> None:
+        sys.exit(3)  # as a library might: it must fail this call only
 
     async def deactivate(self) -> None:
         print(f"deactivate {self.id}", flush=True)

@@ -151,7 +151,7 @@ async def test_a_method_that_raises_answers_500_and_the_actor_lives_on(
         assert error["message"] == "bad value ['x']"
         assert (error["actor"], error["method"], error["node"]) == ("1", "fail", str(node.address))
         assert (await http.get(f"{node.url}/invoke/1/echo")).status_code == 200
-        error = error_of(await http.get(f"{node.url}/invoke/1/not_json"), 500, "ActorError")
+        error = error_of(await http.get(f"{node.url}/invoke/1/not_json"), 500, "ResultNotJSON")
     assert node.runtime.catalog.statistics().activations == 1
 
 
