@@ -245,6 +245,10 @@ def create_exiting(kind: str, where: str, events: list[str]) -> Callable[..., An
             reach("queued")
             return "ok"
 
+        def queued_plain(data: Any) -> str:
+            reach("queued_plain")
+            return "ok"
+
         async def inline(data: Any) -> str:
             reach("inline")
             return "ok"
@@ -264,6 +268,7 @@ def create_exiting(kind: str, where: str, events: list[str]) -> Callable[..., An
             "waits": waits,
             "plain": plain,
             "queued": queued,
+            "queued_plain": queued_plain,
             "inline": inline,
             "reenter": reenter,
             "slow": slow,
@@ -280,6 +285,7 @@ def create_exiting(kind: str, where: str, events: list[str]) -> Callable[..., An
         ("waits", "waits"),  # async, awaits: in the caller's task, in a cancel scope
         ("plain", "plain"),
         ("queued", "queued"),  # in the actor's own task, behind another call
+        ("queued_plain", "queued_plain"),
         ("inline", "reenter"),  # reentrant, inside the turn that called it
         ("activate", "quick"),
         ("create_actor", "quick"),
@@ -292,7 +298,7 @@ async def test_sys_exit_or_keyboard_interrupt_in_actor_code_fails_only_that_call
     async with towtruck.open_runtime(create_exiting(kind, where, events), environ={}) as runtime:
         with trio.fail_after(DEADLINE):
             async with trio.open_nursery() as nursery:
-                if where == "queued":
+                if where.startswith("queued"):
                     await runtime.client.invoke("a", "quick")
                     nursery.start_soon(runtime.client.invoke, "a", "slow")
                     await trio.testing.wait_all_tasks_blocked()
