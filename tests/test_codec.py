@@ -72,7 +72,10 @@ def create_actor(id: str, client: towtruck.Client) -> dict[str, Any]:
     def echo(data: Any) -> Any:
         return data
 
-    return {"give": give, "echo": echo}
+    def seen(data: Any) -> str:
+        return repr(data)
+
+    return {"give": give, "echo": echo, "seen": seen}
 
 
 @pytest.mark.parametrize(
@@ -211,3 +214,14 @@ async def test_a_result_json_cannot_carry_is_the_same_error_from_another_node() 
             assert c.holders(remote) == [second]
     assert "result['n'] is an int past 64 bits" in caught.value.message
     assert caught.value.details["node"] == str(second.address)
+
+
+async def test_call_data_is_what_the_actor_would_get_from_another_node(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with towtruck.open_runtime(create_actor, environ={}) as runtime:
+        with trio.fail_after(DEADLINE):
+            assert await runtime.client.invoke("a", "seen", math.nan) == "None"
+            assert await runtime.client.invoke("a", "seen", [-math.inf]) == "[None]"
+            assert await runtime.client.invoke("a", "seen", (1, "x")) == "[1, 'x']"
+            assert await runtime.client.invoke("a", "seen", 2**64 - 1) == repr(2**64 - 1)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import math
 import re
 import traceback
 from typing import Any, Final
@@ -108,9 +109,12 @@ def copy(value: Any) -> Any:
     Raises:
         TypeError: the value is not JSON-able; the message says which part.
     """
-    if type(value) in _IMMUTABLE:
-        if type(value) is int and not _INT_MIN <= value <= _INT_MAX:
+    kind = type(value)
+    if kind in _IMMUTABLE:
+        if kind is int and not _INT_MIN <= value <= _INT_MAX:
             raise TypeError(why_not_json(value, "data"))
+        if kind is float and not math.isfinite(value):
+            return None  # as JSON carries it
         return value
     try:
         return orjson.loads(orjson.dumps(value, option=_DUMPS_OPTIONS))
