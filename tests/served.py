@@ -2,6 +2,8 @@
 lifecycle to stdout so the test can see ``deactivate`` run at shutdown;
 ``tests.served:logged_app`` serves counters with the access log on."""
 
+import sys
+
 import trio
 
 import towtruck
@@ -21,6 +23,9 @@ class Printer:
     async def sleep(self, data: list[str]) -> str:
         await trio.sleep(float(data[0]))
         return "slept"
+
+    def exit(self, data: object) -> None:
+        sys.exit(3)  # as a library might: it must fail this call only
 
     async def deactivate(self) -> None:
         print(f"deactivate {self.id}", flush=True)

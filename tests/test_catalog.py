@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -416,3 +417,33 @@ async def test_a_call_during_deactivation_waits_for_a_fresh_activation(
                 assert runtime.catalog.get("a").state is towtruck.ActivationState.DEACTIVATING  # type: ignore[union-attr]
                 await runtime.client.invoke("a", "echo")
             assert EVENTS == [("a", "activate"), ("a", "deactivate"), ("a", "activate")]
+
+
+@pytest.mark.parametrize(
+    ("returned", "exception"), [(KeyError("no such row"), "KeyError"), (None, "TypeError")]
+)
+async def test_a_failing_create_actor_is_logged_like_other_actor_failures(
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+    returned: BaseException | None,
+    exception: str,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="towtruck")
+
+    def create_actor(id: str, client: towtruck.Client) -> object:
+        if isinstance(returned, BaseException):
+            raise returned
+        return returned
+
+    async with towtruck.open_runtime(create_actor, environ={}) as runtime:
+        with trio.fail_after(DEADLINE), pytest.raises(towtruck.ActorError):
+            await runtime.client.invoke("k", "x")
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, caplog.text
+    line = warnings[0].getMessage()
+    assert "'k'" in line
+    assert "create_actor" in line
+    assert exception in line
+    assert warnings[0].exc_info is None, "one line at warning; the traceback at debug"
+    tracebacks = [r for r in caplog.records if r.levelno == logging.DEBUG and r.exc_info]
+    assert len(tracebacks) == 1

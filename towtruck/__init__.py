@@ -18,6 +18,7 @@ from .app import App as App
 from .catalog import CatalogStatistics as CatalogStatistics
 from .client import Client as Client
 from .errors import ActorError as ActorError
+from .errors import Backlogged as Backlogged
 from .errors import BadRequest as BadRequest
 from .errors import CallInterrupted as CallInterrupted
 from .errors import CallTimeout as CallTimeout
@@ -37,6 +38,7 @@ from .errors import NotFound as NotFound
 from .errors import Overloaded as Overloaded
 from .errors import PayloadTooLarge as PayloadTooLarge
 from .errors import PeerUnavailable as PeerUnavailable
+from .errors import ResultNotJSON as ResultNotJSON
 from .errors import ResultTooLarge as ResultTooLarge
 from .errors import RouteNotFound as RouteNotFound
 from .errors import SettingsError as SettingsError
@@ -60,6 +62,7 @@ __all__ = [
     "ActorError",
     "Address",
     "App",
+    "Backlogged",
     "BadRequest",
     "CallInterrupted",
     "CallTimeout",
@@ -85,6 +88,7 @@ __all__ = [
     "Overloaded",
     "PayloadTooLarge",
     "PeerUnavailable",
+    "ResultNotJSON",
     "ResultTooLarge",
     "RouteNotFound",
     "Runtime",

@@ -15,6 +15,20 @@ The bound exists so a hot or stuck actor sheds calls with 503 instead of holding
 unbounded queue; the default 1,000 absorbs a burst from every connection a node
 usually has open, while a full mailbox at a few hundred bytes per call stays small.
 
+A count bounds memory, not time: 1,000 calls to a method that takes 100 ms are 100 s
+of work, far past any call's deadline. So the mailbox (:class:`~towtruck.calls.Mailbox`)
+also keeps a moving average of the actor's turns, and a call that would not start
+before its deadline is refused at once with 503 :class:`~towtruck.errors.Backlogged`:
+on arrival, and, for calls that arrived before a turn was measured (a burst on an idle
+actor) or while turns were quicker, from the back of the mailbox as each turn begins.
+Turns are timed where the clock is read anyway (the deadline checks), so the hot path
+pays no extra clock reads; the estimate lives and dies with the mailbox, so idle actors
+carry none of it.
+
+Whatever the actor's code raises fails that call only, ``SystemExit`` and
+``KeyboardInterrupt`` included; only trio's cancellation and a real Ctrl-C pass
+through (see :mod:`towtruck.failures`).
+
 Lifecycle (Orleans' ActivationState)::
 
     ACTIVATING --activate ok--> VALID --collected or shutdown--> DEACTIVATING --> INVALID
@@ -26,21 +40,22 @@ from __future__ import annotations
 import enum
 import inspect
 import logging
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import outcome
 import trio
 
-from . import codec
-from .calls import Call, CallContext, current_context
+from . import codec, failures
+from .calls import Call, CallContext, Mailbox, current_context
 from .errors import (
     ActorError,
+    Backlogged,
     CallInterrupted,
     CallTimeout,
     MailboxFull,
     MethodNotFound,
     NodeStopping,
+    ResultNotJSON,
     TowtruckError,
 )
 from .methods import Method, hook
@@ -112,7 +127,7 @@ class Activation:
         self.reason: DeactivationReason | None = None
         self.touched = trio.current_time()
         self.running = False
-        self.mailbox: deque[Call] | None = None
+        self.mailbox: Mailbox | None = None
         self._catalog = catalog
         self._gone: trio.Event | None = None
 
@@ -149,6 +164,8 @@ class Activation:
 
         Raises:
             MailboxFull: ``mailbox_size`` calls are already waiting.
+            Backlogged: the calls waiting would not let this one start before its
+                deadline, at the time the actor's turns take.
             CallTimeout: no answer by ``context.deadline``.
             TowtruckError: the turn's error (:class:`ActorError` if the method raised).
         """
@@ -156,13 +173,19 @@ class Activation:
             return await self._turn_here(method, data, context)
         mailbox = self.mailbox
         if mailbox is None:
-            mailbox = self.mailbox = deque()
-        elif len(mailbox) >= self._catalog.mailbox_size:
-            raise MailboxFull(
-                f"actor {self.id!r} already has {len(mailbox)} calls waiting",
-                actor=self.id,
-                method=method.name,
-            )
+            mailbox = self.mailbox = Mailbox()
+        else:
+            if len(mailbox) >= self._catalog.mailbox_size:
+                raise MailboxFull(
+                    f"actor {self.id!r} already has {len(mailbox)} calls waiting",
+                    actor=self.id,
+                    method=method.name,
+                )
+            if (
+                mailbox.turn
+                and mailbox.start_of(len(mailbox), trio.current_time()) >= context.deadline
+            ):
+                raise self._backlogged(mailbox, method.name)
         call = Call(method, data, context)
         mailbox.append(call)
         self._catalog.queued += 1
@@ -188,7 +211,8 @@ class Activation:
         deadline and the node stopping still end it. Calls that queued meanwhile go to
         a task of the actor's own afterwards, so one caller never drains another's.
         """
-        if trio.current_time() >= context.deadline:  # nothing may run past its deadline
+        started = trio.current_time()
+        if started >= context.deadline:  # nothing may run past its deadline
             raise self._late_error(method.name)
         catalog = self._catalog
         self.running = True
@@ -199,7 +223,12 @@ class Activation:
             self.running = False
             catalog.busy -= 1
             self.touched = now = trio.current_time()
-            if self.mailbox or self.state is ActivationState.DEACTIVATING:
+            mailbox = self.mailbox
+            if mailbox:  # calls queued meanwhile: now the actor knows how long a turn takes
+                if now < context.deadline:  # (a turn cut at its deadline tells nothing)
+                    mailbox.measured(now - started)
+                self._start()
+            elif self.state is ActivationState.DEACTIVATING:
                 self._start()
         if now > context.deadline:  # the method outlived its deadline
             raise CallTimeout(
@@ -267,18 +296,28 @@ class Activation:
             mailbox = self.mailbox
             if mailbox is not None:
                 turns = 0
+                begun: float | None = None  # when the turn just run began
                 while mailbox:
                     call = mailbox.popleft()
                     self._catalog.queued -= 1
                     if call.reply.abandoned:
                         continue
-                    if trio.current_time() >= call.context.deadline:
+                    now = trio.current_time()
+                    if begun is not None:
+                        mailbox.measured(now - begun)
+                        begun = None
+                    if now >= call.context.deadline:
                         call.reply.set(outcome.Error(self._late_error(call.method.name)))
                         continue
+                    mailbox.started = begun = now
+                    if mailbox and mailbox.turn:
+                        self._shed(mailbox, now)
                     try:
                         result = await self._execute(call.method, call.data, call.context)
                     except TowtruckError as exc:
                         call.reply.set(outcome.Error(exc))
+                        if isinstance(exc, CallTimeout):
+                            begun = None  # cut at its deadline: tells nothing of turns
                     except BaseException:  # cancelled: the node is stopping
                         call.reply.set(outcome.Error(self._interrupted_error()))
                         raise
@@ -297,6 +336,30 @@ class Activation:
                 self._fail_waiting(self._stopped_error())
             self.mailbox = None
 
+    def _shed(self, mailbox: Mailbox, now: float) -> None:
+        """Refuse, from the back, the waiting calls that would not start before their
+        deadlines (the call at the back of ``len(mailbox)`` waiting starts after them
+        all and after the turn beginning ``now``)."""
+        turn = mailbox.turn
+        while mailbox:
+            call = mailbox[-1]
+            if not call.reply.abandoned and now + len(mailbox) * turn < call.context.deadline:
+                return
+            mailbox.pop()
+            self._catalog.queued -= 1
+            call.reply.set(outcome.Error(self._backlogged(mailbox, call.method.name)))
+
+    def _backlogged(self, mailbox: Mailbox, method: str) -> Backlogged:
+        return Backlogged(
+            f"actor {self.id!r} has {len(mailbox)} calls waiting, at about"
+            f" {mailbox.turn:.3g} s a turn: this call to {method!r} could not start"
+            " before its deadline",
+            actor=self.id,
+            method=method,
+            waiting=len(mailbox),
+            turn=round(mailbox.turn, 6),
+        )
+
     async def _execute(
         self, method: Method, data: Any, context: CallContext, *, here: bool = False
     ) -> bytes:
@@ -304,8 +367,10 @@ class Activation:
         ``here``: in the caller's task, shielded from the caller's cancellation.
 
         Raises:
-            TowtruckError: whatever went wrong, the method's own exceptions as
-                :class:`ActorError`; only cancellation from outside raises otherwise.
+            TowtruckError: whatever went wrong: what the method raised as
+                :class:`ActorError` (``SystemExit`` and ``KeyboardInterrupt`` too), a
+                result JSON cannot carry as :class:`ResultNotJSON`. Only trio's
+                cancellation and a real Ctrl-C raise otherwise.
         """
         token = current_context.set(CallContext((*context.chain, self.id), context.deadline))
         try:
@@ -332,13 +397,16 @@ class Activation:
                         self._catalog.turns_here.discard(scope)
                 if scope.cancelled_caught:
                     raise self._cancelled_error(method.name, context)
-            return codec.dumps(result)
-        except TowtruckError:
+        except (TowtruckError, trio.Cancelled):
             raise
-        except Exception as exc:
-            raise self._actor_error(method.name, exc) from exc
+        except BaseException as exc:
+            raise self._actor_error(method.name, self._own_failure(method.name, exc)) from exc
         finally:
             current_context.reset(token)
+        try:
+            return codec.dumps(result)
+        except TypeError:
+            raise self._not_json(method.name, result) from None
 
     def _cancelled_error(self, method: str, context: CallContext) -> TowtruckError:
         if trio.current_time() < context.deadline:
@@ -368,8 +436,11 @@ class Activation:
                 )
             )
             return False
-        except Exception as exc:
-            self._activation_failed(self._actor_error("activate", exc))
+        except trio.Cancelled:
+            raise
+        except BaseException as exc:
+            own = self._own_failure("activate", exc)
+            self._activation_failed(self._actor_error("activate", own))
             return False
         finally:
             current_context.reset(token)
@@ -395,8 +466,10 @@ class Activation:
                         await result
                 if scope.cancelled_caught:
                     logger.warning("actor %r: deactivate timed out", self.id)
-        except Exception:
-            logger.exception("actor %r: deactivate raised", self.id)
+        except trio.Cancelled:
+            raise
+        except BaseException as exc:
+            self._own_failure("deactivate", exc)
         finally:
             current_context.reset(token)
             self._finish()
@@ -430,10 +503,32 @@ class Activation:
             self._catalog.queued -= 1
             call.reply.set(outcome.Error(error))
 
+    def _own_failure(self, method: str, exc: BaseException) -> BaseException:
+        """Log the part of ``exc`` that is the actor code's own failure and return it;
+        raise the part that must pass through (a real Ctrl-C, cancellation), if any."""
+        passing, own = failures.split(exc)
+        if own is not None:
+            self._catalog.failures.failed(self.id, method, own)
+        if passing is not None:
+            raise passing
+        assert own is not None
+        return own
+
+    def _not_json(self, method: str, result: Any) -> ResultNotJSON:
+        error = ResultNotJSON(
+            f"the result of {method!r} on actor {self.id!r} cannot be sent as JSON:"
+            f" {codec.why_not_json(result, 'result')}",
+            exception="TypeError",
+            actor=self.id,
+            method=method,
+            node=self._catalog.node_id,
+        )
+        self._catalog.failures.failed(self.id, method, error)
+        return error
+
     def _actor_error(self, method: str, exc: BaseException) -> ActorError:
-        logger.warning("actor %r: %s raised %s", self.id, method, type(exc).__name__, exc_info=exc)
         error = ActorError(
-            str(exc) or type(exc).__name__,
+            failures.describe(exc),
             exception=type(exc).__name__,
             actor=self.id,
             method=method,

@@ -1,4 +1,5 @@
-"""One call on its way through a node: its context, the message, and the reply slot.
+"""One call on its way through a node: its context, the message, the reply slot, and
+the mailbox it waits in.
 
 A call carries a :class:`CallContext`: the chain of actor ids it passed through and
 its absolute deadline on trio's clock. While an actor's turn runs, the context of the
@@ -11,14 +12,20 @@ makes a whole tree of nested calls give up together when the first caller does.
 from __future__ import annotations
 
 import contextvars
-from typing import Any
+from collections import deque
+from typing import Any, Final
 
 import outcome
 import trio
 
 from .methods import Method
 
-__all__ = ["Call", "CallContext", "Reply", "current_context"]
+__all__ = ["Call", "CallContext", "Mailbox", "Reply", "current_context"]
+
+# How much of each new turn's duration goes into the moving average: enough to follow
+# an actor that slows down within a few turns, little enough that one odd turn does
+# not swing it.
+_TURN_WEIGHT: Final = 0.25
 
 
 class CallContext:
@@ -112,3 +119,36 @@ class Call:
         self.data = data
         self.context = context
         self.reply = Reply()
+
+
+class Mailbox(deque[Call]):
+    """The calls waiting for an actor, oldest first, and how long its turns take.
+
+    It exists only while calls wait (the actor's task drops it when it has none), so
+    an idle actor carries none of this. From the turn times the actor's task measures,
+    it says when a call added now would start: admission refuses a call that would not
+    start before its deadline at once (CoDel-style servers judge by the time spent
+    queueing, not by the queue's length), instead of letting it time out in here.
+
+    Attributes:
+        turn: Moving average of the actor's turns, in seconds; 0 until one is measured.
+        started: When the turn running now started, on trio's clock.
+    """
+
+    __slots__ = ("started", "turn")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.turn = 0.0
+        self.started = 0.0
+
+    def measured(self, duration: float) -> None:
+        """Count a turn that took ``duration`` seconds into :attr:`turn`."""
+        turn = self.turn
+        self.turn = duration if not turn else turn + (duration - turn) * _TURN_WEIGHT
+
+    def start_of(self, position: int, now: float) -> float:
+        """When the call at ``position`` (0: the next to run) would start, if turns
+        keep taking :attr:`turn`: after the rest of the running turn and those ahead."""
+        turn = self.turn
+        return max(now, self.started + turn) + position * turn

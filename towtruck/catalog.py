@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 import math
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
@@ -22,8 +23,10 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import trio
 
+from . import failures
 from .activation import Activation, ActivationState, DeactivationReason
 from .errors import ActorError, MethodNotFound, NodeStopping, NotActive, Overloaded
+from .failures import FailureLog
 from .methods import hook, is_public, methods_of
 from .settings import Settings
 
@@ -100,6 +103,8 @@ class Catalog:
         self.node_id = ""
         #: Told of every actor that enters or leaves the table (the bloom filter).
         self.observer: CatalogObserver | None = None
+        #: Logs what the actors' code raises (``create_actor`` included), rate-limited.
+        self.failures = FailureLog(logging.getLogger("towtruck.actor"))
         #: Cancel scopes of the turns running in their callers' tasks (see
         #: ``Activation._turn_here``), to cancel them when the node stops.
         self.turns_here: set[trio.CancelScope] = set()
@@ -196,10 +201,16 @@ class Catalog:
             if inspect.isawaitable(instance):
                 raise TypeError("create_actor returned an awaitable: it must be a plain def")
             methods = methods_of(instance)
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit too; a real Ctrl-C passes (failures.split)
+            passing, own = failures.split(exc)
+            if own is None:
+                raise
+            self.failures.failed(actor_id, "create_actor", own)
+            if passing is not None:
+                raise passing from None
             error = ActorError(
-                f"create_actor failed for actor {actor_id!r}: {exc}",
-                exception=type(exc).__name__,
+                f"create_actor failed for actor {actor_id!r}: {failures.describe(own)}",
+                exception=type(own).__name__,
                 actor=actor_id,
                 method="create_actor",
                 node=self.node_id,

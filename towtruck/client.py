@@ -60,7 +60,8 @@ class Client:
         Raises:
             TowtruckError: a subclass saying what went wrong; :class:`ActorError` if the
                 method raised, :class:`CallTimeout` past ``call_timeout``.
-            TypeError: ``data`` is not JSON-able.
+            TypeError: ``data`` is not JSON-able (the message says which part, and
+                what to use instead; see :mod:`towtruck.codec`).
         """
         actor_id = check_actor_id(actor_id)
         deadline = min(trio.current_time() + self._call_timeout, trio.current_effective_deadline())
@@ -69,8 +70,14 @@ class Client:
             context = CallContext((), deadline)
         else:
             context = CallContext(parent.chain, min(deadline, parent.deadline))
-        answer = await self._invoker.invoke(actor_id, method, codec.copy(data), context)
-        return codec.loads(answer)
+        try:
+            data = codec.copy(data)
+        except TypeError as exc:
+            raise TypeError(
+                f"data for {method[:100]!r} on actor {actor_id!r} cannot be sent as JSON: {exc}"
+            ) from None
+        answer = await self._invoker.invoke(actor_id, method, data, context)
+        return codec.loads_answer(answer)
 
 
 def check_actor_id(actor_id: object) -> str:

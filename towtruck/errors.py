@@ -4,7 +4,7 @@ The whole tree::
 
     TowtruckError                 base: something went wrong in or around a call
     ├── BadRequest                400: the request could not be understood
-    │   ├── InvalidJSON           the body is not JSON (or nests too deep)
+    │   ├── InvalidJSON           the body is not JSON (nests too deep, an int past 64 bits)
     │   ├── InvalidActorId        the actor id is empty, too long, or not text
     │   ├── InvalidAddress        a peer address is not a usable host:port
     │   ├── SettingsError         a setting has an unknown name or a bad value
@@ -18,11 +18,13 @@ The whole tree::
     ├── MethodNotAllowed          405: the route exists, but not for that HTTP verb
     ├── PayloadTooLarge           413: the body is larger than ``max_body``
     ├── ActorError                500: the actor's own code raised
+    │   ├── ResultNotJSON         the method returned a value JSON cannot carry
     │   └── ResultTooLarge        the method's answer is too large to send (over 64 MiB)
     ├── InternalError             500: towtruck itself failed (a bug: please report it)
     ├── CallInterrupted           502: cut off under way: it may or may not have run
     ├── Unavailable               503: the call was refused; trying again later may work
     │   ├── MailboxFull           the actor already has ``mailbox_size`` calls waiting
+    │   ├── Backlogged            the actor's waiting calls would not let this one start in time
     │   ├── Overloaded            a limit is reached: ``max_actors`` (none idle), ``max_in_flight``
     │   ├── NodeStopping          the node is shutting down and takes no new calls
     │   └── PeerUnavailable       the node that owns the actor did not answer
@@ -43,6 +45,7 @@ from typing import Any, ClassVar
 __all__ = [
     "STATUS",
     "ActorError",
+    "Backlogged",
     "BadRequest",
     "CallInterrupted",
     "CallTimeout",
@@ -62,6 +65,7 @@ __all__ = [
     "Overloaded",
     "PayloadTooLarge",
     "PeerUnavailable",
+    "ResultNotJSON",
     "ResultTooLarge",
     "RouteNotFound",
     "SettingsError",
@@ -109,7 +113,8 @@ class BadRequest(TowtruckError):
 
 
 class InvalidJSON(BadRequest):
-    """The body is not JSON, or nests deeper than the parser accepts."""
+    """The body is not JSON, nests deeper than the parser accepts, or holds an integer
+    past 64 bits (which JSON parsers round without a word)."""
 
 
 class InvalidActorId(BadRequest):
@@ -173,6 +178,12 @@ class ActorError(TowtruckError):
         return str(self.details.get("exception", ""))
 
 
+class ResultNotJSON(ActorError):
+    """The method returned a value JSON cannot carry (an int past 64 bits, a set, a
+    tuple as a dict key...); the message says which part, and what to return instead.
+    ``details["exception"]`` is ``"TypeError"``, what the encoder raised."""
+
+
 class ResultTooLarge(ActorError):
     """The method ran, but its answer is larger than any call may carry (64 MiB, the
     most a lane between nodes takes), so it is not sent: the same wherever the actor
@@ -197,6 +208,12 @@ class Unavailable(TowtruckError):
 
 class MailboxFull(Unavailable):
     """The actor already has ``mailbox_size`` calls waiting."""
+
+
+class Backlogged(Unavailable):
+    """The calls already waiting for the actor, at the time its recent turns took,
+    would not let this call start before its deadline: it is refused at once rather
+    than left to time out in the mailbox."""
 
 
 class Overloaded(Unavailable):
@@ -240,11 +257,13 @@ STATUS: dict[type[TowtruckError], int] = {
     MethodNotAllowed: 405,
     PayloadTooLarge: 413,
     ActorError: 500,
+    ResultNotJSON: 500,
     ResultTooLarge: 500,
     InternalError: 500,
     CallInterrupted: 502,
     Unavailable: 503,
     MailboxFull: 503,
+    Backlogged: 503,
     Overloaded: 503,
     NodeStopping: 503,
     PeerUnavailable: 503,

@@ -90,7 +90,10 @@ class Runtime:
         self.catalog = Catalog(create_actor, self.client, settings)
         #: Where calls go; a clustered node replaces it.
         self.router: Router = self.catalog
-        self._services: list[Callable[[], Awaitable[None]]] = [self._collect_periodically]
+        self._services: list[Callable[[], Awaitable[None]]] = [
+            self._collect_periodically,
+            self.catalog.failures.flush_periodically,
+        ]
         self.node_id = f"{socket.gethostname()}:{os.getpid()}"
         self.calls = 0
         self.failed = 0
@@ -206,6 +209,7 @@ class Runtime:
             await self._wait_no_calls()
             await self._deactivate_all()
         self.catalog.cancel_turns_here()
+        self.catalog.failures.flush(everything=True)
         self._stopped.set()
 
     async def _wait_no_calls(self) -> None:
