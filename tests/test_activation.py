@@ -508,3 +508,36 @@ async def test_a_backlogged_refusal_is_a_503_that_says_when_to_retry(
     assert (b"retry-after", b"1") in error.headers
     assert error.details["actor"] == "a"
     assert "could not start before its deadline" in error.message
+
+
+class FailsToActivate:
+    def __init__(self, id: str, client: towtruck.Client) -> None:
+        pass
+
+    async def activate(self) -> None:
+        await trio.sleep(1)
+        raise ValueError("no")
+
+    async def hello(self, data: Any) -> str:
+        return "hello"
+
+
+async def test_each_call_waiting_on_a_failed_activation_gets_an_error_of_its_own(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """One exception raised in several tasks would chain their tracebacks."""
+    errors: list[towtruck.ActorError] = []
+
+    async def call(runtime: towtruck.Runtime) -> None:
+        try:
+            await runtime.client.invoke("f", "hello")
+        except towtruck.ActorError as exc:
+            errors.append(exc)
+
+    async with towtruck.open_runtime(FailsToActivate, environ={}) as runtime:
+        with trio.fail_after(DEADLINE):
+            async with trio.open_nursery() as nursery:
+                for _ in range(3):
+                    nursery.start_soon(call, runtime)
+    assert [error.message for error in errors] == ["no"] * 3
+    assert len({id(error) for error in errors}) == 3

@@ -37,6 +37,7 @@ Lifecycle (Orleans' ActivationState)::
 
 from __future__ import annotations
 
+import copy
 import enum
 import inspect
 import logging
@@ -498,10 +499,12 @@ class Activation:
         return NodeStopping(f"the node stopped before actor {self.id!r} answered", actor=self.id)
 
     def _fail_waiting(self, error: TowtruckError) -> None:
+        """Fail every call waiting, each with a copy of ``error`` (one exception raised
+        in several tasks would chain their tracebacks, keeping their frames alive)."""
         mailbox, self.mailbox = self.mailbox, None
         for call in mailbox or ():
             self._catalog.queued -= 1
-            call.reply.set(outcome.Error(error))
+            call.reply.set(outcome.Error(copy.copy(error)))
 
     def _own_failure(self, method: str, exc: BaseException) -> BaseException:
         """Log the part of ``exc`` that is the actor code's own failure and return it;
