@@ -86,3 +86,24 @@ async def test_the_watchdog_stays_quiet_on_a_virtual_clock(
             await trio.sleep(100)
             assert await rt.client.invoke("b1", "nap", [0.3]) == "napped"
     assert not [r for r in caplog.records if BLOCKED in r.getMessage()]
+
+
+@pytest.mark.subprocess
+async def test_a_stopped_and_resumed_process_is_not_taken_for_a_blocked_loop(
+    http: httpx.AsyncClient,
+) -> None:
+    """SIGSTOP stops the watchdog's thread too; resumed, the thread may look before the
+    loop has woken: a loop waiting for I/O is not held by anything."""
+    argv = [*towtruck_command(), "serve", "tests.actors:create_blocker", "--port", "0"]
+    argv += ["--blocked-warning", "0.2"]
+    with trio.fail_after(PROCESS_SECONDS):
+        async with running(argv, ready=SERVING) as (process, match, output):
+            url = match.group(1)
+            for _ in range(3):
+                process.send_signal(signal.SIGSTOP)
+                await trio.sleep(0.6)  # the stop itself
+                process.send_signal(signal.SIGCONT)
+                assert (await http.get(f"{url}/invoke/a/nap/0")).json() == "napped"
+            process.send_signal(signal.SIGTERM)
+            await process.wait()
+    assert BLOCKED not in output.text, output.text

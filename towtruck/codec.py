@@ -34,7 +34,7 @@ from typing import Any, Final
 
 import orjson
 
-from .errors import InvalidJSON, TowtruckError
+from .errors import InternalError, InvalidJSON, TowtruckError
 
 __all__ = ["copy", "dumps", "error_body", "loads", "loads_answer", "why_not_json"]
 
@@ -82,8 +82,15 @@ def loads(body: bytes | str) -> Any:
 
 def loads_answer(answer: bytes) -> Any:
     """Decode an answer :func:`dumps` wrote, on this node or a peer: without the check
-    for integers past 64 bits, since :func:`dumps` never writes them."""
-    return orjson.loads(answer)
+    for integers past 64 bits, since :func:`dumps` never writes them.
+
+    Raises:
+        InternalError: it is not JSON (a broken peer sent it).
+    """
+    try:
+        return orjson.loads(answer)
+    except orjson.JSONDecodeError as exc:
+        raise InternalError(f"an answer that is not JSON came back: {exc}") from None
 
 
 def dumps(value: Any) -> bytes:

@@ -131,13 +131,20 @@ class _Watchdog(threading.Thread):
                 continue
             # The loop was due to tick at beat + tick; it has been held since then.
             held = self.clock.current_time() - beat - self.tick
-            if held >= self.threshold:
+            if held >= self.threshold and not self._waiting_for_io():
                 blocked_since = beat
                 try:
                     turn = self._report(held)
                 except Exception:  # reading another thread's stack: never fail for it
                     logger.exception("the event loop is blocked for %.1f s", held)
                     turn = ""
+
+    def _waiting_for_io(self) -> bool:
+        """Whether the loop thread waits for I/O in trio's scheduler: then it is not
+        held, only not woken yet (the whole process was stopped, say, and resumed)."""
+        frame = sys._current_frames().get(self.loop_thread)
+        module = str(frame.f_globals.get("__name__", "")) if frame is not None else ""
+        return module.startswith("trio._core._io_")
 
     def _report(self, held: float) -> str:
         """Log the warning for a loop held ``held`` seconds so far; return the turn it
