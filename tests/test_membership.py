@@ -113,3 +113,20 @@ def test_a_version_moved_on_alone_changes_no_placement() -> None:
     assert {"address": "b:1", "version": own["version"] + 3}.items() <= next(
         r for r in a.records() if r["address"] == "b:1"
     ).items(), "the newest version is kept, to gossip on"
+
+
+def test_a_removed_node_takes_in_no_gossip_until_it_is_added_back() -> None:
+    a, b = make("a:1"), make("b:1")
+    a.add("b:1")
+    a.add("c:1")
+    b.merge(a.records())
+    a.remove("b:1")
+    b.merge(a.records())
+    assert b.peers() == []
+    # The same records again (the answer to a heartbeat sent before the removal, say):
+    # its own is no news, and the others must not bring its peers back.
+    assert not b.merge(a.records())
+    assert b.peers() == []
+    a.add("b:1")
+    assert b.merge(a.records())
+    assert b.peers() == ["a:1", "c:1"]

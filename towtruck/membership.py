@@ -208,20 +208,17 @@ class Membership:
             return False
         before = self._joined()
         self._clock = max(self._clock, *(record.version for record in batch))
-        # This node's own record first: if it was removed, nothing else here counts.
-        for record in sorted(batch, key=lambda r: r.address != self.me):
+        # This node's own record first: while it is out (removed, or leaving), nothing
+        # else counts, in this batch or a later one, until a record adds it back.
+        me = self._members[self.me]
+        for record in batch:
+            if record.address == self.me and record.version > me.version:
+                me.joined, me.version, me.by = record.joined, record.version, record.by
+                if not record.joined:  # removed: on its own, its own record saying so
+                    self._members = {self.me: me}
+        for record in batch if me.joined else ():
             member = self._members.get(record.address)
             if record.address == self.me:
-                assert member is not None
-                if record.version > member.version:
-                    member.joined, member.version, member.by = (
-                        record.joined,
-                        record.version,
-                        record.by,
-                    )
-                    if not record.joined:  # removed: on its own, its own record saying so
-                        self._members = {self.me: member}
-                        break
                 continue
             if member is None:
                 self._members[record.address] = Member(
