@@ -153,6 +153,12 @@ class Blocker:
         while True:
             pass
 
+    def told_nap(self, data: Any) -> str:
+        """``nap``, saying so on stdout first (for a test to stop the process then)."""
+        print(f"napping {self.id}", flush=True)
+        time.sleep(float(data[0]))
+        return "napped"
+
 
 def create_blocker(id: str, client: towtruck.Client) -> Blocker:
     return Blocker(id, client)

@@ -92,18 +92,25 @@ async def test_the_watchdog_stays_quiet_on_a_virtual_clock(
 async def test_a_stopped_and_resumed_process_is_not_taken_for_a_blocked_loop(
     http: httpx.AsyncClient,
 ) -> None:
-    """SIGSTOP stops the watchdog's thread too; resumed, the thread may look before the
-    loop has woken: a loop waiting for I/O is not held by anything."""
+    """SIGSTOP stops the watchdog's thread too; resumed, it may look before the loop
+    has run again. Neither a loop waiting for I/O nor a short turn that the stop caught
+    held the loop for the length of the stop."""
     argv = [*towtruck_command(), "serve", "tests.actors:create_blocker", "--port", "0"]
-    argv += ["--blocked-warning", "0.2"]
+    argv += ["--blocked-warning", "0.5"]
     with trio.fail_after(PROCESS_SECONDS):
         async with running(argv, ready=SERVING) as (process, match, output):
             url = match.group(1)
-            for _ in range(3):
+            for n in range(3):
                 process.send_signal(signal.SIGSTOP)
-                await trio.sleep(0.6)  # the stop itself
+                await trio.sleep(1)  # the stop itself
                 process.send_signal(signal.SIGCONT)
                 assert (await http.get(f"{url}/invoke/a/nap/0")).json() == "napped"
+                async with trio.open_nursery() as nursery:  # a 0.2 s turn, stopped within
+                    nursery.start_soon(http.get, f"{url}/invoke/n{n}/told_nap/0.2")
+                    await output.wait_for(f"napping n{n}")
+                    process.send_signal(signal.SIGSTOP)
+                    await trio.sleep(1)
+                    process.send_signal(signal.SIGCONT)
             process.send_signal(signal.SIGTERM)
             await process.wait()
     assert BLOCKED not in output.text, output.text

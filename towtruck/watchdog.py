@@ -121,7 +121,15 @@ class _Watchdog(threading.Thread):
     def run(self) -> None:
         blocked_since: float | None = None  # the beat the warning was about
         turn = ""
+        woke = self.clock.current_time()
+        excused = woke  # the end of the last stretch in which this thread did not run
         while not self.stopped.wait(self.tick):
+            now = self.clock.current_time()
+            if now - woke > self.tick + self.threshold / 2:
+                # This thread did not run either: the whole process was stopped (SIGSTOP,
+                # a frozen VM), and nothing held the loop meanwhile.
+                excused = now
+            woke = now
             beat = self.beat
             if blocked_since is not None:
                 if beat != blocked_since:  # it ran again
@@ -130,7 +138,7 @@ class _Watchdog(threading.Thread):
                     blocked_since = None
                 continue
             # The loop was due to tick at beat + tick; it has been held since then.
-            held = self.clock.current_time() - beat - self.tick
+            held = now - max(beat, excused) - self.tick
             if held >= self.threshold and not self._waiting_for_io():
                 blocked_since = beat
                 try:
