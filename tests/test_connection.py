@@ -171,9 +171,10 @@ class Keeper:
         self.buffer = bytearray()
 
     async def answer(self) -> tuple[bytes, bytes]:
-        """The next response's status line and body."""
+        """The next response's status line (without its reason phrase) and body."""
         head, body = await read_response(self.stream, self.buffer)
-        return head.split(b"\r\n")[0], body
+        version, status, *_ = head.split(b"\r\n")[0].split(b" ")
+        return version + b" " + status + b" ", body
 
 
 @asynccontextmanager

@@ -49,6 +49,7 @@ _VALUE_FLAGS = [
         "seconds a turn may hold the event loop before it is logged (1)",
     ),
     ("--log-level", "log_level", "how much to log to stderr: debug, info, warning, error (info)"),
+    ("--http-parser", "http_parser", "how to read HTTP: httptools, h11, or auto (auto)"),
 ]
 _SWITCHES = [
     ("--access-log", "access_log", "log every request (costs throughput)"),

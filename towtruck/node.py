@@ -27,7 +27,7 @@ from .client import Client
 from .peers import open_router
 from .router import Router
 from .runtime import Runtime
-from .server import bind, hypercorn_config, serve
+from .server import listen, serve
 from .settings import Settings, bind_error
 
 __all__ = ["Node", "configure_logging", "open_node", "run", "serve_node", "tune_garbage_collector"]
@@ -104,9 +104,8 @@ async def open_node(
     """
     config = Settings.load(port=port, **settings)
     runtime = Runtime(create_actor, config)
-    http_config = hypercorn_config(config)
     try:
-        sockets, urls = bind(http_config, listen_fds)
+        sockets, urls = listen(config, listen_fds)
     except OSError as exc:  # a port in use, a host not of this machine...
         raise bind_error(config, exc) from exc
     me = config.advertise or urls[0].removeprefix("http://")
@@ -130,15 +129,7 @@ async def open_node(
         await nursery.start(runtime.serve)
         app = App(runtime=runtime)
         await nursery.start(
-            partial(
-                serve,
-                app,
-                http_config,
-                sockets=sockets,
-                fast=app,
-                request_timeout=config.request_timeout,
-                shutdown_trigger=node._stop_http.wait,
-            )
+            partial(serve, app, config, sockets=sockets, shutdown_trigger=node._stop_http.wait)
         )
         await router.start(config.peers)
         try:
