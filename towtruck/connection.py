@@ -194,13 +194,16 @@ class Connection:
         parser = open_parser(routes.max_body, server.parser)
         requests = parser.requests
         drained = True
+        answered = False  # it just wrote an answer
         continued: Request | None = None  # the request told "100 Continue"
         while True:
             while not requests:
                 if server.stopping.is_set() and not parser.receiving:
                     return
-                data = await sockets.receive(stream, _READ_SIZE, drained=drained)
-                drained = len(data) < _READ_SIZE
+                data = await sockets.receive(
+                    stream, _READ_SIZE, drained=drained, yield_first=answered
+                )
+                drained, answered = len(data) < _READ_SIZE, False
                 if not await self._parse(parser.feed, data):
                     return
                 if not data:
@@ -219,6 +222,7 @@ class Connection:
             self.idle_since = self.receiving_since = None
             if not await self._answer(request):
                 return
+            answered = True
             self.idle_since = trio.current_time()
             if not await self._parse(parser.answered):
                 return

@@ -161,6 +161,11 @@ class Membership:
         wanted = set(states) or {MemberState.ALIVE, MemberState.DOWN}
         return sorted(a for a in self._members if a != self.me and self.state(a) in wanted)
 
+    @property
+    def alone(self) -> bool:
+        """This node knows of no other, joined, down or removed."""
+        return len(self._members) == 1
+
     def placement(self) -> tuple[str, ...]:
         """The members actors are placed on: this node (unless it is leaving) and its
         live peers, sorted."""
