@@ -26,7 +26,7 @@ import http
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 from wsgiref.handlers import format_date_time
 
 import trio
@@ -172,8 +172,7 @@ class Connection:
         server = self._server
         server.connections.add(self)
         try:
-            host, port, *_ = self._stream.socket.getpeername()
-            self._client = f"{host}:{port}"
+            self._client = _address(self._stream.socket.getpeername())
             await self._serve()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass  # the client went away, or the reaper closed the connection
@@ -408,8 +407,15 @@ def _head(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
 
 
 def _server_address(stream: trio.SocketStream) -> str:
-    host, port, *_ = stream.socket.getsockname()
-    return f"{host}:{port}"
+    return _address(stream.socket.getsockname())
+
+
+def _address(address: Any) -> str:
+    """``host:port`` of a socket's address (a Unix domain socket's: its path, or
+    ``-`` for an unnamed one)."""
+    if isinstance(address, tuple):
+        return f"{address[0]}:{address[1]}"
+    return str(address or "-")
 
 
 _date_cache: tuple[int, bytes] = (0, b"")

@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import types
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -85,6 +85,7 @@ async def open_node(
     *,
     port: int = 0,
     listen_fds: Sequence[int] = (),
+    local_lanes: Mapping[str, str] | None = None,
     **settings: Any,
 ) -> AsyncIterator[Node]:
     """Run a node inside the caller's trio program for the duration of the block.
@@ -93,7 +94,9 @@ async def open_node(
     settings are :class:`~towtruck.Settings` names, with ``TOWTRUCK_*`` variables
     filling in those not given; ``peers=["host:port"]`` joins a cluster.
     ``listen_fds`` are sockets already listening to serve on instead of binding
-    ``host:port`` (how ``towtruck serve --workers`` hands its workers their sockets).
+    ``host:port`` (how ``towtruck serve --workers`` hands its workers their sockets,
+    Unix domain sockets among them); ``local_lanes`` maps peers of this host to the
+    Unix domain sockets they listen on (see :func:`~towtruck.lanes.open_lanes`).
 
     The node's runtime (its actors and background work) and its HTTP server run as
     sibling tasks of a nursery this block opens: an error in either takes the node
@@ -122,7 +125,7 @@ async def open_node(
             exposed[0],
         )
     async with (
-        open_router(runtime, me, config.cluster_key) as router,
+        open_router(runtime, me, config.cluster_key, local_lanes) as router,
         trio.open_nursery() as nursery,
     ):
         node = Node(runtime, router, urls[0], nursery)

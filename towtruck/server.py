@@ -35,7 +35,8 @@ BACKLOG: Final = 1024
 def listen(settings: Settings, fds: Sequence[int] = ()) -> tuple[list[socket.socket], list[str]]:
     """Listen on ``settings.host`` and ``port`` now, or take over the listening sockets
     ``fds`` (a process manager's: see :mod:`towtruck.workers`); returns the sockets
-    (for :func:`serve`) and their URLs, so a node knows its port before it serves.
+    (for :func:`serve`) and the URLs of those on TCP, so a node knows its port before
+    it serves.
 
     Raises:
         OSError: the address cannot be listened on (``socket.gaierror`` if the host
@@ -56,7 +57,7 @@ def listen(settings: Settings, fds: Sequence[int] = ()) -> tuple[list[socket.soc
             sock.close()
             raise
         sockets = [sock]
-    return sockets, [_url(sock) for sock in sockets]
+    return sockets, [_url(sock) for sock in sockets if sock.family != socket.AF_UNIX]
 
 
 def _url(sock: socket.socket) -> str:
@@ -88,7 +89,7 @@ async def serve(
         app, bridge, request_timeout=settings.request_timeout, parser=settings.http_parser
     )
     listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
-    urls = [_url(s) for s in sockets]
+    urls = [_url(s) for s in sockets if s.family != socket.AF_UNIX]
 
     async def connect(stream: trio.SocketStream) -> None:
         await Connection(stream, server).run()
