@@ -8,12 +8,13 @@ nox.options.default_venv_backend = "venv"
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the test suite on the compiled h11 where it installs, then on the pure one
-    (``-- -k pattern`` and other pytest options pass through)."""
+    """Run the test suite with the servers reading HTTP with httptools, then with h11,
+    the fallback where httptools does not install (``-- -k pattern`` and other pytest
+    options pass through)."""
     session.install("-e", ".[test]")
-    # ``python -m`` puts the repository on sys.path, where ``-p tests.pure_h11`` is.
+    # ``python -m`` puts the repository on sys.path, where ``-p tests.h11_parser`` is.
     session.run("python", "-m", "pytest", *session.posargs)
-    session.run("python", "-m", "pytest", "-p", "tests.pure_h11", *session.posargs)
+    session.run("python", "-m", "pytest", "-p", "tests.h11_parser", *session.posargs)
 
 
 @nox.session

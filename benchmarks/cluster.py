@@ -2,14 +2,18 @@
 
 Node 1 is ``python -m towtruck serve examples.greeter:create_actor --max-actors 1000000
 --max-inactivity 3600`` (so that collection never runs into the measurements); nodes 2
-and 3 add ``--peer`` node 1. Once every node sees the other two alive:
+and 3 add ``--peer`` node 1. A fourth node, alone (node 1's flags), takes the same load
+as the cluster, for comparison. Once every node of the cluster sees the other two alive:
 
 1. **Throughput over the cluster**: three loads at once, one per node (``wrk -t1 -c16``,
    each request to a random actor among 10,000): the total rate, each node's p50 and
    p99 (wrk's percentiles cannot be merged), failed requests (non-2xx and socket
    errors), and the share of requests forwarded to another node, from the nodes'
    ``/health`` call counts (a forwarded call counts on both nodes), beside the share
-   placement predicts.
+   placement predicts. The server CPU time per answered request, summed over the three
+   nodes' processes (from ``/proc``), is set against the lone node's under the same
+   three loads (all on it), measured next to it in each repetition: the cost of
+   spreading the actors over processes.
 2. **The cost of a forward**: node 1 is called for 500 actors it owns (local) and 500
    that node 2 owns (forwarded once), all activated beforehand. One connection, one
    request at a time, local and forwarded interleaved: p50, p99 and their ratio. Then
@@ -45,8 +49,8 @@ from pathlib import Path
 from typing import Any
 
 import http_invoke
-from _common import Figure, Figures, common_arguments, free_ports, table
-from http_invoke import HERE, Load, get_json, server
+from _common import Figure, Figures, common_arguments, cpu_seconds, free_ports, table
+from http_invoke import HERE, Load, Server, get_json, server
 
 from towtruck import placement
 
@@ -63,22 +67,30 @@ KINDS = {
 }
 
 
+def node_command(member: str, peer: str | None) -> list[str]:
+    """``towtruck serve`` at ``member`` (``host:port``), joining through ``peer`` if any."""
+    host, port = member.split(":")
+    command = [sys.executable, "-m", "towtruck", "serve", "examples.greeter:create_actor"]
+    command += ["--host", host, "--port", port, "--max-actors", "1000000"]
+    command += ["--max-inactivity", "3600"]
+    return command + (["--peer", peer] if peer else [])
+
+
 @contextlib.contextmanager
-def cluster(logs: Path) -> Iterator[list[str]]:
+def cluster(logs: Path) -> Iterator[list[Server]]:
     """Start the nodes, node 1 first and the others joining through it, each in its own
-    process group with its output in ``logs/nodeN.log``; yield their ``host:port`` once
-    each sees the others alive. Every node is killed when the block ends, even on error."""
+    process group with its output in ``logs/nodeN.log``; yield them once each sees the
+    others alive. Every node is killed when the block ends, even on error."""
     members = [f"127.0.0.1:{port}" for port in free_ports(NODES)]
     with contextlib.ExitStack() as stack:
+        nodes = []
         for n, member in enumerate(members, 1):
-            host, port = member.split(":")
-            command = [sys.executable, "-m", "towtruck", "serve", "examples.greeter:create_actor"]
-            command += ["--host", host, "--port", port, "--max-actors", "1000000"]
-            command += ["--max-inactivity", "3600"]
-            command += ["--peer", members[0]] if n > 1 else []
+            command = node_command(member, members[0] if n > 1 else None)
             log = logs / f"node{n}.log"
-            stack.enter_context(
-                server(f"node {n}", command, f"http://{member}", cwd=HERE.parent, log_path=log)
+            nodes.append(
+                stack.enter_context(
+                    server(f"node {n}", command, f"http://{member}", cwd=HERE.parent, log_path=log)
+                )
             )
         deadline = time.monotonic() + JOIN_SECONDS
         while not all(_joined(member, members) for member in members):
@@ -86,7 +98,12 @@ def cluster(logs: Path) -> Iterator[list[str]]:
                 views = {m: get_json(f"http://{m}/health")["members"] for m in members}
                 raise RuntimeError(f"the nodes did not join in {JOIN_SECONDS} s: {views}")
             time.sleep(0.1)
-        yield members
+        yield nodes
+
+
+def address(node: Server) -> str:
+    """A node's ``host:port``."""
+    return node.url.removeprefix("http://")
 
 
 def _joined(member: str, members: list[str]) -> bool:
@@ -94,7 +111,7 @@ def _joined(member: str, members: list[str]) -> bool:
     others = sorted(set(members) - {member})
     health = get_json(f"http://{member}/health")
     alive = sorted(m["address"] for m in health["members"] if m["state"] == "alive")
-    return get_json(f"http://{member}/getservers") == others == alive
+    return bool(get_json(f"http://{member}/getservers") == others == alive)
 
 
 def owned_ids(members: list[str], owner: str, count: int, prefix: str) -> list[str]:
@@ -105,11 +122,48 @@ def owned_ids(members: list[str], owner: str, count: int, prefix: str) -> list[s
 
 
 @dataclass
+class Spread:
+    """What loads on several nodes at once measured.
+
+    Attributes:
+        loads: One per load generator.
+        cpu_seconds: CPU time the loaded nodes' processes used meanwhile.
+    """
+
+    loads: list[Load]
+    cpu_seconds: float
+
+    @property
+    def requests(self) -> int:
+        """Requests answered."""
+        return sum(load.requests for load in self.loads)
+
+    @property
+    def rps(self) -> float:
+        """Requests answered per second, all loads together."""
+        return sum(load.rps for load in self.loads)
+
+    @property
+    def failed(self) -> int:
+        return sum(load.failed for load in self.loads)
+
+    @property
+    def worst_p99(self) -> float:
+        return max(load.p99_ms for load in self.loads)
+
+    @property
+    def cpu(self) -> float:
+        """The nodes' CPU µs per answered request, summed over the nodes."""
+        return 1e6 * self.cpu_seconds / max(self.requests, 1)
+
+
+@dataclass
 class Cases:
     """The measurements, on a running cluster; each adds its figures to ``figures``.
 
     Attributes:
-        members: The nodes' ``host:port``, node 1 first.
+        nodes: The cluster's nodes, node 1 first.
+        single: A node alone, for comparison.
         load: ``http_invoke.wrk`` or ``http_invoke.python_loadgen``.
         generator: Its name, for the figures' names.
         duration: Seconds per load.
@@ -117,46 +171,80 @@ class Cases:
         figures: What the cases measured.
     """
 
-    members: list[str]
+    nodes: list[Server]
+    single: Server
     load: Callable[..., Load]
     generator: str
     duration: int
     repeat: int
     figures: Figures = field(default_factory=Figures)
 
+    @property
+    def members(self) -> list[str]:
+        """The cluster's nodes' ``host:port``, node 1 first."""
+        return [address(node) for node in self.nodes]
+
     def spread_throughput(self) -> None:
-        """Case 1: a load on every node at once, random actors among ``RANDOM_IDS``."""
+        """Case 1: a load on every node at once, random actors among ``RANDOM_IDS``; and
+        the same loads, all on the lone node, next to it."""
         tag = f"cluster {self.generator} {NODES}x-c{SPREAD_CONNECTIONS} random of {RANDOM_IDS:,}"
-        if self.duration >= 3:
-            self._load_all()  # warm-up, not reported
-        for _ in range(self.repeat):
+        alone = [self.single] * NODES
+        if self.duration >= 3:  # warm-ups, not reported
+            self._load_all()
+            self._load_all(on=alone)
+        for repetition in range(self.repeat):
+            if repetition % 2:  # the lone node first every other repetition
+                single = self._spread(alone)
             before = self._calls()
-            loads = self._load_all()
+            spread = self._spread()
             # wrk and loadgen.py count answered requests only; the nodes also received
             # the one in flight on each connection when the load stopped.
-            requests = sum(result.requests for result in loads)
-            forwarded = self._calls() - before - requests - NODES * SPREAD_CONNECTIONS
-            self.figures.add(f"{tag}, total", "requests/s", sum(result.rps for result in loads))
-            for n, result in enumerate(loads, 1):
+            forwarded = self._calls() - before - spread.requests - NODES * SPREAD_CONNECTIONS
+            if repetition % 2 == 0:
+                single = self._spread(alone)
+            self.figures.add(f"{tag}, total", "requests/s", spread.rps)
+            for n, result in enumerate(spread.loads, 1):
                 self.figures.add(f"{tag}, node {n} p50", "ms", result.p50_ms)
                 self.figures.add(f"{tag}, node {n} p99", "ms", result.p99_ms)
-            self.figures.add(f"{tag}, failed", "requests", sum(result.failed for result in loads))
-            self.figures.add(f"{tag}, forwarded", "%", 100 * forwarded / requests)
+            self.figures.add(f"{tag}, failed", "requests", spread.failed)
+            self.figures.add(f"{tag}, forwarded", "%", 100 * forwarded / spread.requests)
+            self.figures.add(f"{tag}, server CPU per request, nodes summed", "µs", spread.cpu)
+            self.figures.add(f"{tag}, one node alone: total", "requests/s", single.rps)
+            self.figures.add(f"{tag}, one node alone: worst p99", "ms", single.worst_p99)
+            self.figures.add(f"{tag}, one node alone: failed", "requests", single.failed)
+            self.figures.add(f"{tag}, one node alone: server CPU per request", "µs", single.cpu)
+            self.figures.add(
+                f"{tag}, CPU per request / one node alone's", "x", spread.cpu / single.cpu
+            )
+            self.figures.add(f"{tag}, total / one node alone's", "x", spread.rps / single.rps)
         ids = [str(n) for n in range(1, RANDOM_IDS + 1)]
         elsewhere = sum(placement.owner(i, self.members) != m for m in self.members for i in ids)
         self.figures.add(f"{tag}, forwarded by placement", "%", 100 * elsewhere / NODES / len(ids))
 
-    def _load_all(self, new_ids: str = "") -> list[Load]:
-        """Load every node at once, each with its own random sequence of ids, or, with
-        ``new_ids``, with new ids: ``{new_ids}{n}-1``, ``-2``... on node ``n``."""
-        with ThreadPoolExecutor(NODES) as pool:
+    def _spread(self, on: list[Server] | None = None) -> Spread:
+        """:meth:`_load_all`, with the CPU time the loaded nodes' processes used."""
+        pids = sorted({pid for node in on or self.nodes for pid in node.pids()})
+        before = cpu_seconds(pids)
+        loads = self._load_all(on=on)
+        return Spread(loads, cpu_seconds(pids) - before)
+
+    def _load_all(self, new_ids: str = "", on: list[Server] | None = None) -> list[Load]:
+        """Load every node (or each of ``on``) at once, each with its own random
+        sequence of ids, or, with ``new_ids``, with new ids: ``{new_ids}{n}-1``,
+        ``-2``... on node ``n``."""
+        targets = self.nodes if on is None else on
+        with ThreadPoolExecutor(len(targets)) as pool:
             runs = []
-            for n, member in enumerate(self.members):
+            for n, node in enumerate(targets):
                 ids = {"new_ids": f"{new_ids}{n}-"} if new_ids else {"random_ids": RANDOM_IDS}
-                url = f"http://{member}"
                 runs.append(
                     pool.submit(
-                        self.load, url, self.duration, connections=SPREAD_CONNECTIONS, seed=n, **ids
+                        self.load,
+                        node.url,
+                        self.duration,
+                        connections=SPREAD_CONNECTIONS,
+                        seed=n,
+                        **ids,
                     )
                 )
             return [run.result() for run in runs]
@@ -282,10 +370,8 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def logged_problems(logs: Path) -> list[str]:
-    """The WARNING and ERROR lines in the nodes' logs."""
-    lines = [
-        line for log in sorted(logs.glob("node*.log")) for line in log.read_text().splitlines()
-    ]
+    """The WARNING and ERROR lines in the nodes' logs (the lone node's included)."""
+    lines = [line for log in sorted(logs.glob("*.log")) for line in log.read_text().splitlines()]
     return [line for line in lines if " WARNING " in line or " ERROR " in line]
 
 
@@ -302,8 +388,16 @@ def run(
         sample: Ids whose activations are checked, among the 10,000 and among the new.
     """
     load = http_invoke.wrk if generator == "wrk" else http_invoke.python_loadgen
-    with tempfile.TemporaryDirectory() as scratch, cluster(Path(scratch)) as members:
-        cases = Cases(members, load, generator, duration, repeat)
+    with contextlib.ExitStack() as stack:
+        scratch = stack.enter_context(tempfile.TemporaryDirectory())
+        nodes = stack.enter_context(cluster(Path(scratch)))
+        (port,) = free_ports(1)
+        command, log = node_command(f"127.0.0.1:{port}", None), Path(scratch, "alone.log")
+        single = stack.enter_context(
+            server("lone node", command, f"http://127.0.0.1:{port}", cwd=HERE.parent, log_path=log)
+        )
+        cases = Cases(nodes, single, load, generator, duration, repeat)
+        members = cases.members
         cases.spread_throughput()
         pools = {
             "local": owned_ids(members, members[0], POOL, "local"),
@@ -335,7 +429,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 def options(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments of :func:`run` from the command line, ``--quick`` applied."""
     return {
-        **http_invoke.options(args),
+        **http_invoke.load_options(args),
         "sequential": args.sequential or (200 if args.quick else 2000),
         "sample": 100 if args.quick else 1000,
     }
@@ -344,7 +438,7 @@ def options(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common_arguments(parser)
-    http_invoke.arguments(parser)
+    http_invoke.generator_argument(parser)
     arguments(parser)
     print(table(run(**options(parser.parse_args()))))
 

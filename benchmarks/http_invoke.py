@@ -2,13 +2,19 @@
 
 The node is ``python -m towtruck serve examples.greeter:create_actor --max-actors 20000``;
 the load is ``wrk -t1 -c50 --latency`` on (a) one hot actor, ``/invoke/1/hello``, and
-(b) a random actor among 10,000 per request (``random_ids.lua``). The reference, in
-the same run, is a raw ASGI app (``hello_asgi.py``) on stock Hypercorn's trio worker;
-the cases alternate within each repetition, so ratios compare the same stretch of a
-noisy machine. Without ``wrk`` on the PATH the load comes from ``loadgen.py`` (trio,
-raw sockets, also a separate process); the figures' names say which generator ran.
+(b) a random actor among 10,000 per request (``random_ids.lua``). The yardstick, in the
+same rounds, is issue 10's minimal HTTP/1.1 server on raw trio sockets
+(``limit_server.py``: a dict of plain objects, a JSON hello) under the same two loads;
+a raw ASGI app (``hello_asgi.py``) on stock Hypercorn's trio worker is a second
+reference. The cases alternate within each repetition (each towtruck case next to the
+yardstick's, the order reversed every other repetition), so ratios compare the same
+stretch of a noisy machine. Each case also reports its server's CPU time per answered
+request (user and system, from ``/proc/PID/stat``, the server's processes only).
+Without ``wrk`` on the PATH the load comes from ``loadgen.py`` (trio, raw sockets, also
+a separate process); the figures' names say which generator ran.
 
-Run it alone with ``python benchmarks/http_invoke.py [--quick] [--generator python]``.
+Run it alone with ``python benchmarks/http_invoke.py [--quick] [--generator python]
+[--yardstick PATH]``.
 """
 
 from __future__ import annotations
@@ -20,22 +26,34 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from _common import Figure, Figures, common_arguments, descendants, free_ports, table
+from _common import Figure, Figures, common_arguments, cpu_seconds, descendants, free_ports, table
 
 HERE = Path(__file__).resolve().parent
 CONNECTIONS = 50
 RANDOM_IDS = 10_000
-REFERENCE = "reference: raw ASGI, hypercorn trio"
+#: Issue 10's yardstick (a copy of ``../shared/bench/limit_server.py``).
+YARDSTICK = HERE / "limit_server.py"
+HOT = "hot actor /invoke/1/hello"
+RANDOM = f"random actor of {RANDOM_IDS:,}"
+#: Each towtruck case's yardstick case, measured next to it.
+YARDSTICK_CASES = {
+    HOT: "yardstick: raw trio, /invoke/1/hello",
+    RANDOM: f"yardstick: raw trio, random id of {RANDOM_IDS:,}",
+}
+HYPERCORN = "reference: raw ASGI, hypercorn trio"
 
 
 @dataclass
@@ -142,23 +160,44 @@ class Server:
     url: str
     pid: int
 
+    def pids(self) -> list[int]:
+        """Its process and those below it now (``--workers``' workers)."""
+        return [self.pid, *descendants(self.pid)]
+
+
+def measured(node: Server, load: Callable[[], Load]) -> tuple[Load, float]:
+    """Run ``load`` on ``node``: what it measured, and the server's CPU time per
+    answered request over the run, in µs (its processes' user and system time)."""
+    pids = node.pids()
+    before = cpu_seconds(pids)
+    result = load()
+    return result, 1e6 * (cpu_seconds(pids) - before) / max(result.requests, 1)
+
 
 @contextlib.contextmanager
 def server(
-    name: str, command: list[str], url: str, *, cwd: Path, log_path: Path | None = None
+    name: str,
+    command: list[str],
+    url: str,
+    *,
+    cwd: Path,
+    log_path: Path | None = None,
+    probe: str | None = "/ping",
 ) -> Iterator[Server]:
     """Run a server in its own process group until the block ends, even on error (with
-    the processes it started, in that group or not); yield it once ``url/ping`` answers.
-    Its output goes to ``log_path`` if given."""
+    the processes it started, in that group or not); yield it once ``url`` + ``probe``
+    answers, or, if ``probe`` is None, once its port takes connections. Its output goes
+    to ``log_path`` if given."""
     with open(log_path, "w+") if log_path else tempfile.TemporaryFile("w+") as log:
         process = subprocess.Popen(
             command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
-            if not _answers_ping(process, url):
+            if not _ready(process, url, probe):
                 log.seek(0)
+                waited = f"answer {url}{probe}" if probe else f"listen at {url}"
                 raise RuntimeError(
-                    f"{name} did not answer {url}/ping (exit code {process.poll()});"
+                    f"{name} did not {waited} (exit code {process.poll()});"
                     f" its output:\n{log.read()[-3000:]}"
                 )
             yield Server(url, process.pid)
@@ -166,11 +205,20 @@ def server(
             _kill(process)
 
 
-def _answers_ping(process: subprocess.Popen[bytes], url: str, timeout: float = 30) -> bool:
+def _ready(
+    process: subprocess.Popen[bytes], url: str, probe: str | None, timeout: float = 30
+) -> bool:
+    """Whether the server answers ``probe`` (or takes connections) within ``timeout``
+    seconds, while its process runs."""
+    parts = urlsplit(url)
+    address = (parts.hostname or "127.0.0.1", parts.port or 80)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
         try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=1):
+            if probe is None:
+                socket.create_connection(address, timeout=1).close()
+                return True
+            with urllib.request.urlopen(f"{url}{probe}", timeout=1):
                 return True  # urlopen raises on anything but 2xx
         except OSError:
             time.sleep(0.05)
@@ -186,7 +234,7 @@ def _kill(process: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(5)
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)  # also hypercorn's worker process
+        os.killpg(process.pid, signal.SIGKILL)  # also hypercorn's worker process, if any
     process.wait()
     for pid in below:
         with contextlib.suppress(ProcessLookupError):
@@ -198,54 +246,78 @@ def get_json(url: str) -> Any:
         return json.loads(response.read())
 
 
-def run(*, duration: int, repeat: int, generator: str) -> list[Figure]:
-    """Start both servers, warm them up, then measure each case ``repeat`` times."""
+@dataclass
+class Case:
+    """One load on one server: ``url``, with random ids among 1..``ids`` if not 0."""
+
+    server: Server
+    url: str
+    ids: int = 0
+
+
+def run(*, duration: int, repeat: int, generator: str, yardstick: Path) -> list[Figure]:
+    """Start the servers, warm them up, then measure each case ``repeat`` times."""
     load = wrk if generator == "wrk" else python_loadgen
     tag = f"http {generator} -c{CONNECTIONS}"
-    node_port, reference_port = free_ports(2)
+    node_port, yardstick_port, hypercorn_port = free_ports(3)
     node_command = [sys.executable, "-m", "towtruck", "serve", "examples.greeter:create_actor"]
     node_command += f"--host 127.0.0.1 --port {node_port} --max-actors {2 * RANDOM_IDS}".split()
     node_command += ["--log-level", "warning"]
-    reference_command = [sys.executable, "-m", "hypercorn", "--worker-class", "trio"]
-    reference_command += ["--bind", f"127.0.0.1:{reference_port}", "hello_asgi.py:app"]
-    node_url, reference_url = f"http://127.0.0.1:{node_port}", f"http://127.0.0.1:{reference_port}"
+    yardstick_command = [sys.executable, str(yardstick), str(yardstick_port)]
+    hypercorn_command = [sys.executable, "-m", "hypercorn", "--worker-class", "trio"]
+    hypercorn_command += ["--bind", f"127.0.0.1:{hypercorn_port}", "hello_asgi.py:app"]
+    urls = [f"http://127.0.0.1:{port}" for port in (node_port, yardstick_port, hypercorn_port)]
     figures = Figures()
-    with (
-        server("towtruck node", node_command, node_url, cwd=HERE.parent),
-        server("hypercorn reference", reference_command, reference_url, cwd=HERE),
-    ):
-        node, reference = node_url, reference_url
-        answer = get_json(f"{node}/invoke/1/hello")
-        if answer != {"hello": "from actor 1"}:
-            raise RuntimeError(f"unexpected answer from the node: {answer!r}")
-        cases = {  # name: (url, random ids)
-            "hot actor /invoke/1/hello": (f"{node}/invoke/1/hello", 0),
-            f"random actor of {RANDOM_IDS:,}": (node, RANDOM_IDS),
-            REFERENCE: (f"{reference}/", 0),
+    with contextlib.ExitStack() as stack:
+        node = stack.enter_context(server("towtruck node", node_command, urls[0], cwd=HERE.parent))
+        limit = stack.enter_context(
+            server("yardstick", yardstick_command, urls[1], cwd=HERE, probe=None)
+        )
+        hypercorn = stack.enter_context(
+            server("hypercorn reference", hypercorn_command, urls[2], cwd=HERE)
+        )
+        for name, url in (("node", node.url), ("yardstick", limit.url)):
+            answer = get_json(f"{url}/invoke/1/hello")
+            if answer != {"hello": "from actor 1"}:
+                raise RuntimeError(f"unexpected answer from the {name}: {answer!r}")
+        cases = {  # each towtruck case next to its yardstick case
+            HOT: Case(node, f"{node.url}/invoke/1/hello"),
+            YARDSTICK_CASES[HOT]: Case(limit, f"{limit.url}/invoke/1/hello"),
+            RANDOM: Case(node, node.url, RANDOM_IDS),
+            YARDSTICK_CASES[RANDOM]: Case(limit, limit.url, RANDOM_IDS),
+            HYPERCORN: Case(hypercorn, f"{hypercorn.url}/"),
         }
-        for url, ids in cases.values() if duration >= 3 else ():
-            load(url, duration // 3, random_ids=ids)  # warm-up, not reported
+        for case in cases.values() if duration >= 3 else ():
+            load(case.url, duration // 3, random_ids=case.ids)  # warm-up, not reported
         failed = 0
-        for _ in range(repeat):
-            loads = {
-                name: load(url, duration, random_ids=ids) for name, (url, ids) in cases.items()
-            }
-            reference_rps = loads[REFERENCE].rps
-            for name, result in loads.items():
-                figures.add(f"{tag} {name}", "requests/s", result.rps)
-                figures.add(f"{tag} {name}, p50", "ms", result.p50_ms)
-                figures.add(f"{tag} {name}, p99", "ms", result.p99_ms)
-                failed += result.failed
-            for name in list(loads)[:2]:
-                figures.add(f"{tag} {name} / reference", "x", loads[name].rps / reference_rps)
+        for repetition in range(repeat):
+            order = list(cases.items())
+            loads, cpu = {}, {}
+            for name, case in order if repetition % 2 == 0 else reversed(order):
+                run_load = partial(load, case.url, duration, random_ids=case.ids, seed=repetition)
+                loads[name], cpu[name] = measured(case.server, run_load)
+            for name in cases:
+                figures.add(f"{tag} {name}", "requests/s", loads[name].rps)
+                figures.add(f"{tag} {name}, p50", "ms", loads[name].p50_ms)
+                figures.add(f"{tag} {name}, p99", "ms", loads[name].p99_ms)
+                figures.add(f"{tag} {name}, server CPU per request", "µs", cpu[name])
+                failed += loads[name].failed
+            for name, limit_name in YARDSTICK_CASES.items():
+                ours, theirs = loads[name], loads[limit_name]
+                figures.add(f"{tag} {name} / yardstick", "x", ours.rps / theirs.rps)
+                figures.add(f"{tag} {name}, p99 / yardstick's", "x", ours.p99_ms / theirs.p99_ms)
+                figures.add(
+                    f"{tag} {name}, CPU per request / yardstick's", "x", cpu[name] / cpu[limit_name]
+                )
+                figures.add(f"{tag} {name} / hypercorn", "x", ours.rps / loads[HYPERCORN].rps)
         figures.add(f"{tag} failed requests, all runs", "requests", failed)
-        health = get_json(f"{node}/health")
+        health = get_json(f"{node.url}/health")
         figures.add(f"{tag} node's actors at the end", "actors", health["actors"])
     return list(figures.values())
 
 
-def arguments(parser: argparse.ArgumentParser) -> None:
-    """This benchmark's own options."""
+def generator_argument(parser: argparse.ArgumentParser) -> None:
+    """The option of every benchmark that runs a load generator."""
     parser.add_argument(
         "--generator",
         choices=["wrk", "python"],
@@ -253,13 +325,31 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def options(args: argparse.Namespace) -> dict[str, Any]:
-    """Keyword arguments of :func:`run` from the command line, ``--quick`` applied."""
+def arguments(parser: argparse.ArgumentParser) -> None:
+    """This benchmark's own options."""
+    generator_argument(parser)
+    parser.add_argument(
+        "--yardstick",
+        type=Path,
+        default=YARDSTICK,
+        help="the raw-trio server to compare with, run as: python PATH PORT"
+        " (default: benchmarks/limit_server.py)",
+    )
+
+
+def load_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Duration, repetitions and load generator from the command line, ``--quick``
+    applied: the keyword arguments every HTTP benchmark's ``run`` takes."""
     return {
         "duration": max(1, round(args.duration or (1 if args.quick else 10))),
         "repeat": args.repeat or (1 if args.quick else 3),
         "generator": args.generator or ("wrk" if shutil.which("wrk") else "python"),
     }
+
+
+def options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments of :func:`run` from the command line, ``--quick`` applied."""
+    return {**load_options(args), "yardstick": args.yardstick.resolve()}
 
 
 def main() -> None:

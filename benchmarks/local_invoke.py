@@ -7,8 +7,8 @@ channel and answers each over the reply channel it carried. The 1,000 actors are
 measured twice: towtruck runs an ``async def`` with no ``await`` in it (the greeter's
 ``hello``) to its end in one step, without a cancel scope, so the second run has a
 ``hello`` that awaits ``trio.lowlevel.checkpoint()``, as a method doing I/O would.
-The ratio towtruck / channels is the cost of the runtime on top of trio's own
-primitives. It also measures resident memory per idle actor: RSS before and after
+The ratios towtruck / channels (calls and activations) are the cost of the runtime
+on top of trio's own primitives. It also measures resident memory per idle actor: RSS before and after
 activating ``--actors`` actors, and the pause of a full garbage collection with those
 actors in memory.
 
@@ -227,7 +227,9 @@ async def run(*, duration: float, repeat: int, actors: int) -> list[Figure]:
         figures.add(f"trio channel round trip, {CALLERS} callers", "calls/s", reference)
         figures.add("local invoke 1 actor / channel round trip", "x", hot / reference)
         figures.add(f"local invoke {SPREAD:,} actors / channel round trip", "x", spread / reference)
-        figures.add(f"activations, {CALLERS} callers", "actors/s", await activations(duration))
+        activated = await activations(duration)
+        figures.add(f"activations, {CALLERS} callers", "actors/s", activated)
+        figures.add("activations / channel round trip", "x", activated / reference)
     return list(figures.values())
 
 

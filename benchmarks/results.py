@@ -1,15 +1,19 @@
 """The performance issue's targets, checked against measured figures, and the Markdown
-report ``run.py --results PATH`` writes: command, date, machine, targets, table.
+report ``run.py --results PATH`` writes: command, date, machine, targets, a short
+"how fast" table of ratios (for the README), and every figure.
 
 A target compares the median of a figure over the repetitions with a bound. Figures
-are found by name, with ``*`` for the load generator (``wrk`` or ``python``); a
-target whose figures were not measured (``--only``) says so.
+are found by name, with ``*`` for any word (the load generator, ``wrk`` or
+``python``; a count); a target whose figures were not measured (``--only``) says so.
+Every bound of issue 10 is a ratio of figures measured in the same run; the absolute
+figures shown beside them are for reading, not for comparing across machines.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
-import importlib
+import importlib.metadata
 import operator
 import os
 import platform
@@ -21,7 +25,7 @@ from dataclasses import dataclass
 
 from _common import Figure, markdown_table, num
 
-import towtruck  # noqa: F401  (it may put the compiled h11 in h11's place)
+from towtruck import parser
 
 
 @dataclass(frozen=True)
@@ -39,8 +43,17 @@ class Bound:
         if figure is None:
             return None
         compare: Callable[[float, float], bool] = _OPS[self.op]
-        text = f"{num(figure.median)} {figure.unit} ({figure.name})"
-        return text, compare(figure.median, self.limit)
+        return _text(figure), compare(figure.median, self.limit)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target: its text, the bounds that must all hold, and figures shown beside
+    them (not bounded: what the ratios were taken of)."""
+
+    text: str
+    bounds: tuple[Bound, ...]
+    beside: tuple[str, ...] = ()
 
 
 def _find(figures: dict[str, Figure], name: str) -> Figure | None:
@@ -50,107 +63,294 @@ def _find(figures: dict[str, Figure], name: str) -> Figure | None:
     return next(found, None)
 
 
+def _text(figure: Figure) -> str:
+    return f"{num(figure.median)} {figure.unit} ({figure.name})"
+
+
 _OPS = {">=": operator.ge, "<=": operator.le, "==": operator.eq}
 
 HTTP = "http * -c50"
-CLUSTER = "cluster * 3x-c16 new ids"
+HOT = "hot actor /invoke/1/hello"
+RANDOM = "random actor of 10,000"
+YARDSTICK_HOT = "yardstick: raw trio, /invoke/1/hello"
+YARDSTICK_RANDOM = "yardstick: raw trio, random id of 10,000"
+HYPERCORN = "reference: raw ASGI, hypercorn trio"
 WORKERS = "workers * -c50"
+SPREAD = "cluster * 3x-c16 random of 10,000"
+COLD = "cluster * 3x-c16 new ids"
+SPREAD_CHECK = "single activation, random and forwarded ids"
+#: Ratios' names, after a case's.
+P99_RATIO = ", p99 / yardstick's"
+CPU_RATIO = ", CPU per request / yardstick's"
+ALONE_CPU_RATIO = ", CPU per request / one node alone's"
+ALONE_RPS_RATIO = ", total / one node alone's"
+COLD_CHECK = "single activation, new ids"
 
-#: The issue's targets: the text of each, and the bounds that must all hold.
-TARGETS: list[tuple[str, list[Bound]]] = [
-    (
-        "1. HTTP /invoke on one process >= 3x raw ASGI hello on stock Hypercorn-trio,"
-        " hot actor and 10,000 random ids",
-        [
-            Bound(f"{HTTP} hot actor /invoke/1/hello / reference", ">=", 3),
-            Bound(f"{HTTP} random actor of 10,000 / reference", ">=", 3),
-        ],
+#: Issue 10's targets. The bounds of 4 ("no regression") are the figures of the last
+#: run before issue 10 (RESULTS.md of 2026-11-24) with a 10% margin, as ratios to the
+#: in-process reference where the benchmark has one.
+TARGETS: list[Target] = [
+    Target(
+        "1. /invoke on one process >= 0.75x the raw-trio yardstick's requests/s"
+        " (wrk -t1 -c50, same rounds), hot actor and 10,000 random ids",
+        (
+            Bound(f"{HTTP} {HOT} / yardstick", ">=", 0.75),
+            Bound(f"{HTTP} {RANDOM} / yardstick", ">=", 0.75),
+        ),
+        (
+            f"{HTTP} {HOT}",
+            f"{HTTP} {YARDSTICK_HOT}",
+            f"{HTTP} {RANDOM}",
+            f"{HTTP} {YARDSTICK_RANDOM}",
+        ),
     ),
-    (
-        "1. HTTP /invoke p99 <= 15 ms with 50 connections, hot actor and 10,000 random ids",
-        [
-            Bound(f"{HTTP} hot actor /invoke/1/hello, p99", "<=", 15),
-            Bound(f"{HTTP} random actor of 10,000, p99", "<=", 15),
-        ],
+    Target(
+        "1. /invoke p99 <= 1.5x the yardstick's, hot actor and 10,000 random ids",
+        (
+            Bound(f"{HTTP} {HOT}{P99_RATIO}", "<=", 1.5),
+            Bound(f"{HTTP} {RANDOM}{P99_RATIO}", "<=", 1.5),
+        ),
+        (
+            f"{HTTP} {HOT}, p99",
+            f"{HTTP} {YARDSTICK_HOT}, p99",
+            f"{HTTP} {RANDOM}, p99",
+            f"{HTTP} {YARDSTICK_RANDOM}, p99",
+        ),
     ),
-    (
-        "2. towtruck serve --workers 2 >= 1.6x the throughput of --workers 1, same run",
-        [
-            Bound(f"{WORKERS} hot actor, 2 workers / 1 worker", ">=", 1.6),
-            Bound(f"{WORKERS} random actor of 10,000, 2 workers / 1 worker", ">=", 1.6),
-        ],
+    Target(
+        "1. (reported, no bound) server CPU per request, towtruck and the yardstick",
+        (),
+        (
+            f"{HTTP} {HOT}, server CPU per request",
+            f"{HTTP} {YARDSTICK_HOT}, server CPU per request",
+            f"{HTTP} {HOT}{CPU_RATIO}",
+            f"{HTTP} {RANDOM}, server CPU per request",
+            f"{HTTP} {YARDSTICK_RANDOM}, server CPU per request",
+            f"{HTTP} {RANDOM}{CPU_RATIO}",
+        ),
     ),
-    (
-        "3. local calls >= 100,000 invokes/s, 1,000 actors, 100 callers",
-        [Bound("local invoke, 1,000 actors, 100 callers", ">=", 100_000)],
+    *(
+        Target(
+            f"2. --workers 2: server CPU per request <= 1.3x --workers 1's, same run, {case}",
+            (Bound(f"{WORKERS} {case}, 2 workers / 1 worker CPU per request", "<=", 1.3),),
+            (
+                f"{WORKERS} {case}, 1 worker, server CPU per request",
+                f"{WORKERS} {case}, 2 workers, server CPU per request",
+                f"{WORKERS} {case}, 2 workers, forwarded",
+                f"{WORKERS} {case}, 1 worker",
+                f"{WORKERS} {case}, 2 workers",
+                f"{WORKERS} {case}, 2 workers / 1 worker requests/s",
+            ),
+        )
+        for case in ("hot actor", RANDOM)
     ),
-    (
-        "3. the same with a method that awaits a checkpoint (not in the issue: for readers)",
-        [Bound("local invoke, 1,000 actors, 100 callers, hello awaits a checkpoint", ">=", 1e5)],
+    Target(
+        "3. 3-node cluster, random ids on all nodes: server CPU per request summed over the"
+        " nodes <= 2x one node alone's under the same load, same run; 0 errors;"
+        " 0 ids on two nodes",
+        (
+            Bound(f"{SPREAD}{ALONE_CPU_RATIO}", "<=", 2),
+            Bound(f"{SPREAD}, failed", "==", 0),
+            Bound(f"{SPREAD_CHECK}: ids on 2+ nodes, of *", "==", 0),
+            Bound(f"{SPREAD_CHECK}: answered ids nowhere, of *", "==", 0),
+        ),
+        (
+            f"{SPREAD}, server CPU per request, nodes summed",
+            f"{SPREAD}, one node alone: server CPU per request",
+            f"{SPREAD}, total",
+            f"{SPREAD}, one node alone: total",
+        ),
     ),
-    (
-        "4. memory <= 1 KB per idle actor over 200,000 actors",
-        [Bound("idle actor memory (200,000 actors)", "<=", 1024)],
+    Target(
+        "4. no regression: local calls, 1,000 actors, 100 callers >= 1.6x a trio"
+        " memory-channel round trip (1.76x before issue 10)",
+        (Bound("local invoke 1,000 actors / channel round trip", ">=", 1.6),),
+        ("local invoke, 1,000 actors, 100 callers",),
     ),
-    (
-        "5. >= 10,000 forwarded calls/s between two nodes, same run",
-        [Bound("cluster * -c50 on node 1, forwarded calls (actors on node 2)", ">=", 10_000)],
+    Target(
+        "4. no regression: activations in one process >= 0.95x a channel round trip"
+        " (1.06x before issue 10)",
+        (Bound("activations / channel round trip", ">=", 0.95),),
+        ("activations, 100 callers",),
     ),
-    (
-        "5. a forwarded call <= 2x a local HTTP call at p50",
-        [Bound("cluster sequential on node 1, forwarded / local call, p50", "<=", 2)],
+    Target(
+        "4. no regression: memory per idle actor <= 440 B (403 B before issue 10), and flat"
+        " under a stream of new ids once max_actors is reached (RSS at the end within 10%"
+        " of RSS at the cap)",
+        (
+            Bound("idle actor memory (* actors)", "<=", 440),
+            Bound("* new ids, max_actors *: RSS at the end / at the cap", "<=", 1.1),
+        ),
     ),
-    (
-        "hardening: under a stream of new ids, memory stays flat once max_actors is reached"
-        " (RSS at the end within 10% of RSS at the cap)",
-        [Bound("* new ids, max_actors *: RSS at the end / at the cap", "<=", 1.1)],
+    Target(
+        "4. no regression: a forwarded call <= 2x a local HTTP call at p50, one at a time"
+        " (1.94x before issue 10)",
+        (Bound("cluster sequential on node 1, forwarded / local call, p50", "<=", 2),),
+        (
+            "cluster * -c50 on node 1, forwarded calls (actors on node 2)",
+            "cluster * -c50 on node 1, local calls (actors on node 1)",
+        ),
     ),
-    (
-        "6. >= 50,000 activations/s in-process",
-        [Bound("activations, 100 callers", ">=", 50_000)],
-    ),
-    (
-        "6. 3-node cluster, random new ids on all nodes: >= 3,000 cold activations/s,"
-        " no errors, no actor on two nodes",
-        [
-            Bound(f"{CLUSTER}, activations", ">=", 3_000),
-            Bound(f"{CLUSTER}, failed", "==", 0),
-            Bound("single activation, new ids: ids on 2+ nodes, of *", "==", 0),
-            Bound("single activation, new ids: answered ids nowhere, of *", "==", 0),
-        ],
+    Target(
+        "4. no regression: 3-node cluster, new ids on all nodes: no errors, no actor on two nodes",
+        (
+            Bound(f"{COLD}, failed", "==", 0),
+            Bound(f"{COLD_CHECK}: ids on 2+ nodes, of *", "==", 0),
+            Bound(f"{COLD_CHECK}: answered ids nowhere, of *", "==", 0),
+        ),
+        (f"{COLD}, activations",),
     ),
 ]
 
 
 def target_lines(figures: list[Figure]) -> list[str]:
-    """One line per target: ``target: ..., measured: ..., met: yes/no``."""
+    """One line per target: ``target: ..., measured: ..., beside: ..., met: yes/no``."""
     by_name = {f.name: f for f in figures}
     lines = []
-    for text, bounds in TARGETS:
-        checks = [bound.check(by_name) for bound in bounds]
-        if any(check is None for check in checks):
-            lines.append(f"- target: {text}; measured: not in this run; met: -")
+    for target in TARGETS:
+        checks = [bound.check(by_name) for bound in target.bounds]
+        shown = [figure for name in target.beside if (figure := _find(by_name, name))]
+        if any(check is None for check in checks) or not (checks or shown):
+            lines.append(f"- target: {target.text}; measured: not in this run; met: -")
             continue
-        measured = "; ".join(check[0] for check in checks if check)
-        met = "yes" if all(check[1] for check in checks if check) else "no"
-        lines.append(f"- target: {text}; measured: {measured}; met: {met}")
+        parts = [f"- target: {target.text}"]
+        if checks:
+            parts.append("measured: " + "; ".join(check[0] for check in checks if check))
+        if shown:
+            parts.append("beside: " + "; ".join(_text(figure) for figure in shown))
+        if checks:
+            parts.append("met: " + ("yes" if all(check[1] for check in checks if check) else "no"))
+        lines.append("; ".join(parts))
     return lines
 
 
+def how_fast(figures: list[Figure]) -> list[str]:
+    """The README's "How fast" table: each figure as a ratio to what it was measured
+    against in the same run, the absolute figures beside it. Rows whose figures were
+    not measured are left out; no rows, no table."""
+    by_name = {f.name: f for f in figures}
+
+    def m(name: str) -> str:
+        figure = _find(by_name, name)
+        if figure is None:
+            raise LookupError(name)
+        return num(figure.median)
+
+    def http(case: str, yardstick: str) -> tuple[str, str]:
+        return (
+            f"{m(f'{HTTP} {case} / yardstick')}x the raw-trio yardstick's requests/s,"
+            f" p99 {m(f'{HTTP} {case}{P99_RATIO}')}x its p99, CPU per request"
+            f" {m(f'{HTTP} {case}{CPU_RATIO}')}x its;"
+            f" {m(f'{HTTP} {case} / hypercorn')}x stock Hypercorn's raw ASGI hello",
+            f"{m(f'{HTTP} {case}')} requests/s, p99 {m(f'{HTTP} {case}, p99')} ms,"
+            f" {m(f'{HTTP} {case}, server CPU per request')} µs CPU per request"
+            f" (yardstick: {m(f'{HTTP} {yardstick}')} requests/s,"
+            f" {m(f'{HTTP} {yardstick}, server CPU per request')} µs)",
+        )
+
+    def workers() -> tuple[str, str]:
+        case = f"{WORKERS} {RANDOM}"
+        return (
+            f"{m(f'{case}, 2 workers / 1 worker CPU per request')}x the CPU per request of"
+            f" `--workers 1`; {m(f'{case}, 2 workers / 1 worker requests/s')}x its requests/s"
+            f" ({os.cpu_count()} cores, the load generator on them too)",
+            f"{m(f'{case}, 2 workers, server CPU per request')} against"
+            f" {m(f'{case}, 1 worker, server CPU per request')} µs CPU per request;"
+            f" {m(f'{case}, 2 workers')} against {m(f'{case}, 1 worker')} requests/s",
+        )
+
+    def cluster() -> tuple[str, str]:
+        return (
+            f"{m(f'{SPREAD}{ALONE_CPU_RATIO}')}x the CPU per request"
+            f" (summed over the nodes) of one node alone under the same load;"
+            f" {m(f'{SPREAD}{ALONE_RPS_RATIO}')}x its requests/s;"
+            f" {m(f'{SPREAD}, failed')} errors, {m(f'{SPREAD_CHECK}: ids on 2+ nodes, of *')}"
+            " ids on two nodes",
+            f"{m(f'{SPREAD}, total')} requests/s,"
+            f" {m(f'{SPREAD}, server CPU per request, nodes summed')} µs CPU per request;"
+            f" alone: {m(f'{SPREAD}, one node alone: total')} requests/s,"
+            f" {m(f'{SPREAD}, one node alone: server CPU per request')} µs",
+        )
+
+    def forward() -> tuple[str, str]:
+        concurrent = "cluster * -c50 on node 1"
+        return (
+            f"{m('cluster sequential on node 1, forwarded / local call, p50')}x the time of a"
+            " call its actor's node answers, at p50, one call at a time;"
+            f" {m(f'{concurrent}, forwarded / local calls')}x its requests/s under wrk -c50",
+            f"{m(f'{concurrent}, forwarded calls (actors on node 2)')} against"
+            f" {m(f'{concurrent}, local calls (actors on node 1)')} requests/s",
+        )
+
+    def local() -> tuple[str, str]:
+        return (
+            f"{m('local invoke 1,000 actors / channel round trip')}x a round trip over trio"
+            " memory channels to one task",
+            f"{m('local invoke, 1,000 actors, 100 callers')} calls/s"
+            f" ({m('local invoke, 1,000 actors, 100 callers, hello awaits a checkpoint')}/s"
+            " if every method awaits something)",
+        )
+
+    def activations() -> tuple[str, str]:
+        return (
+            f"{m('activations / channel round trip')}x a channel round trip",
+            f"{m('activations, 100 callers')} actors/s",
+        )
+
+    def memory() -> tuple[str, str]:
+        return (
+            f"memory at the end of a stream of new ids through max_actors:"
+            f" {m('* new ids, max_actors *: RSS at the end / at the cap')}x memory at the cap",
+            f"{m('idle actor memory (* actors)')} bytes per idle actor",
+        )
+
+    rows: list[tuple[str, Callable[[], tuple[str, str]]]] = [
+        (
+            "one node process, `GET /invoke/1/hello`, one hot actor",
+            lambda: http(HOT, YARDSTICK_HOT),
+        ),
+        (
+            "one node process, a random actor of 10,000 per request",
+            lambda: http(RANDOM, YARDSTICK_RANDOM),
+        ),
+        ("`towtruck serve --workers 2`, random actors", workers),
+        ("a 3-node cluster on the same cores, random ids on all nodes", cluster),
+        ("a call forwarded to another node", forward),
+        ("calls from Python, 1,000 actors, 100 concurrent callers", local),
+        ("first calls (activations), in one process", activations),
+        ("an idle actor in memory", memory),
+    ]
+    lines = []
+    for what, row in rows:
+        try:
+            ratio, absolute = row()
+        except LookupError:  # not measured in this run
+            continue
+        lines.append(f"| {what} | {ratio} | {absolute} |")
+    if not lines:
+        return []
+    return [
+        "| | ratio, measured in the same run | absolute, on this machine |",
+        "| --- | --- | --- |",
+        *lines,
+    ]
+
+
 def machine() -> str:
-    """Cores, CPU model, OS, Python, and whether h11 is the compiled build."""
+    """Cores, CPU model, OS, Python, and the HTTP parser towtruck's server uses."""
     model = "unknown CPU"
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             model = next(line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line)
     except (OSError, StopIteration):
         pass
-    h11 = importlib.import_module("h11")  # after towtruck's
-    compiled = "compiled (h11_mypyc)" if h11.__name__ == "h11_mypyc" else "pure Python"
+    backend = parser.BACKEND
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        backend += " " + importlib.metadata.version(backend)
     return (
         f"{os.cpu_count()} cores, {model}; {platform.system()} {platform.release()}"
         f" {platform.machine()}; Python {platform.python_version()}"
-        f" ({platform.python_implementation()}); h11 in towtruck: {compiled}"
+        f" ({platform.python_implementation()}); HTTP parser in towtruck: {backend}"
     )
 
 
@@ -158,26 +358,30 @@ def notes(figures: list[Figure]) -> list[str]:
     """What a reader needs to read some of the figures right."""
     by_name = {f.name: f for f in figures}
     lines = []
-    if _find(by_name, f"{HTTP} hot actor /invoke/1/hello / reference"):
+    if _find(by_name, f"{HTTP} {HOT} / yardstick"):
         lines.append(
-            "- The HTTP reference is stock Hypercorn: its process does not import towtruck,"
-            " so it runs on the pure-Python h11."
+            "- The yardstick is issue 10's minimal HTTP/1.1 server on raw trio sockets"
+            " (`benchmarks/limit_server.py`, a copy of `../shared/bench/limit_server.py`):"
+            " a dict of plain objects, a JSON hello, no routing, no limits. It runs in the"
+            " same rounds as towtruck, each towtruck case next to its own. CPU per request"
+            " is the server process's user and system time (`/proc/PID/stat`) over a load,"
+            " divided by the requests answered."
         )
-    random = f"{WORKERS} random actor of 10,000"
+    random = f"{WORKERS} {RANDOM}"
     load = _find(by_name, f"{random}, 2 workers, load generator CPU")
     if load:
         lines.append(
             f"- On this {os.cpu_count()}-core machine the load generator runs beside the"
             f" workers and keeps {num(load.median)} of a core busy itself, so requests/s"
-            " with 2 workers understates them; requests per server CPU second shows what"
-            " a request costs the server (with 2 workers, half the calls are forwarded"
-            " from one worker to the other)."
+            " with 2 workers understates them; server CPU per request shows what a request"
+            " costs the server whatever the cores (with 2 workers, half the calls are"
+            " forwarded from one worker to the other)."
         )
-    one = _find(by_name, f"{random}, 1 worker, per server CPU second")
-    two = _find(by_name, f"{random}, 2 workers, per server CPU second")
+    one = _find(by_name, f"{random}, 1 worker, server CPU per request")
+    two = _find(by_name, f"{random}, 2 workers, server CPU per request")
     share = _find(by_name, f"{random}, 2 workers, forwarded")
-    if one and two and share:
-        local, mixed = 1e6 / one.median, 1e6 / two.median  # CPU µs per request
+    if one and two and share and share.median:
+        local, mixed = one.median, two.median
         forward = (mixed - local) / (share.median / 100)
         lines.append(
             f"- Server CPU per request, random actors: {local:.0f} µs with 1 worker,"
@@ -186,6 +390,12 @@ def notes(figures: list[Figure]) -> list[str]:
             " the call. At that cost, 2 workers with a whole core each would give at"
             f" most {2 * local / mixed:.2f}x the throughput of 1 worker with one."
         )
+    if _find(by_name, f"{SPREAD}, one node alone: total"):
+        lines.append(
+            "- The lone node of the cluster benchmark has node 1's flags and no peers; it"
+            " takes the same three loads as the cluster (all on it), next to the cluster's"
+            " in each repetition."
+        )
     return lines
 
 
@@ -193,6 +403,7 @@ def report(figures: list[Figure]) -> str:
     """The Markdown report of a run of ``run.py``."""
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     remarks = notes(figures)
+    fast = how_fast(figures)
     return "\n".join(
         [
             "# Benchmark results",
@@ -208,6 +419,7 @@ def report(figures: list[Figure]) -> str:
             *target_lines(figures),
             "",
             *([*remarks, ""] if remarks else []),
+            *(["## How fast (for the README)", "", *fast, ""] if fast else []),
             "## Figures",
             "",
             markdown_table(figures),

@@ -1,6 +1,6 @@
 """Run every benchmark and print one table.
 
-    python benchmarks/run.py                  # full: about seven minutes
+    python benchmarks/run.py                  # full: about nine minutes
     python benchmarks/run.py --quick          # smoke test for CI: seconds per benchmark
     python benchmarks/run.py --only cluster   # just that one (repeatable)
     python benchmarks/run.py --results benchmarks/RESULTS.md  # also write a report
@@ -10,7 +10,8 @@ Each benchmark also runs alone: ``python benchmarks/local_invoke.py``,
 ``python benchmarks/cluster.py``. Figures are medians (with min and max) over the
 repetitions; on a shared machine, trust the ratios, measured in the same run, more
 than the absolute rates. The report (``--results``) adds the command, the date, the
-machine, and whether each of the performance issue's targets was met (``results.py``).
+machine, whether each of the performance issue's targets was met, and a short table of
+ratios for the README's "How fast" (``results.py``).
 """
 
 from __future__ import annotations

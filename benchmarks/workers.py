@@ -10,8 +10,10 @@ owner; the share, from the workers' ``/health``, is a figure of its own.
 On a machine with few cores the load generator competes with the workers for CPU, so
 requests/s understates what 2 workers give. The benchmark also reads the CPU time used
 by the server's processes (the supervisor and its workers, from ``/proc``) and by the
-load generator (this process's waited-for children), and reports requests per server
-CPU second and the cores each side kept busy.
+load generator (this process's waited-for children), and reports the server's CPU time
+per answered request, which does not depend on how many cores the host has, and the
+cores each side kept busy. The ratios 2 workers / 1 worker (CPU per request, requests/s)
+are taken within each repetition, the servers' order reversed every other one.
 
 Run it alone with ``python benchmarks/workers.py [--quick] [--generator python]``.
 """
@@ -28,7 +30,7 @@ from functools import partial
 from typing import Any
 
 import http_invoke
-from _common import Figure, Figures, common_arguments, cpu_seconds, descendants, free_ports, table
+from _common import Figure, Figures, common_arguments, cpu_seconds, free_ports, table
 from http_invoke import CONNECTIONS, HERE, RANDOM_IDS, Load, Server, get_json, server
 
 WORKERS = (1, 2)
@@ -54,11 +56,14 @@ def forwarded(node: Server) -> int:
     return sum(get_json(f"http://{m['address']}/health")["forwarded"] for m in members)
 
 
-def measure(figures: Figures, name: str, node: Server, load: Callable[[], Load]) -> Load:
+def measure(
+    figures: Figures, name: str, node: Server, load: Callable[[], Load]
+) -> tuple[Load, float]:
     """Run ``load`` on ``node`` and add its figures under ``name``: requests/s, p99,
-    requests per server CPU second, the cores the server and the load generator kept
-    busy, and the share of calls forwarded between workers."""
-    processes = [node.pid, *descendants(node.pid)]
+    server CPU µs per answered request, the cores the server and the load generator
+    kept busy, and the share of calls forwarded between workers. Returns what the load
+    measured and the CPU µs per request."""
+    processes = node.pids()
     forwarded_before, server_before = forwarded(node), cpu_seconds(processes)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)  # counts the load once it ends
     start = time.monotonic()
@@ -69,13 +74,14 @@ def measure(figures: Figures, name: str, node: Server, load: Callable[[], Load])
     load_cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
     figures.add(name, "requests/s", result.rps)
     figures.add(f"{name}, p99", "ms", result.p99_ms)
-    figures.add(f"{name}, per server CPU second", "requests", result.requests / server_cpu)
+    per_request = 1e6 * server_cpu / max(result.requests, 1)
+    figures.add(f"{name}, server CPU per request", "µs", per_request)
     figures.add(f"{name}, server CPU", "cores", server_cpu / wall)
     figures.add(f"{name}, load generator CPU", "cores", load_cpu / wall)
     if len(processes) > 1:
         share = (forwarded(node) - forwarded_before) / result.requests
         figures.add(f"{name}, forwarded", "%", 100 * share)
-    return result
+    return result, per_request
 
 
 def run(*, duration: int, repeat: int, generator: str) -> list[Figure]:
@@ -98,27 +104,35 @@ def run(*, duration: int, repeat: int, generator: str) -> list[Figure]:
         for node in nodes.values():
             for path, ids in cases.values() if duration >= 3 else ():
                 load(f"{node.url}{path}", duration // 3, random_ids=ids)  # warm-up
-        for _ in range(repeat):
+        for repetition in range(repeat):
             for case, (path, ids) in cases.items():
-                rps = {}
-                for workers, node in nodes.items():
-                    run_load = partial(load, f"{node.url}{path}", duration, random_ids=ids)
-                    result = measure(figures, f"{tag} {case}, {label(workers)}", node, run_load)
+                rps, cpu = {}, {}
+                order = WORKERS if repetition % 2 == 0 else WORKERS[::-1]
+                for workers in order:
+                    node = nodes[workers]
+                    run_load = partial(
+                        load, f"{node.url}{path}", duration, random_ids=ids, seed=repetition
+                    )
+                    name = f"{tag} {case}, {label(workers)}"
+                    result, cpu[workers] = measure(figures, name, node, run_load)
                     rps[workers], failed = result.rps, failed + result.failed
-                figures.add(f"{tag} {case}, 2 workers / 1 worker", "x", rps[2] / rps[1])
+                figures.add(f"{tag} {case}, 2 workers / 1 worker requests/s", "x", rps[2] / rps[1])
+                figures.add(
+                    f"{tag} {case}, 2 workers / 1 worker CPU per request", "x", cpu[2] / cpu[1]
+                )
     figures.add(f"{tag} failed requests, all runs", "requests", failed)
     return list(figures.values())
 
 
 def options(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments of :func:`run` from the command line, ``--quick`` applied."""
-    return http_invoke.options(args)
+    return http_invoke.load_options(args)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common_arguments(parser)
-    http_invoke.arguments(parser)
+    http_invoke.generator_argument(parser)
     print(table(run(**options(parser.parse_args()))))
 
 

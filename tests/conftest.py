@@ -10,10 +10,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-# isort: off
-import towtruck  # noqa: F401  (before httpx: it may put the compiled h11 in place)
-
-# isort: on
 import httpx
 import pytest
 

@@ -48,8 +48,13 @@ class Output:
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    """The environment for a child: the repo importable, no TOWTRUCK_* leaking in."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOWTRUCK_")}
+    """The environment for a child: the repo importable, no TOWTRUCK_* leaking in but
+    the HTTP parser the suite runs on (see ``tests/h11_parser.py``)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("TOWTRUCK_") or k == "TOWTRUCK_HTTP_PARSER"
+    }
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)

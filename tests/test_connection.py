@@ -171,9 +171,10 @@ class Keeper:
         self.buffer = bytearray()
 
     async def answer(self) -> tuple[bytes, bytes]:
-        """The next response's status line and body."""
+        """The next response's status line (without its reason phrase) and body."""
         head, body = await read_response(self.stream, self.buffer)
-        return head.split(b"\r\n")[0], body
+        version, status, *_ = head.split(b"\r\n")[0].split(b" ")
+        return version + b" " + status + b" ", body
 
 
 @asynccontextmanager
@@ -268,3 +269,27 @@ async def test_refused_requests_keep_nothing_of_theirs_alive(
         for _ in range(50):
             assert (await until_closed(node, request)).startswith(status)
         assert tracebacks_through(towtruck.app) - before < 10
+
+
+@pytest.mark.parametrize("path", [b"/invoke/c/increment", b"/ping/x"])
+async def test_a_client_that_expects_100_continue_is_told_to_go_on(
+    node: towtruck.Node, path: bytes
+) -> None:
+    """As curl does for bodies over 1 KiB: it waits for "100 Continue" (a second, or
+    for ever, depending on the client) before it sends its body."""
+    head = (
+        b"POST " + path + b" HTTP/1.1\r\nhost: t\r\nexpect: 100-continue\r\n"
+        b"content-length: 4\r\nconnection: close\r\n\r\n"
+    )
+    with trio.fail_after(NETWORK_TEST_SECONDS):
+        async with await trio.open_tcp_stream(node.address.host, node.address.port) as stream:
+            await stream.send_all(head)
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += await stream.receive_some()
+            assert received.startswith(b"HTTP/1.1 100 "), received
+            await stream.send_all(b"null")
+            while chunk := await stream.receive_some():
+                received += chunk
+    final = received.partition(b"\r\n\r\n")[2]
+    assert final.startswith(b"HTTP/1.1 200 "), received

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import os
+import secrets
 import socket
 from collections.abc import Callable
 from functools import partial
@@ -373,3 +375,34 @@ async def test_each_call_on_a_broken_lane_gets_an_error_of_its_own() -> None:
                 c.kill(second)
             assert len(errors) == 3
             assert len({id(error) for error in errors}) == 3
+
+
+async def test_lanes_to_a_peer_of_this_host_go_over_its_unix_domain_socket() -> None:
+    """As between ``--workers``: the peer listens on a Unix domain socket too."""
+    name = f"@towtruck-test-{os.getpid()}-{secrets.token_hex(4)}"
+    with (
+        socket.socket() as tcp,
+        socket.socket(socket.AF_UNIX) as unix,
+    ):
+        tcp.bind(("127.0.0.1", 0))
+        tcp.listen()
+        unix.bind("\0" + name[1:])
+        unix.listen()
+        address = f"127.0.0.1:{tcp.getsockname()[1]}"
+        with trio.fail_after(TEST_SECONDS):
+            async with towtruck.open_node(
+                create_counter, listen_fds=[tcp.fileno(), unix.fileno()], **FAST
+            ) as second:
+                tcp.detach()
+                unix.detach()  # the node owns them now
+                async with towtruck.open_node(
+                    create_counter, peers=[address], local_lanes={address: name}, **FAST
+                ) as first:
+                    names = [str(first.address), address]
+                    remote = next(
+                        f"u{i}" for i in range(1000) if placement.owner(f"u{i}", names) == address
+                    )
+                    assert await first.client.invoke(remote, "increment") == 1
+                    assert remote in second.runtime.catalog
+                    lanes = first.router.directory._peers._lanes  # type: ignore[attr-defined]
+                    assert lanes._lanes[address]._stream.socket.family == socket.AF_UNIX

@@ -10,7 +10,6 @@ The public API is what this module exports. Names are re-exported as
 
 __version__ = "0.1.0"
 
-from . import compiled_h11  # noqa: F401  (first: it may stand in for h11)
 from .activation import ActivationState as ActivationState
 from .activation import DeactivationReason as DeactivationReason
 from .address import Address as Address

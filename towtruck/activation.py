@@ -184,7 +184,7 @@ class Activation:
                 )
             if (
                 mailbox.turn
-                and mailbox.start_of(len(mailbox), trio.current_time()) >= context.deadline
+                and mailbox.start_of(len(mailbox), self._catalog.now()) >= context.deadline
             ):
                 raise self._backlogged(mailbox, method.name)
         call = Call(method, data, context)
@@ -212,7 +212,7 @@ class Activation:
         deadline and the node stopping still end it. Calls that queued meanwhile go to
         a task of the actor's own afterwards, so one caller never drains another's.
         """
-        started = trio.current_time()
+        started = self._catalog.now()
         if started >= context.deadline:  # nothing may run past its deadline
             raise self._late_error(method.name)
         catalog = self._catalog
@@ -223,7 +223,7 @@ class Activation:
         finally:
             self.running = False
             catalog.busy -= 1
-            self.touched = now = trio.current_time()
+            self.touched = now = catalog.now()
             mailbox = self.mailbox
             if mailbox:  # calls queued meanwhile: now the actor knows how long a turn takes
                 if now < context.deadline:  # (a turn cut at its deadline tells nothing)
@@ -303,7 +303,7 @@ class Activation:
                     self._catalog.queued -= 1
                     if call.reply.abandoned:
                         continue
-                    now = trio.current_time()
+                    now = self._catalog.now()
                     if begun is not None:
                         mailbox.measured(now - begun)
                         begun = None

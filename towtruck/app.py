@@ -229,7 +229,9 @@ class App:
             data = codec.loads(body) if body.strip() else None
         else:
             data = args
-        context = CallContext((), trio.current_time() + self._call_timeout)
+        # The connection that asked waits for its client's next request as soon as it
+        # has written this answer (a server under ASGI does the same): that yields.
+        context = CallContext((), trio.current_time() + self._call_timeout, caller_yields=True)
         return await self.runtime.invoke(actor_id, method, data, context)
 
     async def _forwarded(self, body: bytes) -> bytes:

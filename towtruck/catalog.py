@@ -101,6 +101,8 @@ class Catalog:
         self.call_timeout = settings.call_timeout
         #: Put in errors, so a caller knows which node answered.
         self.node_id = ""
+        #: The time on trio's clock (see :meth:`attach`).
+        self.now: Callable[[], float] = trio.current_time
         #: Told of every actor that enters or leaves the table (the bloom filter).
         self.observer: CatalogObserver | None = None
         #: Logs what the actors' code raises (``create_actor`` included), rate-limited.
@@ -118,6 +120,9 @@ class Catalog:
     def attach(self, nursery: trio.Nursery) -> None:
         """Give the catalog the nursery its actors' tasks run in (the node's)."""
         self._nursery = nursery
+        # The run's clock, read directly: trio.current_time() finds it anew on every
+        # call, a good part of a local call's cost, and a call reads it twice.
+        self.now = trio.lowlevel.current_clock().current_time
 
     def spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
         """Start an actor's task in the node's nursery."""

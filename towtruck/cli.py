@@ -49,6 +49,7 @@ _VALUE_FLAGS = [
         "seconds a turn may hold the event loop before it is logged (1)",
     ),
     ("--log-level", "log_level", "how much to log to stderr: debug, info, warning, error (info)"),
+    ("--http-parser", "http_parser", "how to read HTTP: httptools, h11, or auto (auto)"),
 ]
 _SWITCHES = [
     ("--access-log", "access_log", "log every request (costs throughput)"),
@@ -87,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
         serve.add_argument(flag, dest=name, action="store_const", const=True, help=text)
     serve.add_argument("--listen-fds", help=argparse.SUPPRESS)  # from --workers' supervisor
     serve.add_argument("--parent-fd", type=int, help=argparse.SUPPRESS)  # likewise
+    serve.add_argument("--local-lanes", help=argparse.SUPPRESS)  # likewise
     return parser
 
 
@@ -166,6 +168,12 @@ def _one_line(exc: SettingsError) -> str:
 _FLAG_OF = {name: flag for flag, name, _ in _VALUE_FLAGS + _SWITCHES}
 
 
+def _local_lanes(text: str | None) -> dict[str, str]:
+    """``--local-lanes address=path,...``: the Unix domain sockets of a worker's peers."""
+    pairs = (item.partition("=") for item in (text or "").split(",") if item)
+    return {address: path for address, _, path in pairs}
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Entry point of the ``towtruck`` command."""
     parser = _parser()
@@ -192,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
                 factory,
                 listen_fds=fds,
                 parent_fd=args.parent_fd,
+                local_lanes=_local_lanes(args.local_lanes),
                 environ={},  # read once, above
                 **dataclasses.asdict(settings),
             )

@@ -1,96 +1,70 @@
-"""One HTTP connection on Hypercorn's trio worker, with its per-request costs cut.
+"""One HTTP/1.1 connection to a server towtruck starts: read, answered, and kept alive.
 
-Written against Hypercorn 0.18 (``pyproject.toml`` pins ``hypercorn>=0.18,<0.19`` and a
-test checks the pin). Every piece replaces one part of Hypercorn's ``TCPServer`` and
-``H11Protocol`` and is small enough to send upstream:
+towtruck reads and answers its connections itself, rather than through an ASGI server,
+because on its hot path the server was the cost: with Hypercorn, h11 and the ASGI
+machinery took two thirds of an ``/invoke`` request, the actor call a sixth. Here a
+connection is one task that reads, parses (:mod:`towtruck.parser`: llhttp through
+httptools), and answers one request at a time, in order (HTTP/1.1 answers pipelined
+requests in the order they came), each answer in one write:
 
-**Keep-alive timeouts without a timer per request.** Hypercorn restarts a connection's
-keep-alive timer after each response by spawning a task (``nursery.start``, a lock, a
-cancel scope) from inside the app's ``send``. Quart-Trio calls ``send`` from its
-per-request nursery and cancels that nursery as soon as the response is out, which
-cancels the timer before it starts: an idle keep-alive connection then stays open for
-ever. Here a connection only notes when it became idle; one reaper task per server
-(:func:`reap_idle`) closes the connections idle past ``keep_alive_timeout``, a few
-times a second. A per-connection deadline would do too, but moving it twice per
-request costs more than the reaper's sweep.
+- ``/invoke/...`` and ``POST /cluster/forward`` go straight to the app's
+  :meth:`~towtruck.App.respond`;
+- ``GET /cluster/lane`` with ``Upgrade: towtruck-lane`` is answered ``101``, and the
+  connection becomes a lane (:mod:`towtruck.lanes`);
+- every other route goes to the Quart-Trio app, through :mod:`towtruck.bridge`, with the
+  whole body at once.
 
-**Fast routes skip ASGI.** For each request Hypercorn spawns a task to run the ASGI
-app, feeds it through a memory channel, and writes the status line and headers, the
-body and the terminator with three ``send_all`` calls, each behind a lock. A request
-to one of the app's fast routes (``/invoke/...``, ``/cluster/forward``: see
-:class:`FastRoutes`) is instead answered in the connection's own task, straight from
-the h11 events, and its whole response goes out in one ``send_all``. Everything else
-(Quart's routes, websockets, HTTP/2) takes Hypercorn's ordinary path. Running the call
-in the connection's task holds up nothing: HTTP/1.1 answers one request at a time.
-
-**One round of the scheduler per request, not three.** The connection reads, and
-the fast lane writes, through :mod:`towtruck.sockets`, which leaves out the yields
-trio's streams make after each system call that succeeded at once.
-
-**Lanes.** A peer's ``GET /cluster/lane`` with ``Upgrade: towtruck-lane`` is answered
-``101`` and the connection is handed to the app's lane (:mod:`towtruck.lanes`).
+Reads and writes go through :mod:`towtruck.sockets`, with trio's scheduler entered only
+where a read must wait. A connection notes when it went idle and when a body began to
+arrive; the server's reaper (:func:`reap_idle`) closes those idle past
+``keep_alive_timeout`` or slow past ``request_timeout``, without a timer per request.
 """
 
 from __future__ import annotations
 
+import http
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, Protocol
 from wsgiref.handlers import format_date_time
 
-import h11
 import trio
-from hypercorn.events import Closed, RawData
-from hypercorn.protocol import ProtocolWrapper
-from hypercorn.protocol.events import Body, EndBody, Event, StreamClosed
-from hypercorn.protocol.h11 import H11Protocol
-from hypercorn.trio.task_group import TaskGroup
-from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
-from hypercorn.typing import ConnectionState
-from hypercorn.utils import parse_socket_addr
 
 from . import codec, sockets
 from .access import AccessLog
-from .errors import BadRequest, HeadersTooLarge, PayloadTooLarge, TowtruckError
+from .errors import InternalError, TowtruckError
 from .lanes import LANE_PATH, UPGRADE
+from .parser import Request, Unreadable, Upgraded, open_parser
 
-__all__ = ["Connection", "FastRoutes", "reap_idle"]
+__all__ = ["Connection", "Routes", "Server", "reap_idle"]
 
 logger = logging.getLogger("towtruck.http")
 
-_STREAM_ID: Final = 1  # HTTP/1.1 has one stream; Hypercorn numbers it 1
+_READ_SIZE: Final = 64 * 1024
 # A request refused before its body was read (too large) is answered, then the
 # connection reads and drops what the client still sends, up to these bounds, before
 # closing: closing with unread data makes the kernel reset the connection, and the
 # client may lose the answer it was sent (a "lingering close", as nginx does).
 _LINGER_SECONDS: Final = 2.0
 _LINGER_BYTES: Final = 4 * 1024 * 1024
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_SWITCH: Final = (
+    b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: " + UPGRADE + b"\r\n\r\n"
+)
+_CLOSE: Final = (b"connection", b"close")
+
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 
-class FastRoutes(Protocol):
-    """The routes a connection answers without ASGI (:class:`towtruck.App`)."""
+class Routes(Protocol):
+    """What a connection answers with (:class:`towtruck.App`)."""
 
     max_body: int
     access_log: AccessLog | None
 
-    async def serve_lane(
-        self,
-        stream: trio.SocketStream,
-        initial: bytes,
-        stopping: Callable[[], Awaitable[object]],
-    ) -> None:
-        """Answer calls on a connection upgraded to a lane (:mod:`towtruck.lanes`)
-        until the peer closes it or ``stopping()`` returns."""
-        ...
-
     def is_fast(self, verb: str, raw_path: bytes) -> bool:
-        """Whether this request goes to a fast route."""
-        ...
-
-    def check_cluster_key(self, headers: Any) -> None:
-        """Raise :class:`Unauthorized` or :class:`Forbidden` unless the request carries
-        the cluster key (when one is set)."""
+        """Whether a request goes to a fast route (``/invoke``, ``/cluster/forward``)."""
         ...
 
     async def respond(
@@ -100,45 +74,91 @@ class FastRoutes(Protocol):
         body: bytes,
         error: TowtruckError | None = None,
         *,
-        headers: Any = (),
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        """Status, headers and body of the answer (``error``: answer that instead)."""
+        headers: Iterable[tuple[bytes, bytes]] = (),
+    ) -> Answer:
+        """Status, headers and body of a fast route's answer (``error``: that instead)."""
+        ...
+
+    def check_cluster_key(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        """Raise :class:`Unauthorized` or :class:`Forbidden` unless the request carries
+        the cluster key (when one is set)."""
+        ...
+
+    async def serve_lane(
+        self,
+        stream: trio.SocketStream,
+        initial: bytes,
+        stopping: Callable[[], Awaitable[object]],
+    ) -> None:
+        """Answer calls on a connection upgraded to a lane until the peer closes it or
+        ``stopping()`` returns."""
         ...
 
 
-class Connection(TCPServer):
-    """Hypercorn's connection handler with the keep-alive timer as a read deadline and
-    a fast lane for ``fast`` routes. Plain TCP only (towtruck serves no TLS).
+class Bridge(Protocol):
+    """Answers the routes that are not fast (:class:`towtruck.bridge.Bridge`)."""
 
-    Args:
-        connections: The server's live connections, kept up to date, so a graceful
-            shutdown can close the idle ones at once.
-        fast: The app's fast routes, or None to send everything through ASGI.
-        *args: Hypercorn's ``TCPServer`` arguments.
+    async def answer(self, request: Request, client: str, server: str) -> Answer:
+        """Status, headers and body of the app's answer to ``request``."""
+        ...
+
+
+class Server:
+    """What the connections of one server share.
+
+    Attributes:
+        routes: The app's fast routes.
+        bridge: The app's other routes.
+        connections: The connections open now.
+        request_timeout: Longest a client may take to send a body, or read an answer.
+        parser: The ``http_parser`` setting: which parser reads requests.
+        stopping: Set when the server stops: connections finish the request they are
+            answering, then close.
     """
 
-    def __init__(self, connections: set[Connection], fast: FastRoutes | None, *args: Any) -> None:
-        super().__init__(*args)
-        self.idle_task = _IdleTimer(self)  # type: ignore[assignment]
-        self._connections = connections
-        self._fast = fast
-        #: When the connection last became idle (between requests), or None if busy.
-        self.idle_since: float | None = None
-        #: When the request being received began to arrive, or None if none is.
-        self.receiving_since: float | None = None
-        #: Read and drop what the client still sends before closing (see _LINGER_*).
-        self.linger = False
+    def __init__(
+        self, routes: Routes, bridge: Bridge, *, request_timeout: float, parser: str = "auto"
+    ) -> None:
+        self.routes = routes
+        self.bridge = bridge
+        self.request_timeout = request_timeout
+        self.parser = parser
+        self.connections: set[Connection] = set()
+        self.stopping = trio.Event()
 
-    def close_now(self) -> None:
-        """Close the socket at once; the read loop ends. For idle connections only."""
-        self.stream.socket.close()
+
+class Connection:
+    """One connection's task: see the module's docstring. ``await connection.run()``
+    serves it until the client closes it, the server closes it, or it breaks; the
+    socket is closed on the way out, whatever happens."""
+
+    __slots__ = (
+        "_client",
+        "_linger",
+        "_server",
+        "_stream",
+        "idle_since",
+        "receiving_since",
+    )
+
+    def __init__(self, stream: trio.SocketStream, server: Server) -> None:
+        self._stream = stream
+        self._server = server
+        self._client = "-"
+        self._linger = False
+        #: When the connection went idle (between requests, or with only part of a
+        #: request's head in), on trio's clock; None while it answers or reads a body.
+        self.idle_since: float | None = trio.current_time()
+        #: When the body being read began to arrive, or None.
+        self.receiving_since: float | None = None
 
     def close_if_quiet(self) -> None:
-        """Close the socket at once (see :meth:`close_now`) unless bytes are waiting
-        to be read: closing with a request unread would reset the connection, and its
-        client could not tell that request from one that ran. Not a checkpoint."""
-        if not sockets.readable_now(self.stream):  # type: ignore[arg-type]
-            self.stream.socket.close()
+        """Close the socket at once unless bytes are waiting to be read: closing with a
+        request unread would reset the connection, and its client could not tell that
+        request from one that ran. For the reaper and a stopping server. Not a
+        checkpoint."""
+        if not sockets.readable_now(self._stream):
+            self._stream.socket.close()
 
     def excuse(self, stall: float) -> None:
         """Count ``stall`` seconds, when the process did not run, as neither idle nor
@@ -149,122 +169,181 @@ class Connection(TCPServer):
             self.receiving_since += stall
 
     async def run(self) -> None:
-        self._connections.add(self)
+        server = self._server
+        server.connections.add(self)
         try:
-            socket = self.stream.socket
-            client = parse_socket_addr(socket.family, socket.getpeername())
-            server = parse_socket_addr(socket.family, socket.getsockname())
-            async with TaskGroup() as task_group:
-                self._task_group = task_group
-                arguments = (
-                    self.app,
-                    self.config,
-                    self.context,
-                    task_group,
-                    ConnectionState(self.state),
-                    False,
-                    client,
-                    server,
-                    self.protocol_send,
-                )
-                self.protocol = ProtocolWrapper(*arguments)
-                if self._fast is not None:
-                    fast_protocol = (
-                        _FastH11Protocol if self._fast.access_log is None else _LoggedH11Protocol
-                    )
-                    self.protocol.protocol = fast_protocol(self, self._fast, *arguments)
-                await self.protocol.initiate()
-                await self.idle_task.restart(task_group, self._idle_timeout)
-                await self._read_data()
-        except OSError:
-            pass
+            self._client = _address(self._stream.socket.getpeername())
+            await self._serve()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # the client went away, or the reaper closed the connection
         except Exception:  # a bug, but one connection must never take the server down
             logger.exception("closing a connection after an unexpected error")
         finally:
-            await self._close()
-            self._connections.discard(self)
+            server.connections.discard(self)
+            try:
+                if self._linger:
+                    await self._drain()
+            finally:  # even when cancelled (a node killed)
+                self._stream.socket.close()
 
-    def _note_receiving(self) -> None:
-        """Note whether a request's body is still arriving (see :func:`reap_idle`)."""
-        h11_connection = getattr(self.protocol.protocol, "connection", None)
-        if getattr(h11_connection, "their_state", None) is h11.SEND_BODY:
-            if self.receiving_since is None:
-                self.receiving_since = trio.current_time()
-        else:
-            self.receiving_since = None
-
-    async def write(self, data: bytes) -> None:
-        """Send bytes now: the fast lane's one write per response. Takes the send lock
-        without a checkpoint when it is free (it always is, for HTTP/1.1); unlike
-        Hypercorn's own sends it is not shielded, as only the connection's task writes
-        here and it is cancelled only when the connection is torn down anyway."""
-        lock = self.send_lock
-        if lock.locked():
-            await lock.acquire()
-        else:
-            lock.acquire_nowait()
-        try:
-            sent = sockets.send_now(self.stream, data)  # type: ignore[arg-type]
-            if sent < len(data):
-                await self.stream.send_all(data[sent:])
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            await self.protocol.handle(Closed())
-        finally:
-            lock.release()
-
-    async def _close(self) -> None:
-        try:
-            if self.linger:
-                self.linger = False
-                with trio.move_on_after(_LINGER_SECONDS):
-                    await self.stream.send_eof()
-                    left = _LINGER_BYTES
-                    while left > 0 and (data := await self.stream.receive_some(MAX_RECV)):
-                        left -= len(data)
-            await super()._close()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        finally:  # cancelled (a node killed): close the socket anyway, not at GC
-            self.stream.socket.close()
-
-    async def _read_data(self) -> None:
-        # A client waits for each answer before it sends its next request, so once a
-        # read took all there was, the next one waits first.
+    async def _serve(self) -> None:
+        server = self._server
+        routes = server.routes
+        stream = self._stream
+        parser = open_parser(routes.max_body, server.parser)
+        requests = parser.requests
         drained = True
+        answered = False  # it just wrote an answer
+        continued: Request | None = None  # the request told "100 Continue"
         while True:
-            try:
-                data = await sockets.receive(self.stream, MAX_RECV, drained=drained)  # type: ignore[arg-type]
-                drained = len(data) < MAX_RECV
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                break  # closed by the reaper, or by the peer abruptly
-            try:
-                await self.protocol.handle(RawData(bytes(data)))
-                self._note_receiving()
-            except _UpgradedToLane as upgraded:
-                assert self._fast is not None
-                await self._fast.serve_lane(
-                    self.stream,  # type: ignore[arg-type]
-                    upgraded.initial,
-                    self.context.terminated.wait,
+            while not requests:
+                if server.stopping.is_set() and not parser.receiving:
+                    return
+                data = await sockets.receive(
+                    stream, _READ_SIZE, drained=drained, yield_first=answered
                 )
-                break
-            if data == b"":
-                break
-        await self.protocol.handle(Closed())
+                drained, answered = len(data) < _READ_SIZE, False
+                if not await self._parse(parser.feed, data):
+                    return
+                if not data:
+                    return  # the client closed, between requests
+                waiting = parser.waiting
+                if waiting is None:
+                    self.receiving_since = None
+                    continue
+                self.idle_since = None
+                if self.receiving_since is None:
+                    self.receiving_since = trio.current_time()
+                if waiting.expects_continue and waiting is not continued:
+                    continued = waiting
+                    await self._write(_CONTINUE)
+            request = requests.popleft()
+            self.idle_since = self.receiving_since = None
+            if not await self._answer(request):
+                return
+            answered = True
+            self.idle_since = trio.current_time()
+            if not await self._parse(parser.answered):
+                return
 
+    async def _parse(self, step: Callable[..., None], *data: bytes) -> bool:
+        """Run a step of the parser; False if that ended the connection's HTTP (a
+        request refused, or one that switched protocols), once that is handled."""
+        try:
+            step(*data)
+        except Unreadable as refused:
+            await self._refuse(refused)
+            return False
+        except Upgraded as upgraded:
+            await self._upgrade(upgraded.request, upgraded.rest)
+            return False
+        return True
 
-class _IdleTimer:
-    """Stands in for Hypercorn's ``TrioSingleTask`` as a connection's keep-alive timer:
-    it only notes when the connection became idle (see :func:`reap_idle`)."""
+    async def _answer(self, request: Request) -> bool:
+        """Answer ``request``; returns whether the connection stays open."""
+        server = self._server
+        routes = server.routes
+        verb = request.method.decode("latin-1")
+        path = request.path
+        log = routes.access_log
+        started = trio.current_time() if log is not None else 0.0
+        try:
+            if routes.is_fast(verb, path):
+                status, headers, body = await routes.respond(
+                    verb, path, request.body, headers=request.headers
+                )
+            else:
+                status, headers, body = await server.bridge.answer(
+                    request, self._client, _server_address(self._stream)
+                )
+        except Exception as exc:  # a bug; the client still gets a JSON answer
+            logger.exception("error answering %s %r", verb, request.target)
+            error = InternalError(f"towtruck failed answering this request: {type(exc).__name__}")
+            status, headers, body = _error_answer(error)
+        keep_alive = request.keep_alive and not server.stopping.is_set()
+        if not keep_alive:
+            headers.append(_CLOSE)
+        await self._write(_head(status, headers) + (b"" if verb == "HEAD" else body))
+        if log is not None:
+            size = 0 if verb == "HEAD" else len(body)
+            log.log(self._client, verb, request.target.decode("latin-1"), status, size, started)
+        return keep_alive
 
-    def __init__(self, connection: Connection) -> None:
-        self._connection = connection
+    async def _upgrade(self, request: Request, rest: bytes) -> None:
+        """A request that asked to switch protocols: a lane if it asks for one (and
+        carries the cluster key), else answered as an ordinary request, and closed."""
+        routes = self._server.routes
+        if request.path != LANE_PATH or request.method != b"GET" or request.upgrade != UPGRADE:
+            request.keep_alive = False
+            await self._answer(request)
+            return
+        try:
+            routes.check_cluster_key(request.headers)
+        except TowtruckError as exc:
+            status, headers, body = _error_answer(exc.with_traceback(None))
+            headers.append(_CLOSE)
+            await self._write(_head(status, headers) + body)
+            self._log(request, status, len(body))
+            return
+        await self._write(_SWITCH)
+        self._log(request, 101, 0)
+        self.idle_since = None
+        await routes.serve_lane(self._stream, rest, self._server.stopping.wait)
 
-    async def restart(self, task_group: object, action: object) -> None:
-        self._connection.idle_since = trio.current_time()
+    async def _refuse(self, refused: Unreadable) -> None:
+        """Answer a request that cannot be read (or broke a limit), and close."""
+        request = refused.request
+        if request is not None and self._server.routes.is_fast(
+            request.method.decode("latin-1"), request.path
+        ):
+            status, headers, body = await self._server.routes.respond(
+                request.method.decode("latin-1"), request.path, b"", refused.error
+            )
+        else:
+            status, headers, body = _error_answer(refused.error)
+        headers.append(_CLOSE)
+        self._linger = True  # the client may still be sending: see _LINGER_*
+        await self._write(_head(status, headers) + body)
+        if request is not None:
+            self._log(request, status, len(body))
+        elif self._server.routes.access_log is not None:
+            self._server.routes.access_log.log(
+                self._client, "-", "-", status, len(body), trio.current_time()
+            )
 
-    async def stop(self) -> None:
-        self._connection.idle_since = None
+    def _log(self, request: Request, status: int, size: int) -> None:
+        log = self._server.routes.access_log
+        if log is not None:
+            method = request.method.decode("latin-1")
+            log.log(
+                self._client,
+                method,
+                request.target.decode("latin-1"),
+                status,
+                size,
+                trio.current_time(),
+            )
+
+    async def _write(self, data: bytes) -> None:
+        """Send ``data`` now: what the socket takes at once, the rest within
+        ``request_timeout`` (a client that does not read its answers is cut off)."""
+        sent = sockets.send_now(self._stream, data)
+        if sent < len(data):
+            with trio.move_on_after(self._server.request_timeout) as scope:
+                await self._stream.send_all(data[sent:])
+            if scope.cancelled_caught:
+                raise trio.BrokenResourceError("the client does not read its answers")
+
+    async def _drain(self) -> None:
+        """Read and drop what the client still sends, for a moment (see _LINGER_*)."""
+        with trio.move_on_after(_LINGER_SECONDS):
+            try:
+                await self._stream.send_eof()
+                left = _LINGER_BYTES
+                while left > 0 and (data := await self._stream.receive_some(_READ_SIZE)):
+                    left -= len(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
 
 
 async def reap_idle(
@@ -301,230 +380,42 @@ async def reap_idle(
         due = now + tick
 
 
-class _FastH11Protocol(H11Protocol):
-    """Hypercorn's HTTP/1.1 protocol, answering fast routes in the connection's task."""
-
-    def __init__(self, connection: Connection, fast: FastRoutes, *args: Any) -> None:
-        super().__init__(*args)
-        self.connection_handler = connection
-        self._fast = fast
-
-    async def _create_stream(self, request: h11.Request) -> None:
-        verb = request.method.decode("ascii").upper()
-        raw_path = request.target.partition(b"?")[0]
-        # h11 bounds only a request head that arrives in pieces; one that arrives whole
-        # is bounded here, for every route.
-        size = len(request.target) + sum(len(n) + len(v) + 4 for n, v in request.headers)
-        too_long = size > self.config.h11_max_incomplete_size
-        if not too_long:
-            if raw_path == LANE_PATH and verb == "GET" and _upgrade_to(request) == UPGRADE:
-                await self._accept_lane(request)  # returns only if it refused the lane
-                return
-            if verb == "HEAD" or not self._fast.is_fast(verb, raw_path):
-                await super()._create_stream(request)
-                return
-        stream = _FastStream(self, verb, raw_path, request.headers)
-        if too_long:
-            stream.error = _headers_too_large()
-        self.stream = stream  # type: ignore[assignment]
-        self.keep_alive_requests += 1
-        await self.context.mark_request()
-        if stream.error is not None:  # refused on its headers: answer before its body
-            await stream.answer()
-
-    async def _accept_lane(self, request: h11.Request) -> None:
-        refusal: TowtruckError | None = None
-        try:
-            self._fast.check_cluster_key(request.headers)
-        except TowtruckError as exc:  # answered as an ordinary request, refused
-            refusal = exc.with_traceback(None)  # the stream holds it: no cycle
-        if refusal is not None:
-            self.stream = stream = _FastStream(self, "GET", LANE_PATH, [])  # type: ignore[assignment]
-            stream.error = refusal
-            await stream.answer()
-            return
-        switch = h11.InformationalResponse(
-            status_code=101, headers=[(b"connection", b"upgrade"), (b"upgrade", UPGRADE)]
-        )
-        await self.connection_handler.write(self.connection.send(switch))
-        raise _UpgradedToLane(self.connection.trailing_data[0])
-
-    async def _send_error_response(self, status_code: int) -> None:
-        """Hypercorn answers a request h11 cannot parse with an empty body; this
-        answers it as every other towtruck error, in JSON."""
-        await self._refuse(_unreadable(status_code))
-
-    async def _refuse(self, error: TowtruckError) -> int:
-        """Answer ``error`` (the connection closes after it); the body's size."""
-        body = codec.error_body(error)
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-            (b"date", _date()),
-        ]
-        await self._send_h11_event(h11.Response(status_code=error.status, headers=headers))
-        await self._send_h11_event(h11.Data(data=body))
-        await self._send_h11_event(h11.EndOfMessage())
-        return len(body)
-
-    async def send_answer(
-        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes
-    ) -> None:
-        """Send a whole response in one write, then end the request's cycle."""
-        headers.append((b"date", _date()))
-        if self.keep_alive_requests >= self.config.keep_alive_max_requests:
-            headers.append((b"connection", b"close"))
-        try:
-            data = b"".join(
-                (
-                    self.connection.send(h11.Response(status_code=status, headers=headers)),
-                    self.connection.send(h11.Data(data=body)),
-                    self.connection.send(h11.EndOfMessage()),
-                )
-            )
-        except h11.LocalProtocolError:
-            if self.connection.their_state != h11.ERROR:
-                raise
-        else:
-            await self.connection_handler.write(data)
-        await self.stream_send(StreamClosed(stream_id=_STREAM_ID))
+def _error_answer(error: TowtruckError) -> Answer:
+    body = codec.error_body(error)
+    headers = [
+        (b"content-type", b"application/json"),
+        *error.headers,
+        (b"content-length", str(len(body)).encode()),
+    ]
+    return error.status, headers, body
 
 
-class _LoggedH11Protocol(_FastH11Protocol):
-    """:class:`_FastH11Protocol` writing the access log's line (:mod:`towtruck.access`)
-    for each request it answers itself: fast routes, lanes, and requests the parser
-    refuses. Requests it hands to ASGI are logged there. A protocol of its own, so
-    that without the access log the fast lane does not even check for it."""
-
-    def __init__(self, connection: Connection, fast: FastRoutes, *args: Any) -> None:
-        super().__init__(connection, fast, *args)
-        assert fast.access_log is not None
-        self._log = fast.access_log.log
-        client = self.client
-        self._client = f"{client[0]}:{client[1]}" if client else "-"
-        self._request: tuple[str, str, float] = ("-", "-", trio.current_time())
-
-    async def _create_stream(self, request: h11.Request) -> None:
-        method = request.method.decode("ascii")
-        self._request = (method, request.target.decode("latin-1"), trio.current_time())
-        await super()._create_stream(request)
-
-    async def send_answer(
-        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes
-    ) -> None:
-        await super().send_answer(status, headers, body)
-        self._log(self._client, *self._request[:2], status, len(body), self._request[2])
-
-    async def _accept_lane(self, request: h11.Request) -> None:
-        try:
-            await super()._accept_lane(request)
-        except _UpgradedToLane:
-            self._log(self._client, *self._request[:2], 101, 0, self._request[2])
-            raise
-
-    async def _send_error_response(self, status_code: int) -> None:
-        if isinstance(self.stream, _FastStream):  # the request it began is refused
-            method, target, started = self._request
-        elif self.stream is None:  # not a request yet: nothing to name it by
-            method, target, started = "-", "-", trio.current_time()
-        else:  # a request handed to ASGI, which logs it
-            await super()._send_error_response(status_code)
-            return
-        error = _unreadable(status_code)
-        size = await self._refuse(error)
-        self._log(self._client, method, target, error.status, size, started)
+_STATUS_LINES: Final = {
+    status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode()
+    for status in http.HTTPStatus
+}
 
 
-class _FastStream:
-    """One request to a fast route: its body gathered from h11's events, its answer
-    computed by the app and sent by the protocol in one write."""
-
-    def __init__(
-        self, protocol: _FastH11Protocol, verb: str, raw_path: bytes, headers: Any
-    ) -> None:
-        self._protocol = protocol
-        self._verb = verb
-        self._raw_path = raw_path
-        self._headers = headers
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self._max_body = protocol._fast.max_body
-        self.closed = False
-        self.error: TowtruckError | None = None
-        for name, value in headers:
-            if name == b"content-length" and int(value) > self._max_body:
-                self.error = _too_large(self._max_body)
-
-    @property
-    def idle(self) -> bool:
-        return False
-
-    async def handle(self, event: Event) -> None:
-        if self.closed:
-            return
-        if isinstance(event, Body):
-            self._size += len(event.data)
-            if self._size > self._max_body:
-                self.error = _too_large(self._max_body)
-                await self.answer()
-            else:
-                self._chunks.append(bytes(event.data))
-        elif isinstance(event, EndBody):
-            await self.answer()
-        elif isinstance(event, StreamClosed):
-            self.closed = True
-
-    async def answer(self) -> None:
-        """Compute the answer and send it (once)."""
-        self.closed = True
-        if self.error is not None:  # refused before the body was all read
-            self._protocol.connection_handler.linger = True
-        body = b"".join(self._chunks)
-        status, headers, answer = await self._protocol._fast.respond(
-            self._verb, self._raw_path, body, self.error, headers=self._headers
-        )
-        await self._protocol.send_answer(status, headers, answer)
+def _head(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The status line and headers of an answer, and the blank line after them."""
+    line = _STATUS_LINES.get(status) or f"HTTP/1.1 {status} \r\n".encode()
+    parts = [line]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    parts += (b"date: ", _date(), b"\r\n\r\n")
+    return b"".join(parts)
 
 
-class _UpgradedToLane(Exception):
-    """Raised out of the protocol to hand the connection over to a lane (a signal,
-    not an error)."""
-
-    def __init__(self, initial: bytes) -> None:
-        super().__init__()
-        self.initial = initial
+def _server_address(stream: trio.SocketStream) -> str:
+    return _address(stream.socket.getsockname())
 
 
-def _upgrade_to(request: h11.Request) -> bytes:
-    for name, value in request.headers:
-        if name == b"upgrade":
-            return bytes(value).strip().lower()
-    return b""
-
-
-# Errors are built afresh for each request, never kept in a module-level instance:
-# every raise of a shared instance would lengthen its one traceback, which holds the
-# frames, and so the headers, of every request it was raised for.
-
-
-def _not_http() -> BadRequest:
-    return BadRequest("the request is not valid HTTP/1.1")
-
-
-def _headers_too_large() -> HeadersTooLarge:
-    return HeadersTooLarge("the request line and headers are over 16 KiB")
-
-
-def _unreadable(status_code: int) -> BadRequest:
-    """The error for a request h11 could not parse, by the status h11 hints at."""
-    # h11 hints at other statuses too (501 for a transfer-encoding it does not know,
-    # say): they are all a request towtruck cannot read, a 400.
-    return _headers_too_large() if status_code == 431 else _not_http()
-
-
-def _too_large(max_body: int) -> PayloadTooLarge:
-    return PayloadTooLarge(f"the body is over max_body ({max_body} bytes)", max_body=max_body)
+def _address(address: Any) -> str:
+    """``host:port`` of a socket's address (a Unix domain socket's: its path, or
+    ``-`` for an unnamed one)."""
+    if isinstance(address, tuple):
+        return f"{address[0]}:{address[1]}"
+    return str(address or "-")
 
 
 _date_cache: tuple[int, bytes] = (0, b"")

@@ -42,6 +42,8 @@ __all__ = ["MAX_VERSION", "Member", "MemberState", "Membership"]
 
 #: Versions are below this: JSON as orjson writes it holds 64-bit integers.
 MAX_VERSION = 2**63
+# Owners of ids remembered at most (see Membership.owner): a few MiB.
+_OWNERS_REMEMBERED = 100_000
 
 
 class MemberState(enum.Enum):
@@ -142,6 +144,7 @@ class Membership:
         self._members: dict[str, Member] = {
             me: Member(me, joined=True, version=born, born=born, by=me)
         }
+        self._owners: dict[str, str] = {}
         self._placement: tuple[str, ...] = (me,)
 
     def state(self, address: str) -> MemberState | None:
@@ -161,15 +164,30 @@ class Membership:
         wanted = set(states) or {MemberState.ALIVE, MemberState.DOWN}
         return sorted(a for a in self._members if a != self.me and self.state(a) in wanted)
 
+    @property
+    def alone(self) -> bool:
+        """This node knows of no other, joined, down or removed."""
+        return len(self._members) == 1
+
     def placement(self) -> tuple[str, ...]:
         """The members actors are placed on: this node (unless it is leaving) and its
         live peers, sorted."""
         return self._placement
 
     def owner(self, actor_id: str) -> str:
-        """The member that owns ``actor_id`` in this node's view."""
+        """The member that owns ``actor_id`` in this node's view (remembered for the
+        ids called lately, until placement changes: hashing the id for every member
+        is a good part of a forwarded call's cost)."""
         members = self._placement
-        return members[0] if len(members) == 1 else placement.owner(actor_id, members)
+        if len(members) == 1:
+            return members[0]
+        owners = self._owners
+        owner = owners.get(actor_id)
+        if owner is None:
+            if len(owners) >= _OWNERS_REMEMBERED:
+                owners.clear()
+            owner = owners[actor_id] = placement.owner(actor_id, members)
+        return owner
 
     def records(self) -> list[dict[str, Any]]:
         """Every decision this node knows, tombstones included, to gossip."""
@@ -341,3 +359,4 @@ class Membership:
         )
         # A node that left places nothing on itself, while it has live peers to send to.
         self._placement = tuple(placed) or (self.me,)
+        self._owners.clear()

@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import types
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -27,7 +27,7 @@ from .client import Client
 from .peers import open_router
 from .router import Router
 from .runtime import Runtime
-from .server import bind, hypercorn_config, serve
+from .server import listen, serve
 from .settings import Settings, bind_error
 
 __all__ = ["Node", "configure_logging", "open_node", "run", "serve_node", "tune_garbage_collector"]
@@ -85,6 +85,7 @@ async def open_node(
     *,
     port: int = 0,
     listen_fds: Sequence[int] = (),
+    local_lanes: Mapping[str, str] | None = None,
     **settings: Any,
 ) -> AsyncIterator[Node]:
     """Run a node inside the caller's trio program for the duration of the block.
@@ -93,7 +94,9 @@ async def open_node(
     settings are :class:`~towtruck.Settings` names, with ``TOWTRUCK_*`` variables
     filling in those not given; ``peers=["host:port"]`` joins a cluster.
     ``listen_fds`` are sockets already listening to serve on instead of binding
-    ``host:port`` (how ``towtruck serve --workers`` hands its workers their sockets).
+    ``host:port`` (how ``towtruck serve --workers`` hands its workers their sockets,
+    Unix domain sockets among them); ``local_lanes`` maps peers of this host to the
+    Unix domain sockets they listen on (see :func:`~towtruck.lanes.open_lanes`).
 
     The node's runtime (its actors and background work) and its HTTP server run as
     sibling tasks of a nursery this block opens: an error in either takes the node
@@ -104,9 +107,8 @@ async def open_node(
     """
     config = Settings.load(port=port, **settings)
     runtime = Runtime(create_actor, config)
-    http_config = hypercorn_config(config)
     try:
-        sockets, urls = bind(http_config, listen_fds)
+        sockets, urls = listen(config, listen_fds)
     except OSError as exc:  # a port in use, a host not of this machine...
         raise bind_error(config, exc) from exc
     me = config.advertise or urls[0].removeprefix("http://")
@@ -123,22 +125,14 @@ async def open_node(
             exposed[0],
         )
     async with (
-        open_router(runtime, me, config.cluster_key) as router,
+        open_router(runtime, me, config.cluster_key, local_lanes) as router,
         trio.open_nursery() as nursery,
     ):
         node = Node(runtime, router, urls[0], nursery)
         await nursery.start(runtime.serve)
         app = App(runtime=runtime)
         await nursery.start(
-            partial(
-                serve,
-                app,
-                http_config,
-                sockets=sockets,
-                fast=app,
-                request_timeout=config.request_timeout,
-                shutdown_trigger=node._stop_http.wait,
-            )
+            partial(serve, app, config, sockets=sockets, shutdown_trigger=node._stop_http.wait)
         )
         await router.start(config.peers)
         try:

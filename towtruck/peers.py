@@ -12,7 +12,7 @@ have no timeouts of their own: the caller's cancel scope bounds them.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
@@ -157,18 +157,24 @@ class _Body(httpx.AsyncByteStream):
 
 
 @asynccontextmanager
-async def open_router(runtime: Runtime, me: str, cluster_key: str | None) -> AsyncIterator[Router]:
+async def open_router(
+    runtime: Runtime,
+    me: str,
+    cluster_key: str | None,
+    local_lanes: Mapping[str, str] | None = None,
+) -> AsyncIterator[Router]:
     """Make ``runtime`` a clustered node reachable at ``me`` (its ``host:port``) for the
     duration of the block: its calls go through a :class:`~towtruck.router.Router` that
     talks to peers over HTTP. Enter it before the runtime serves (the router adds its
     loops to the runtime's services) and call ``router.start(peers)`` once HTTP is up.
-    Every request to a peer carries ``cluster_key`` (if set). Closes every connection
-    to peers on the way out."""
+    Every request to a peer carries ``cluster_key`` (if set). ``local_lanes``: Unix
+    domain sockets of peers on this host (see :func:`~towtruck.lanes.open_lanes`).
+    Closes every connection to peers on the way out."""
     headers = key_headers(cluster_key)
     settings = runtime.settings
     # A peer slower than the failure detector to accept a lane is as good as down.
     open_timeout = settings.heartbeat_interval * settings.heartbeat_misses
-    async with open_lanes(headers, open_timeout=open_timeout) as lanes:
+    async with open_lanes(headers, open_timeout=open_timeout, paths=local_lanes) as lanes:
         peers = HttpPeers(lanes, headers)
         try:
             yield Router(runtime, me, peers)

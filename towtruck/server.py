@@ -1,129 +1,125 @@
-"""Serving an ASGI app on Hypercorn's trio worker, with towtruck's connection handler.
+"""A node's HTTP server: its listening sockets, a task per connection
+(:mod:`towtruck.connection`), the reaper of idle connections, the app's lifespan, and
+a graceful stop.
 
-:func:`serve` is Hypercorn's ``hypercorn.trio.serve`` with the connection handler of
-:mod:`towtruck.connection` (which fixes Hypercorn 0.18's keep-alive timer under
-Quart-Trio and answers the app's fast routes without ASGI), on sockets bound
-beforehand if the caller likes (:func:`bind`), and with a graceful shutdown that closes
-idle connections at once instead of waiting them out.
+``App`` under another ASGI server (``hypercorn --worker-class trio module:app``) does
+not come here: that server reads its connections. Here towtruck reads them itself, for
+speed (see :mod:`towtruck.connection`).
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Final
 
 import trio
-from hypercorn.config import Config, Sockets
-from hypercorn.trio.lifespan import Lifespan
-from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import ASGIFramework
-from hypercorn.utils import repr_socket_addr, wrap_app
 
-from .connection import Connection, FastRoutes, reap_idle
+from .bridge import Bridge, open_lifespan
+from .connection import Connection, Server, reap_idle
 from .settings import Settings
 
-__all__ = ["bind", "hypercorn_config", "serve"]
+if TYPE_CHECKING:
+    from .app import App
+
+__all__ = ["listen", "serve"]
 
 logger = logging.getLogger("towtruck.http")
 
-
-def hypercorn_config(settings: Settings) -> Config:
-    """The Hypercorn configuration for a node with these settings."""
-    config = Config()
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    config.bind = [f"{host}:{settings.port}"]
-    config.keep_alive_timeout = settings.keep_alive_timeout
-    config.graceful_timeout = settings.shutdown_timeout
-    config.accesslog = None  # the app and the connections write it (towtruck.access)
-    config.errorlog = logger
-    config.include_server_header = False
-    return config
+#: Connections the kernel queues for a listening socket before the server takes them.
+BACKLOG: Final = 1024
 
 
-def bind(config: Config, fds: Sequence[int] = ()) -> tuple[Sockets, list[str]]:
-    """Bind and listen on ``config.bind`` now, or take over the listening sockets
+def listen(settings: Settings, fds: Sequence[int] = ()) -> tuple[list[socket.socket], list[str]]:
+    """Listen on ``settings.host`` and ``port`` now, or take over the listening sockets
     ``fds`` (a process manager's: see :mod:`towtruck.workers`); returns the sockets
-    (for :func:`serve`) and their URLs, so a node knows its port before it serves."""
+    (for :func:`serve`) and the URLs of those on TCP, so a node knows its port before
+    it serves.
+
+    Raises:
+        OSError: the address cannot be listened on (``socket.gaierror`` if the host
+            does not resolve).
+    """
     if fds:
-        config.bind = [f"fd://{fd}" for fd in fds]
-    sockets = config.create_sockets()
-    urls = []
-    for sock in sockets.insecure_sockets:
-        sock.listen(config.backlog)
-        urls.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
-    return sockets, urls
+        sockets = [socket.socket(fileno=fd) for fd in fds]
+    else:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            settings.host, settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(BACKLOG)
+        except OSError:
+            sock.close()
+            raise
+        sockets = [sock]
+    return sockets, [_url(sock) for sock in sockets if sock.family != socket.AF_UNIX]
+
+
+def _url(sock: socket.socket) -> str:
+    host, port, *_ = sock.getsockname()
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 async def serve(
-    app: ASGIFramework,
-    config: Config,
+    app: App,
+    settings: Settings,
     *,
+    sockets: list[socket.socket],
     shutdown_trigger: Callable[[], Awaitable[object]],
-    sockets: Sockets | None = None,
-    fast: FastRoutes | None = None,
-    request_timeout: float = 30.0,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``app`` until ``shutdown_trigger()`` returns, then shut down gracefully.
+    """Serve ``app`` on ``sockets`` (from :func:`listen`) until ``shutdown_trigger()``
+    returns, then stop gracefully. Reports the URLs through ``task_status``.
 
-    Serves on ``sockets`` from :func:`bind`, or binds ``config.bind`` itself. Requests
-    to ``fast`` routes are answered without ASGI (see :mod:`towtruck.connection`). Reports
-    the URLs (``["http://127.0.0.1:8080"]``) through ``task_status``. Runs the app's
-    ASGI lifespan around serving. On shutdown it stops accepting, closes idle
-    connections at once (but answers a request already sent on one, then closes),
-    and gives requests in flight ``config.graceful_timeout`` before cancelling them;
-    if cancelled instead, it closes every socket at once.
-    Installs no signal handlers; the caller decides what ends serving.
+    Runs the app's ASGI lifespan around serving. On a graceful stop it stops accepting,
+    closes idle connections at once (those with a request waiting are answered, with
+    ``connection: close``), lets the requests under way finish within
+    ``shutdown_timeout``, then cancels what is left. Cancelled instead, it closes every
+    socket at once. Installs no signal handlers: the caller decides what ends serving.
+    An error escaping a connection's task is a bug: it is logged, and that connection
+    closed; the server serves on.
     """
-    wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")
-    lifespan_state: dict[str, Any] = {}
-    lifespan = Lifespan(wrapped, config, lifespan_state)
-    context = WorkerContext(None)
-    connections: set[Connection] = set()
-    # Errors from the app's lifespan or from a connection handler propagate out of
-    # these nurseries; an error in the app's handling of one request does not (Hypercorn
-    # answers 500 and logs it).
-    async with trio.open_nursery() as lifespan_nursery:
-        await lifespan_nursery.start(lifespan.handle_lifespan)
-        await lifespan.wait_for_startup()
-        if sockets is None:
-            sockets, urls = bind(config)
-        else:
-            urls = [
-                f"http://{repr_socket_addr(sock.family, sock.getsockname())}"
-                for sock in sockets.insecure_sockets
-            ]
-        listeners = [
-            trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-            for sock in sockets.insecure_sockets
-        ]
-        handler = partial(Connection, connections, fast, wrapped, config, context, lifespan_state)
-        async with trio.open_nursery() as connection_nursery:
-            try:
-                async with trio.open_nursery() as accept_nursery:
-                    accept_nursery.start_soon(
+    bridge = Bridge(app.routes)
+    server = Server(
+        app, bridge, request_timeout=settings.request_timeout, parser=settings.http_parser
+    )
+    listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
+    urls = [_url(s) for s in sockets if s.family != socket.AF_UNIX]
+
+    async def connect(stream: trio.SocketStream) -> None:
+        await Connection(stream, server).run()
+
+    try:
+        async with open_lifespan(app.routes, shutdown_timeout=settings.shutdown_timeout) as state:
+            bridge.state = state
+            async with trio.open_nursery() as connections:
+                async with trio.open_nursery() as accepting:
+                    accepting.start_soon(
                         partial(
-                            trio.serve_listeners,
-                            handler,
-                            listeners,
-                            handler_nursery=connection_nursery,
+                            trio.serve_listeners, connect, listeners, handler_nursery=connections
                         )
                     )
-                    accept_nursery.start_soon(
-                        reap_idle, connections, config.keep_alive_timeout, request_timeout
+                    accepting.start_soon(
+                        reap_idle,
+                        server.connections,
+                        settings.keep_alive_timeout,
+                        settings.request_timeout,
                     )
                     task_status.started(urls)
                     await shutdown_trigger()
-                    accept_nursery.cancel_scope.cancel()
-            finally:
+                    accepting.cancel_scope.cancel()
                 for listener in listeners:
-                    listener.socket.close()  # refuse new connections, even when cancelled
-            await context.terminated.set()
-            for connection in list(connections):
-                if connection.idle_since is not None:
-                    connection.close_if_quiet()
-            connection_nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
-        await lifespan.wait_for_shutdown()
-        lifespan_nursery.cancel_scope.cancel()
+                    listener.socket.close()  # refuse new connections
+                server.stopping.set()
+                for connection in list(server.connections):
+                    if connection.idle_since is not None:
+                        connection.close_if_quiet()
+                connections.cancel_scope.deadline = trio.current_time() + settings.shutdown_timeout
+    finally:
+        for listener in listeners:
+            listener.socket.close()

@@ -36,6 +36,8 @@ MIB: Final = 1024 * 1024 * BYTES
 ENV_PREFIX: Final = "TOWTRUCK_"
 #: How much ``towtruck serve`` and ``towtruck.run`` log.
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+#: What ``http_parser`` may be.
+HTTP_PARSERS: Final = ("auto", "httptools", "h11")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -72,6 +74,9 @@ class Settings:
         blocked_warning: A turn that holds the event loop this long (blocking code
             in an actor) is logged, naming its actor and method.
         access_log: Log every HTTP request (costs throughput).
+        http_parser: How the server towtruck starts reads HTTP: ``httptools`` (llhttp,
+            the default where it installs), ``h11``, or ``auto`` for the first of those
+            that is installed.
         debug: Put tracebacks in error responses (never in production).
         log_level: How much ``towtruck serve`` and :func:`towtruck.run` log to stderr
             (``debug``, ``info``, ``warning``, ``error``); a program embedding a node
@@ -99,6 +104,7 @@ class Settings:
     keep_alive_timeout: float = 5 * SECONDS
     blocked_warning: float = 1 * SECONDS
     access_log: bool = False
+    http_parser: str = "auto"
     debug: bool = False
     log_level: str = "info"
 
@@ -179,6 +185,7 @@ _KINDS: Final[dict[str, str]] = {
     "keep_alive_timeout": "seconds",
     "blocked_warning": "seconds",
     "access_log": "flag",
+    "http_parser": "http_parser",
     "debug": "flag",
     "log_level": "log_level",
 }
@@ -316,6 +323,12 @@ def _log_level(value: Any) -> str:
     raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
 
 
+def _http_parser(value: Any) -> str:
+    if isinstance(value, str) and value.strip().lower() in HTTP_PARSERS:
+        return value.strip().lower()
+    raise ValueError(f"expected one of {', '.join(HTTP_PARSERS)}, got {value!r}")
+
+
 def _flag(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -335,4 +348,5 @@ _CHECKS: Final = {
     "seconds": _seconds,
     "flag": _flag,
     "log_level": _log_level,
+    "http_parser": _http_parser,
 }

@@ -10,8 +10,12 @@ cluster, so an actor still lives in exactly one of them:
   with ``SO_REUSEPORT``, and the kernel spreads new connections evenly over them. (One
   socket shared by all workers would have them race for each connection, unevenly.)
 - **A private port per worker** (on ``host``, or on loopback when ``host`` is a
-  wildcard) is the worker's address in the cluster: calls it does not own reach their
-  owner there, on a lane. Worker 0 starts first; the others join it with ``--peer``.
+  wildcard) is the worker's address in the cluster. Worker 0 starts first; the others
+  join it with ``--peer``.
+- **A Unix domain socket per worker** (in Linux's abstract namespace, so nothing is
+  left behind whatever happens; elsewhere in a directory of the supervisor's): calls a
+  worker does not own reach their owner there, on a lane, at about half the kernel's
+  cost of TCP loopback (each worker is told the others' sockets: ``--local-lanes``).
 
 Settings reach the workers as ``TOWTRUCK_*`` variables, so each worker is configured
 exactly as ``towtruck serve`` would be without ``--workers`` (other variables, the
@@ -31,9 +35,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import secrets
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from typing import Final
 
@@ -91,15 +98,38 @@ async def supervise(factory: str, settings: Settings) -> int:
     except OSError as exc:  # a port in use, a host not of this machine...
         raise bind_error(settings, exc) from exc
     addresses = [Address(private_host, s.getsockname()[1]) for s in privates]
+    if sys.platform == "linux":
+        lanes = f"@towtruck-{os.getpid()}-{secrets.token_hex(4)}"  # abstract: no file
+        return await _supervise(factory, settings, port, publics, privates, addresses, lanes)
+    lanes = tempfile.mkdtemp(prefix="towtruck-lanes-")
+    try:
+        return await _supervise(factory, settings, port, publics, privates, addresses, lanes)
+    finally:
+        shutil.rmtree(lanes, ignore_errors=True)
+
+
+async def _supervise(
+    factory: str,
+    settings: Settings,
+    port: int,
+    publics: list[socket.socket],
+    privates: list[socket.socket],
+    addresses: list[Address],
+    lanes: str,
+) -> int:
+    count = settings.workers
+    paths = [f"{lanes}/worker-{index}.sock" for index in range(count)]
+    locals_ = [_unix_listening(path) for path in paths]
     # The workers watch this pipe: it closes when the supervisor dies, however it dies.
     parent_read, parent_write = os.pipe()
-    pool = _Pool(factory, settings.replace(port=port), addresses, parent_read)
+    pool = _Pool(factory, settings.replace(port=port), addresses, paths, parent_read)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         try:
             for index in range(count):
                 # Worker 0 starts alone; the others join it, so it must be up first.
                 peers = [str(addresses[0])] if index else []
-                await pool.start(index, (publics[index], privates[index]), peers)
+                sockets = (publics[index], privates[index], locals_[index])
+                await pool.start(index, sockets, peers)
                 if index == 0:
                     await pool.wait_serving(0)
             for index in range(count):
@@ -116,7 +146,7 @@ async def supervise(factory: str, settings: Settings) -> int:
             os.close(parent_read)
             raise
         finally:
-            for sock in publics + privates:
+            for sock in publics + privates + locals_:
                 sock.close()  # the workers hold them now
         logger.info("towtruck: %d workers serving on http://%s:%d", count, settings.host, port)
         async with trio.open_nursery() as nursery:
@@ -138,11 +168,13 @@ class _Pool:
         factory: str,
         settings: Settings,
         addresses: list[Address],
+        paths: list[str],
         parent_fd: int,
     ) -> None:
         self._factory = factory
         self._settings = settings
         self._addresses = addresses
+        self._paths = paths
         self._parent_fd = parent_fd
         self.processes: list[trio.Process] = []
         #: Set once the supervisor was told to stop: workers that exit stay down.
@@ -154,16 +186,23 @@ class _Pool:
         return self.stopped.is_set()
 
     async def start(
-        self, index: int, sockets: tuple[socket.socket, socket.socket], peers: list[str]
+        self,
+        index: int,
+        sockets: tuple[socket.socket, socket.socket, socket.socket],
+        peers: list[str],
     ) -> None:
-        """Start worker ``index`` on ``sockets`` (public, private), joining ``peers``."""
+        """Start worker ``index`` on ``sockets`` (public, private, Unix domain),
+        joining ``peers``."""
         worker = self._settings.replace(
             advertise=str(self._addresses[index]),
             peers=(*self._settings.peers, *peers),
             workers=1,
         )
-        fds = (sockets[0].fileno(), sockets[1].fileno())
-        process = await _start(self._factory, worker, fds, self._parent_fd)
+        fds = tuple(sock.fileno() for sock in sockets)
+        local_lanes = ",".join(
+            f"{address}={path}" for address, path in zip(self._addresses, self._paths, strict=True)
+        )
+        process = await _start(self._factory, worker, fds, self._parent_fd, local_lanes)
         if index < len(self.processes):
             self.processes[index] = process
         else:
@@ -239,11 +278,13 @@ class _Pool:
                 logger.warning(
                     "worker %d moves to %s: %s: %s", index, self._addresses[index], address, exc
                 )
+            local = _unix_listening(self._paths[index])
             try:
                 others = [str(a) for n, a in enumerate(self._addresses) if n != index]
-                await self.start(index, (public, private), others)
+                await self.start(index, (public, private, local), others)
             finally:
                 private.close()
+                local.close()
         finally:
             public.close()
         try:
@@ -280,6 +321,22 @@ def _public_sockets(host: str, port: int, count: int) -> list[socket.socket]:
     return sockets
 
 
+def _unix_listening(path: str) -> socket.socket:
+    """A Unix domain socket listening at ``path`` (``@name``: in Linux's abstract
+    namespace); what was there before is replaced (a dead worker's)."""
+    if path.startswith("@"):
+        address = "\0" + path[1:]
+    else:
+        address = path
+        if os.path.exists(path):
+            os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(address)
+    sock.listen(_BACKLOG)
+    sock.set_inheritable(True)
+    return sock
+
+
 def _listening(host: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -290,7 +347,7 @@ def _listening(host: str, port: int) -> socket.socket:
 
 
 async def _start(
-    factory: str, settings: Settings, fds: tuple[int, int], parent_fd: int
+    factory: str, settings: Settings, fds: tuple[int, ...], parent_fd: int, local_lanes: str
 ) -> trio.Process:
     variables = {ENV_PREFIX + name.upper() for name in dataclasses.asdict(settings)}
     env = {k: v for k, v in os.environ.items() if k not in variables}
@@ -314,6 +371,8 @@ async def _start(
         ",".join(map(str, fds)),
         "--parent-fd",
         str(parent_fd),
+        "--local-lanes",
+        local_lanes,
     ]
     # A session of its own: Ctrl-C in a terminal reaches the supervisor only, which
     # passes it on once; the worker would take a second signal for "stop at once".
