@@ -176,9 +176,7 @@ class App:
         return status, [_JSON, (b"content-length", str(len(answer)).encode())], answer
 
     def _refusal(self, error: TowtruckError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        answer = codec.error_body(error, debug=self._debug)
-        headers = [_JSON, *error.headers, (b"content-length", str(len(answer)).encode())]
-        return error.status, headers, answer
+        return codec.error_answer(error, debug=self._debug)
 
     def _failure(self, exc: Exception) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         # Built here, not in respond(), so that respond's frame (which exc's traceback

@@ -108,12 +108,7 @@ class Bridge:
 
 
 def _failure(message: str) -> Answer:
-    body = codec.error_body(InternalError(message))
-    return (
-        500,
-        [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        body,
-    )
+    return codec.error_answer(InternalError(message))
 
 
 def _address(text: str) -> tuple[str, int]:

@@ -36,7 +36,15 @@ import orjson
 
 from .errors import InternalError, InvalidJSON, TowtruckError
 
-__all__ = ["copy", "dumps", "error_body", "loads", "loads_answer", "why_not_json"]
+__all__ = [
+    "copy",
+    "dumps",
+    "error_answer",
+    "error_body",
+    "loads",
+    "loads_answer",
+    "why_not_json",
+]
 
 _DUMPS_OPTIONS: Final = orjson.OPT_NON_STR_KEYS
 # Values that cannot be changed after the call, so a local call may hand them over
@@ -135,6 +143,16 @@ def error_body(error: TowtruckError, *, debug: bool = False) -> bytes:
     if debug:
         payload["error"]["traceback"] = traceback.format_exception(error)
     return dumps(payload)
+
+
+def error_answer(
+    error: TowtruckError, *, debug: bool = False
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """An error as an HTTP answer: its status, headers and JSON body (see
+    :func:`error_body`). Every error towtruck answers is rendered here."""
+    body = error_body(error, debug=debug)
+    length = (b"content-length", str(len(body)).encode())
+    return error.status, [(b"content-type", b"application/json"), *error.headers, length], body
 
 
 def why_not_json(value: Any, name: str) -> str:

@@ -259,7 +259,7 @@ class Connection:
         except Exception as exc:  # a bug; the client still gets a JSON answer
             logger.exception("error answering %s %r", verb, request.target)
             error = InternalError(f"towtruck failed answering this request: {type(exc).__name__}")
-            status, headers, body = _error_answer(error)
+            status, headers, body = codec.error_answer(error)
         keep_alive = request.keep_alive and not server.stopping.is_set()
         if not keep_alive:
             headers.append(_CLOSE)
@@ -280,7 +280,7 @@ class Connection:
         try:
             routes.check_cluster_key(request.headers)
         except TowtruckError as exc:
-            status, headers, body = _error_answer(exc.with_traceback(None))
+            status, headers, body = codec.error_answer(exc.with_traceback(None))
             headers.append(_CLOSE)
             await self._write(_head(status, headers) + body)
             self._log(request, status, len(body))
@@ -300,7 +300,7 @@ class Connection:
                 request.method.decode("latin-1"), request.path, b"", refused.error
             )
         else:
-            status, headers, body = _error_answer(refused.error)
+            status, headers, body = codec.error_answer(refused.error)
         headers.append(_CLOSE)
         self._linger = True  # the client may still be sending: see _LINGER_*
         await self._write(_head(status, headers) + body)
@@ -378,16 +378,6 @@ async def reap_idle(
             ):
                 connection.close_if_quiet()
         due = now + tick
-
-
-def _error_answer(error: TowtruckError) -> Answer:
-    body = codec.error_body(error)
-    headers = [
-        (b"content-type", b"application/json"),
-        *error.headers,
-        (b"content-length", str(len(body)).encode()),
-    ]
-    return error.status, headers, body
 
 
 _STATUS_LINES: Final = {
