@@ -39,6 +39,8 @@ class FakePeer:
         records: Its membership records for each heartbeat answer (called each time);
             by default, itself joined, as a fresh node would say.
         hang_lanes: Accept the connection of a lane, then never answer the upgrade.
+        answer_probes: Answer a lane's probes at once (as a live towtruck node's reader
+            does), whatever it does with calls.
     """
 
     def __init__(
@@ -47,10 +49,12 @@ class FakePeer:
         *,
         records: Callable[[FakePeer], list[dict[str, Any]]] | None = None,
         hang_lanes: bool = False,
+        answer_probes: bool = False,
     ) -> None:
         self.on_call = on_call
         self.records = records or (lambda peer: [peer.record()])
         self.hang_lanes = hang_lanes
+        self.answer_probes = answer_probes
         self.address = ""
         self.heartbeats = 0
         self.calls: list[bytes] = []
@@ -137,6 +141,8 @@ class FakePeer:
                     reply = self.on_call(number, envelope)
                     if reply:
                         await stream.send_all(reply)
+                elif kind == b"P" and self.answer_probes:
+                    await stream.send_all(_frame(number, b"Q", b""))
             chunk = await stream.receive_some(65536)
             if not chunk:
                 return

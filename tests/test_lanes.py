@@ -22,6 +22,7 @@ from tests.fake_peer import FakePeer, answer
 from tests.test_cluster import FAST, TEST_SECONDS, owned_by, wait_until
 from towtruck import placement
 from towtruck.lanes import _frame, _split
+from towtruck.membership import MemberState
 
 
 def test_frames_split_at_their_boundaries_only() -> None:
@@ -406,3 +407,46 @@ async def test_lanes_to_a_peer_of_this_host_go_over_its_unix_domain_socket() -> 
                     assert remote in second.runtime.catalog
                     lanes = first.router.directory._peers._lanes  # type: ignore[attr-defined]
                     assert lanes._lanes[address]._stream.socket.family == socket.AF_UNIX
+
+
+async def test_a_peer_that_answers_probes_but_not_calls_times_them_out_at_their_deadline(
+    http: httpx.AsyncClient,
+) -> None:
+    """Its lane looks alive, so only the calls' deadlines can end them."""
+    fake = FakePeer(answer_probes=True)
+    with trio.fail_after(TEST_SECONDS):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fake.serve)
+            async with towtruck.open_node(create_counter, call_timeout=1.5, **FAST) as node:
+                ids = await join_fake(http, node, fake)
+                with pytest.raises(towtruck.CallTimeout):
+                    await node.client.invoke(ids[0], "increment")
+                assert fake.calls
+                assert node.router.membership.state(fake.address) is MemberState.ALIVE
+            nursery.cancel_scope.cancel()
+
+
+async def test_quick_calls_on_a_lane_are_answered_while_a_slow_one_runs() -> None:
+    """The peer's reader answers a call to an idle actor's plain method itself, and
+    hands the others to tasks: neither kind waits for the other."""
+    with trio.fail_after(TEST_SECONDS):
+        async with towtruck.cluster(create_recorder, size=2, **FAST) as c:
+            first, second = c.nodes
+            slow, quick = owned_by(second, c.nodes, 2, "mixed")
+            await first.client.invoke(quick, "plain", 0)  # in memory, idle: quick from now
+            done: list[str] = []
+            async with trio.open_nursery() as nursery:
+
+                async def sleep() -> None:
+                    done.append(await first.client.invoke(slow, "sleep", 2))
+
+                nursery.start_soon(sleep)
+
+                async def running() -> bool:
+                    return bool(c.holders(slow))
+
+                await wait_until(running)
+                for n in range(20):
+                    assert await first.client.invoke(quick, "plain", n) == f"plain {n!r}"
+                assert done == [], "the quick calls did not wait for the slow one"
+            assert done == ["slept"]

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 from urllib.parse import unquote_to_bytes
 
+import orjson
 import trio
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope, Scope
 
@@ -204,7 +205,21 @@ class App:
         stopping: Callable[[], Awaitable[object]],
     ) -> None:
         """Answer the calls a peer sends on a lane (see :mod:`towtruck.lanes`)."""
-        await lanes.serve_lane(stream, initial, self._answer_forwarded, stopping)
+        await lanes.serve_lane(
+            stream, initial, self._answer_forwarded, stopping, self._answers_at_once
+        )
+
+    def _answers_at_once(self, envelope: bytes) -> bool:
+        """Whether a forwarded call will be answered without waiting for anything (see
+        :func:`towtruck.lanes.serve_lane`). Not a checkpoint."""
+        try:
+            call = orjson.loads(envelope)
+            actor_id, method = call["id"], call["method"]
+        except (orjson.JSONDecodeError, TypeError, KeyError):
+            return False
+        if not (isinstance(actor_id, str) and isinstance(method, str)):
+            return False
+        return self.runtime.catalog.answers_at_once(actor_id, method)
 
     async def _answer_forwarded(self, envelope: bytes) -> tuple[int, bytes]:
         # A lane's calls are trusted: the key was checked when the lane was opened.

@@ -144,6 +144,17 @@ class Catalog:
         """The activation of ``actor_id`` if it is in memory."""
         return self._table.get(actor_id)
 
+    def answers_at_once(self, actor_id: str, method: str) -> bool:
+        """Whether a call to ``method`` on ``actor_id`` would run to its answer without
+        waiting for anything: the actor is in memory and idle, and the method cannot
+        suspend (a plain ``def``, or an ``async def`` without ``await``). Not a
+        checkpoint."""
+        activation = self._table.get(actor_id)
+        if activation is None or not activation.idle:
+            return False
+        found = activation.methods.get(method)
+        return found is not None and not found.may_suspend
+
     def statistics(self) -> CatalogStatistics:
         """Counts describing the table now. Not a checkpoint."""
         return CatalogStatistics(

@@ -48,8 +48,9 @@ class PeerClient(Protocol):
     is bounded by the caller's cancel scope, not by a timeout of its own.
     """
 
-    async def forward(self, peer: str, envelope: bytes) -> bytes:
-        """Send a call to ``peer``; the answer is its result as JSON."""
+    async def forward(self, peer: str, envelope: bytes, deadline: float) -> bytes:
+        """Send a call to ``peer``; the answer is its result as JSON. Bounded by
+        ``deadline`` (:class:`~towtruck.errors.CallTimeout` past it)."""
         ...
 
     async def post(self, peer: str, path: str, payload: Any) -> Any:

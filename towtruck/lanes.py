@@ -50,6 +50,7 @@ from . import codec, sockets
 from .calls import Reply
 from .errors import (
     CallInterrupted,
+    CallTimeout,
     InternalError,
     InvalidJSON,
     PayloadTooLarge,
@@ -79,6 +80,8 @@ _READ_SIZE: Final = 256 * 1024
 MAX_FRAME: Final = MAX_ANSWER + _STATUS.size
 #: How long a peer that refused a lane gets its calls over HTTP before it is asked again.
 _REFUSAL_SECONDS: Final = 60.0
+# How often a lane looks for calls past their deadlines (see _Lane._expire).
+_EXPIRY_TICK: Final = 0.5
 #: Tasks a lane keeps waiting for calls once they have answered one.
 _SPARE_TASKS: Final = 64
 
@@ -180,6 +183,7 @@ class _Lane:
         self._writer = _Writer(stream)
         self._numbers = itertools.count()
         self._waiting: dict[int, Reply] = {}
+        self._due: dict[int, float] = {}  # each waiting call's deadline
         #: When the last bytes came in from the peer, on trio's clock.
         self.received_at = trio.current_time()
         # When :meth:`stalled` first saw calls waiting (None: it saw none).
@@ -204,7 +208,7 @@ class _Lane:
             self._writer.send(_frame(0, _PROBE, b""))
         return False
 
-    async def call(self, envelope: bytes) -> bytes:
+    async def call(self, envelope: bytes, deadline: float) -> bytes:
         """Send a call and wait for its answer (see :meth:`Lanes.call`)."""
         if self.broken:
             raise PeerUnavailable(f"the lane to {self.peer} is closed", peer=self.peer)
@@ -212,17 +216,41 @@ class _Lane:
             raise PayloadTooLarge(f"a call of {len(envelope)} bytes is over {MAX_FRAME}")
         number = next(self._numbers)
         reply = self._waiting[number] = Reply()
+        self._due[number] = deadline
         try:
             self._writer.send(_frame(number, _CALL, envelope), alone=len(self._waiting) == 1)
             return await reply.wait()
         finally:
             self._waiting.pop(number, None)
+            self._due.pop(number, None)
+
+    async def _expire(self) -> None:
+        """Fail the calls still waiting past their deadlines, every ``_EXPIRY_TICK``.
+
+        The peer ends each call at its deadline (the deadline travels in the envelope)
+        and answers so, so this only catches a peer that takes calls and answers
+        neither them nor in time. One sweep per lane, rather than a cancel scope around
+        each call's wait: a cancel scope was an eighth of a forwarded call's cost.
+        """
+        while True:
+            await trio.sleep(_EXPIRY_TICK)
+            now = trio.current_time()
+            for number, due in list(self._due.items()):
+                if now >= due:
+                    del self._due[number]
+                    reply = self._waiting.pop(number, None)
+                    if reply is not None:
+                        error = CallTimeout(
+                            f"no answer from {self.peer} by the call's deadline", node=self.peer
+                        )
+                        reply.set(outcome.Error(error))
 
     async def run(self, initial: bytes) -> None:
         """Read answers until the lane breaks; then fail the calls still waiting."""
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer.run)
+                nursery.start_soon(self._expire)
                 buffer, chunk = bytearray(initial), b""
                 while True:
                     self._dispatch(_split(buffer))
@@ -290,11 +318,14 @@ class Lanes:
         #: while (a node served by stock Hypercorn, say), then they are asked again.
         self.refused: dict[str, float] = {}
 
-    async def call(self, peer: str, envelope: bytes) -> bytes | None:
+    async def call(self, peer: str, envelope: bytes, deadline: float) -> bytes | None:
         """Send a call's envelope to ``peer`` and return the answer (its result as
-        JSON), or None if the peer takes no lanes. Bounded by the caller's scope.
+        JSON), or None if the peer takes no lanes. Bounded by the caller's scope and by
+        ``deadline`` (on trio's clock; the peer ends the call then itself, and this
+        side gives up on it soon after: see :meth:`_Lane._expire`).
 
         Raises:
+            CallTimeout: no answer soon after ``deadline``.
             PeerUnavailable: no connection could be made (``delivered=False``), the
                 peer did not open a lane within ``open_timeout`` or was given up on
                 meanwhile (:meth:`interrupt`), or the lane broke while the call waited.
@@ -307,7 +338,7 @@ class Lanes:
             lane = await self._open(peer)
             if lane is None:
                 return None
-        return await lane.call(envelope)
+        return await lane.call(envelope, deadline)
 
     def close(self, keep: set[str]) -> None:
         """Close the lanes to peers not in ``keep`` (gone from the cluster)."""
@@ -443,6 +474,7 @@ async def serve_lane(
     initial: bytes,
     answer: Callable[[bytes], Awaitable[tuple[int, bytes]]],
     stopping: Callable[[], Awaitable[object]],
+    at_once: Callable[[bytes], bool] = lambda envelope: False,
 ) -> None:
     """The answering end of a lane: run each call as it arrives (concurrently), send
     each answer as it is ready, until the caller closes the lane or ``stopping()``
@@ -452,6 +484,10 @@ async def serve_lane(
     ``answer(envelope)`` returns the HTTP status and the answer's body, as
     ``POST /cluster/forward`` would. If the caller closes the lane, the calls still
     running are abandoned (cancelled where they wait; turns already running finish).
+    A call ``at_once(envelope)`` says will be answered without waiting for anything
+    (its actor is idle, its method cannot suspend) is answered by the reader itself:
+    handing it to another task cost a tenth of a forwarded call. (If it waits after
+    all, the calls behind it on the lane wait too, no longer.)
     """
     writer = _Writer(stream)
     running = 0
@@ -460,8 +496,20 @@ async def serve_lane(
     # costs a reschedule; spawning a task for every call cost about twice that.
     spare: list[trio.lowlevel.Task] = []
 
-    async def take_calls(number: int, envelope: bytes) -> None:
+    async def answer_one(number: int, envelope: bytes) -> None:
         nonlocal running, idle
+        try:
+            status, body = await answer(envelope)
+            if len(body) + _STATUS.size > MAX_FRAME:  # the runtime refuses them first
+                status, body = _too_large(len(body))
+            writer.send(_frame(number, _ANSWER, _STATUS.pack(status) + body), alone=running == 1)
+        finally:
+            running -= 1
+            if not running:
+                idle.set()
+                idle = trio.Event()
+
+    async def take_calls(number: int, envelope: bytes) -> None:
         task = trio.lowlevel.current_task()
 
         def abort(_: object) -> trio.lowlevel.Abort:
@@ -469,17 +517,7 @@ async def serve_lane(
             return trio.lowlevel.Abort.SUCCEEDED
 
         while True:
-            try:
-                status, body = await answer(envelope)
-                if len(body) + _STATUS.size > MAX_FRAME:  # the runtime refuses them first
-                    status, body = _too_large(len(body))
-                frame = _frame(number, _ANSWER, _STATUS.pack(status) + body)
-                writer.send(frame, alone=running == 1)
-            finally:
-                running -= 1
-                if not running:
-                    idle.set()
-                    idle = trio.Event()
+            await answer_one(number, envelope)
             if len(spare) >= _SPARE_TASKS:
                 return
             spare.append(task)
@@ -492,7 +530,9 @@ async def serve_lane(
             for number, kind, body in _split(buffer):
                 if kind == _CALL:
                     running += 1  # counted now: shutdown waits for calls read, not started
-                    if spare:
+                    if at_once(body):
+                        await answer_one(number, body)
+                    elif spare:
                         trio.lowlevel.reschedule(spare.pop(), outcome.Value((number, body)))
                     else:
                         nursery.start_soon(take_calls, number, body)

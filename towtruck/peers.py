@@ -21,7 +21,14 @@ import trio
 
 from . import codec
 from .credentials import key_headers
-from .errors import CallInterrupted, InvalidJSON, PeerUnavailable, TowtruckError, from_payload
+from .errors import (
+    CallInterrupted,
+    CallTimeout,
+    InvalidJSON,
+    PeerUnavailable,
+    TowtruckError,
+    from_payload,
+)
 from .lanes import Lanes, open_lanes
 from .router import Router
 from .runtime import Runtime
@@ -74,17 +81,19 @@ class HttpPeers:
         await self._calls.aclose()
         await self._control.aclose()
 
-    async def forward(self, peer: str, envelope: bytes) -> bytes:
+    async def forward(self, peer: str, envelope: bytes, deadline: float) -> bytes:
         """Send a call's envelope to ``peer`` on a lane, or as ``POST /cluster/forward``
         if it takes no lanes; the answer is the result as JSON. See
         :class:`~towtruck.directory.PeerClient` for errors."""
         if self._lanes is not None:
-            answer = await self._lanes.call(peer, envelope)
+            answer = await self._lanes.call(peer, envelope, deadline)
             if answer is not None:
                 return answer
-        return await self._request(
-            self._calls, "POST", peer, "/cluster/forward", envelope, call=True
-        )
+        with trio.move_on_at(deadline):
+            return await self._request(
+                self._calls, "POST", peer, "/cluster/forward", envelope, call=True
+            )
+        raise CallTimeout(f"no answer from {peer} by the call's deadline", node=peer)
 
     async def post(self, peer: str, path: str, payload: Any) -> Any:
         """POST JSON, return the JSON answer."""

@@ -193,14 +193,7 @@ class Router:
         )
         self.forwarded += 1
         try:
-            with trio.move_on_at(context.deadline):
-                return await self._peers.forward(peer, envelope)
-            raise CallTimeout(
-                f"no answer from {peer} for {method!r} on actor {actor_id!r} in time",
-                actor=actor_id,
-                method=method,
-                node=peer,
-            )
+            return await self._peers.forward(peer, envelope, context.deadline)
         except PeerUnavailable as exc:
             # Only this node's own failure to reach the peer counts against it: an error
             # the peer relayed (``remote``) is about that peer's own peers.
