@@ -52,7 +52,7 @@ import http_invoke
 from _common import Figure, Figures, common_arguments, cpu_seconds, free_ports, table
 from http_invoke import HERE, Load, Server, get_json, server
 
-from towtruck import placement
+from towtruck.cluster import placement
 
 NODES = 3
 RANDOM_IDS = 10_000

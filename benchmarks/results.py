@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from _common import Figure, markdown_table, num
 
-from towtruck import parser
+from towtruck.server import parser
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,6 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-#: Wall-clock bound for a test that talks to real servers.
-NETWORK_TEST_SECONDS = 20
-
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:

@@ -14,7 +14,7 @@ from typing import Any
 import trio
 
 from towtruck import codec
-from towtruck.lanes import _frame, _split
+from towtruck.transport.lanes import _frame, _split
 
 #: ``on_call(number, envelope)``: the bytes to send back on the lane.
 OnCall = Callable[[int, bytes], bytes]

@@ -4,7 +4,7 @@ this process, and in the ``towtruck serve`` processes tests start)."""
 
 import os
 
-import towtruck.parser
+import towtruck.server.parser
 
-towtruck.parser.BACKEND = "h11"
+towtruck.server.parser.BACKEND = "h11"
 os.environ["TOWTRUCK_HTTP_PARSER"] = "h11"

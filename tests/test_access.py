@@ -1,4 +1,4 @@
-"""The access log: one line per request on ``towtruck.access``, however the node is
+"""The access log: one line per request on ``towtruck.server.access``, however the node is
 served (``open_node``, ``towtruck serve --access-log``, ``App(access_log=True)`` under
 the ``hypercorn`` command), whichever path answers the request."""
 
@@ -15,9 +15,8 @@ import trio
 
 import towtruck
 from tests.actors import create_counter
-from tests.conftest import NETWORK_TEST_SECONDS
+from tests.helpers import NETWORK_TEST_SECONDS, wait_until
 from tests.processes import PROCESS_SECONDS, running, towtruck_command
-from tests.test_cluster import wait_until
 
 #: An access line: client, "METHOD target", status, body bytes, milliseconds.
 LINE = re.compile(r'(\S+) "(\S+) (\S+)" (\S+) (\d+) (\d+\.\d+)ms$')
@@ -109,7 +108,7 @@ async def test_open_node_logs_one_line_per_request(
         return len(logged()) >= len(EXPECTED) + len(REFUSED_BY_THE_PARSER)
 
     with trio.fail_after(NETWORK_TEST_SECONDS):
-        async with towtruck.open_node(create_counter, environ={}, access_log=True) as node:
+        async with towtruck.open_node(create_counter, access_log=True) as node:
             await send_requests(node.url, http)
             await wait_until(all_logged)  # each line is written once its answer is sent
             await http.get(f"{node.url}/ping/last")
@@ -123,7 +122,7 @@ async def test_nothing_is_logged_unless_asked(
 ) -> None:
     caplog.set_level(logging.INFO, logger="towtruck.access")
     with trio.fail_after(NETWORK_TEST_SECONDS):
-        async with towtruck.open_node(create_counter, environ={}) as node:
+        async with towtruck.open_node(create_counter) as node:
             await send_requests(node.url, http)
     assert [r for r in caplog.records if r.name == "towtruck.access"] == []
 

@@ -66,7 +66,7 @@ async def test_every_call_is_a_checkpoint(
     autojump_clock: trio.testing.MockClock, method: str
 ) -> None:
     counts = [0, 0, 0]
-    async with towtruck.open_runtime(Kinds, environ={}) as runtime:
+    async with towtruck.open_runtime(Kinds) as runtime:
 
         async def caller(i: int) -> None:
             while sum(counts) < 300:
@@ -83,7 +83,7 @@ async def test_every_call_is_a_checkpoint(
 async def test_a_cancelled_caller_never_cuts_a_turn_in_two(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with towtruck.open_runtime(Kinds, environ={}) as runtime:
+    async with towtruck.open_runtime(Kinds) as runtime:
         with trio.fail_after(DEADLINE):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(runtime.client.invoke, "k", "two_steps")
@@ -102,7 +102,7 @@ async def test_a_turn_that_never_ends_is_cut_at_its_deadline(
 
         return {"forever": forever, "hello": lambda data: "hello"}
 
-    async with towtruck.open_runtime(create_actor, environ={}, call_timeout=5) as runtime:
+    async with towtruck.open_runtime(create_actor, call_timeout=5) as runtime:
         with trio.fail_after(DEADLINE):
             start = trio.current_time()
             with pytest.raises(towtruck.CallTimeout):
@@ -123,9 +123,7 @@ async def test_stopping_cuts_turns_running_in_callers_tasks(
     errors: list[towtruck.TowtruckError] = []
     with trio.fail_after(DEADLINE):
         async with (
-            towtruck.open_runtime(
-                create_actor, environ={}, call_timeout=1000, shutdown_timeout=1
-            ) as runtime,
+            towtruck.open_runtime(create_actor, call_timeout=1000, shutdown_timeout=1) as runtime,
             trio.open_nursery() as nursery,
         ):
 
@@ -146,7 +144,7 @@ async def test_stopping_cuts_turns_running_in_callers_tasks(
 async def test_calls_queued_behind_a_turn_run_in_order_after_it(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with towtruck.open_runtime(Kinds, environ={}) as runtime:
+    async with towtruck.open_runtime(Kinds) as runtime:
         answers: list[list[str]] = []
 
         async def call() -> None:
@@ -191,9 +189,7 @@ async def test_plain_hooks_run_like_async_ones(
             "hello": lambda data: events.append(f"hello {id}") or "hi",
         }
 
-    async with towtruck.open_runtime(
-        create_actor, environ={}, max_inactivity=5, gc_interval=1
-    ) as runtime:
+    async with towtruck.open_runtime(create_actor, max_inactivity=5, gc_interval=1) as runtime:
         assert await runtime.client.invoke("a", "hello") == "hi"
         await trio.sleep(10)  # on the autojump clock: the collector takes the idle actor
         assert events == ["activate a", "hello a", "deactivate a"]
@@ -295,7 +291,7 @@ async def test_sys_exit_or_keyboard_interrupt_in_actor_code_fails_only_that_call
     autojump_clock: trio.testing.MockClock, kind: str, where: str, method: str
 ) -> None:
     events: list[str] = []
-    async with towtruck.open_runtime(create_exiting(kind, where, events), environ={}) as runtime:
+    async with towtruck.open_runtime(create_exiting(kind, where, events)) as runtime:
         with trio.fail_after(DEADLINE):
             async with trio.open_nursery() as nursery:
                 if where.startswith("queued"):
@@ -322,9 +318,7 @@ async def test_sys_exit_in_deactivate_leaves_the_other_actors_to_deactivate(
 ) -> None:
     events: list[str] = []
     with trio.fail_after(DEADLINE):
-        async with towtruck.open_runtime(
-            create_exiting(kind, "deactivate", events), environ={}
-        ) as runtime:
+        async with towtruck.open_runtime(create_exiting(kind, "deactivate", events)) as runtime:
             for actor in "abc":
                 assert await runtime.client.invoke(actor, "quick") == "ok"
     assert sorted(events) == ["deactivate a", "deactivate b", "deactivate c"]
@@ -358,7 +352,7 @@ def create_actor(id, client):
     return {{"ctrl_c": ctrl_c, "ctrl_c_at_checkpoint": ctrl_c_at_checkpoint}}
 
 async def main():
-    async with towtruck.open_runtime(create_actor, environ={{}}) as runtime:
+    async with towtruck.open_runtime(create_actor) as runtime:
         try:
             print(await runtime.client.invoke("a", "{method}"))
         except towtruck.TowtruckError as exc:
@@ -435,7 +429,7 @@ async def test_calls_that_cannot_start_before_their_deadline_are_refused_at_once
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     outcomes: list[tuple[float, str]] = []
-    async with towtruck.open_runtime(create_slow, environ={}, call_timeout=4.25) as runtime:
+    async with towtruck.open_runtime(create_slow, call_timeout=4.25) as runtime:
         with trio.fail_after(DEADLINE):
             start = trio.current_time()
             async with trio.open_nursery() as nursery:
@@ -469,7 +463,7 @@ async def test_a_burst_on_an_idle_actor_sheds_what_cannot_start_once_a_turn_is_m
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     outcomes: list[tuple[float, str]] = []
-    async with towtruck.open_runtime(create_slow, environ={}, call_timeout=4.5) as runtime:
+    async with towtruck.open_runtime(create_slow, call_timeout=4.5) as runtime:
         with trio.fail_after(DEADLINE):
             start = trio.current_time()
             async with trio.open_nursery() as nursery:
@@ -492,7 +486,7 @@ async def test_a_burst_on_an_idle_actor_sheds_what_cannot_start_once_a_turn_is_m
 async def test_a_backlogged_refusal_is_a_503_that_says_when_to_retry(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with towtruck.open_runtime(create_slow, environ={}) as runtime:
+    async with towtruck.open_runtime(create_slow) as runtime:
         with trio.fail_after(DEADLINE):
             async with trio.open_nursery() as nursery:
                 for _ in range(2):  # the second waits, then runs from 1 to 2 s
@@ -534,7 +528,7 @@ async def test_each_call_waiting_on_a_failed_activation_gets_an_error_of_its_own
         except towtruck.ActorError as exc:
             errors.append(exc)
 
-    async with towtruck.open_runtime(FailsToActivate, environ={}) as runtime:
+    async with towtruck.open_runtime(FailsToActivate) as runtime:
         with trio.fail_after(DEADLINE):
             async with trio.open_nursery() as nursery:
                 for _ in range(3):

@@ -15,14 +15,14 @@ from hypercorn.trio import serve as stock_serve
 
 import towtruck
 from tests.actors import EVENTS, create_counter, create_recorder
-from tests.conftest import NETWORK_TEST_SECONDS
+from tests.helpers import NETWORK_TEST_SECONDS
 
 
 @pytest.fixture
 async def node() -> AsyncIterator[towtruck.Node]:
     EVENTS.clear()
     async with towtruck.open_node(
-        create_recorder, environ={}, max_body=5000, call_timeout=1, mailbox_size=2
+        create_recorder, max_body=5000, call_timeout=1, mailbox_size=2
     ) as node:
         yield node
 
@@ -43,7 +43,7 @@ async def test_the_readme_greeter(http: httpx.AsyncClient) -> None:
     from examples import greeter
 
     with trio.fail_after(NETWORK_TEST_SECONDS):
-        async with towtruck.open_node(greeter.create_actor, environ={}) as node:
+        async with towtruck.open_node(greeter.create_actor) as node:
             response = await http.get(f"{node.url}/invoke/1/hello")
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
@@ -161,7 +161,7 @@ async def test_a_method_that_raises_answers_500_and_the_actor_lives_on(
 
 async def test_debug_puts_the_traceback_in_errors(http: httpx.AsyncClient) -> None:
     with trio.fail_after(NETWORK_TEST_SECONDS):
-        async with towtruck.open_node(create_recorder, environ={}, debug=True) as node:
+        async with towtruck.open_node(create_recorder, debug=True) as node:
             response = await http.get(f"{node.url}/invoke/1/fail/x")
     traceback = "".join(response.json()["error"]["traceback"])
     assert "ValueError: bad value" in traceback
@@ -206,7 +206,7 @@ async def test_turns_never_interleave_under_concurrent_http_calls(http: httpx.As
     limits = httpx.Limits(max_connections=50)
     with trio.fail_after(NETWORK_TEST_SECONDS):
         async with (
-            towtruck.open_node(create_counter, environ={}) as node,
+            towtruck.open_node(create_counter) as node,
             httpx.AsyncClient(base_url=node.url, timeout=10, limits=limits) as client,
         ):
             statuses: list[int] = []
@@ -225,7 +225,7 @@ async def test_actors_calling_actors_over_http(http: httpx.AsyncClient) -> None:
     from examples import chain
 
     with trio.fail_after(NETWORK_TEST_SECONDS):
-        async with towtruck.open_node(chain.create_actor, environ={}, call_timeout=1) as node:
+        async with towtruck.open_node(chain.create_actor, call_timeout=1) as node:
             assert (await http.get(f"{node.url}/invoke/1/hello")).json() == {
                 "goodbye": "from actor 1"
             }
@@ -264,7 +264,7 @@ async def test_health_ping_query_and_rungc(node: towtruck.Node, http: httpx.Asyn
 async def test_rungc_collects_idle_actors(http: httpx.AsyncClient) -> None:
     EVENTS.clear()
     with trio.fail_after(NETWORK_TEST_SECONDS):
-        async with towtruck.open_node(create_recorder, environ={}, max_inactivity=0.01) as node:
+        async with towtruck.open_node(create_recorder, max_inactivity=0.01) as node:
             await http.get(f"{node.url}/invoke/1/echo")
             await http.get(f"{node.url}/invoke/2/echo")
             await trio.sleep(0.02)  # time itself is the condition: max_inactivity passes
@@ -276,7 +276,7 @@ async def test_rungc_collects_idle_actors(http: httpx.AsyncClient) -> None:
 async def test_leaving_open_node_runs_every_deactivate(http: httpx.AsyncClient) -> None:
     EVENTS.clear()
     with trio.fail_after(NETWORK_TEST_SECONDS):
-        async with towtruck.open_node(create_recorder, environ={}) as node:
+        async with towtruck.open_node(create_recorder) as node:
             for actor_id in range(5):
                 await http.get(f"{node.url}/invoke/{actor_id}/echo")
     assert sorted(e for e in EVENTS if e[1] == "deactivate") == [
@@ -289,12 +289,12 @@ async def served(how: str, **settings: Any) -> AsyncIterator[str]:
     """A counter node's URL: served by towtruck's own server (``open_node``, where
     ``/invoke`` skips ASGI) or by stock Hypercorn (``App`` as a plain ASGI app)."""
     if how == "open_node":
-        async with towtruck.open_node(create_counter, environ={}, **settings) as node:
+        async with towtruck.open_node(create_counter, **settings) as node:
             yield node.url
         return
     config = Config()
     config.bind = ["127.0.0.1:0"]
-    app = towtruck.App(create_counter, environ={}, **settings)
+    app = towtruck.App(create_counter, **settings)
     async with trio.open_nursery() as nursery:
         stop = trio.Event()
         (url,) = await nursery.start(partial(stock_serve, app, config, shutdown_trigger=stop.wait))
@@ -332,7 +332,7 @@ async def test_head_and_options_on_invoke_run_nothing(how: str, http: httpx.Asyn
 )
 async def test_head_never_runs_a_route_that_acts(http: httpx.AsyncClient, route: str) -> None:
     with trio.fail_after(NETWORK_TEST_SECONDS):
-        async with towtruck.open_node(create_counter, environ={}) as node:
+        async with towtruck.open_node(create_counter) as node:
             await node.client.invoke("a", "increment")
             node.runtime.catalog.get("a").touched -= 3600  # type: ignore[union-attr]
             response = await http.head(f"{node.url}{route}")

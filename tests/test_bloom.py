@@ -1,6 +1,6 @@
 import pytest
 
-from towtruck.bloom import FALSE_POSITIVE_RATE, MIN_CAPACITY, BloomFilter, CountingBloom
+from towtruck.cluster.bloom import FALSE_POSITIVE_RATE, MIN_CAPACITY, BloomFilter, CountingBloom
 
 
 def test_no_false_negatives_and_few_false_positives() -> None:

@@ -25,7 +25,7 @@ def _clear_events() -> None:
 
 @pytest.fixture
 async def recorders(autojump_clock: trio.testing.MockClock) -> AsyncIterator[towtruck.Runtime]:
-    async with towtruck.open_runtime(create_recorder, environ={}) as runtime:
+    async with towtruck.open_runtime(create_recorder) as runtime:
         yield runtime
 
 
@@ -49,7 +49,7 @@ async def test_activate_runs_before_the_first_call_and_calls_wait_for_it(
 
 async def test_turns_never_interleave(autojump_clock: trio.testing.MockClock) -> None:
     answers: list[int] = []
-    async with towtruck.open_runtime(create_counter, environ={}) as runtime:
+    async with towtruck.open_runtime(create_counter) as runtime:
 
         async def increment() -> None:
             answers.append(await runtime.client.invoke("c", "increment"))
@@ -72,7 +72,7 @@ async def test_calls_run_in_the_order_they_arrive(autojump_clock: trio.testing.M
 
         return {"record": record}
 
-    async with towtruck.open_runtime(create_actor, environ={}) as runtime:
+    async with towtruck.open_runtime(create_actor) as runtime:
         with trio.fail_after(DEADLINE):
             async with trio.open_nursery() as nursery:
                 for i in range(10):
@@ -161,7 +161,7 @@ async def test_activate_failure_fails_the_waiting_calls_and_the_next_call_retrie
         except towtruck.ActorError as exc:
             failures.append(exc)
 
-    async with towtruck.open_runtime(Flaky, environ={}) as runtime:
+    async with towtruck.open_runtime(Flaky) as runtime:
         with trio.fail_after(DEADLINE):
             async with trio.open_nursery() as nursery:
                 for _ in range(3):
@@ -177,7 +177,7 @@ async def test_factory_failure_is_an_actor_error(autojump_clock: trio.testing.Mo
     def create_actor(id: str, client: towtruck.Client) -> object:
         raise KeyError(id)
 
-    async with towtruck.open_runtime(create_actor, environ={}) as runtime:
+    async with towtruck.open_runtime(create_actor) as runtime:
         with trio.fail_after(DEADLINE), pytest.raises(towtruck.ActorError) as caught:
             await runtime.client.invoke("k", "x")
     assert caught.value.details["method"] == "create_actor"
@@ -193,9 +193,7 @@ def test_async_factories_are_refused() -> None:
 
 
 async def test_idle_actor_is_collected(autojump_clock: trio.testing.MockClock) -> None:
-    async with towtruck.open_runtime(
-        create_recorder, environ={}, max_inactivity=60, gc_interval=10
-    ) as runtime:
+    async with towtruck.open_runtime(create_recorder, max_inactivity=60, gc_interval=10) as runtime:
         with trio.fail_after(DEADLINE):
             await runtime.client.invoke("a", "echo")
             await trio.sleep(50)
@@ -210,7 +208,7 @@ async def test_idle_actor_is_collected(autojump_clock: trio.testing.MockClock) -
 
 async def test_busy_actor_is_not_collected(autojump_clock: trio.testing.MockClock) -> None:
     async with towtruck.open_runtime(
-        create_recorder, environ={}, max_inactivity=5, gc_interval=1, call_timeout=1000
+        create_recorder, max_inactivity=5, gc_interval=1, call_timeout=1000
     ) as runtime:
         with trio.fail_after(DEADLINE):
             async with trio.open_nursery() as nursery:
@@ -226,7 +224,7 @@ async def test_busy_actor_is_not_collected(autojump_clock: trio.testing.MockCloc
 async def test_past_max_actors_the_least_recently_used_idle_actor_goes(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with towtruck.open_runtime(create_recorder, environ={}, max_actors=3) as runtime:
+    async with towtruck.open_runtime(create_recorder, max_actors=3) as runtime:
         client = runtime.client
         with trio.fail_after(DEADLINE):
             for actor_id in "abc":
@@ -242,7 +240,7 @@ async def test_past_max_actors_the_least_recently_used_idle_actor_goes(
 async def test_the_count_stays_at_or_below_max_actors(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with towtruck.open_runtime(create_counter, environ={}, max_actors=10) as runtime:
+    async with towtruck.open_runtime(create_counter, max_actors=10) as runtime:
         with trio.fail_after(DEADLINE):
             for i in range(100):
                 await runtime.client.invoke(i, "increment")
@@ -253,7 +251,7 @@ async def test_the_count_stays_at_or_below_max_actors(
 async def test_overloaded_when_no_actor_can_be_collected(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with towtruck.open_runtime(create_recorder, environ={}, max_actors=2) as runtime:
+    async with towtruck.open_runtime(create_recorder, max_actors=2) as runtime:
         with trio.fail_after(DEADLINE):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(runtime.client.invoke, "a", "sleep", 10)
@@ -266,7 +264,7 @@ async def test_overloaded_when_no_actor_can_be_collected(
 
 
 async def test_a_full_mailbox_sheds_calls(autojump_clock: trio.testing.MockClock) -> None:
-    async with towtruck.open_runtime(create_recorder, environ={}, mailbox_size=2) as runtime:
+    async with towtruck.open_runtime(create_recorder, mailbox_size=2) as runtime:
         with trio.fail_after(DEADLINE):
             await runtime.client.invoke("a", "echo")
             async with trio.open_nursery() as nursery:
@@ -282,7 +280,7 @@ async def test_a_full_mailbox_sheds_calls(autojump_clock: trio.testing.MockClock
 async def test_a_call_times_out_and_the_actor_lives_on(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with towtruck.open_runtime(create_recorder, environ={}, call_timeout=3) as runtime:
+    async with towtruck.open_runtime(create_recorder, call_timeout=3) as runtime:
         with trio.fail_after(DEADLINE):
             start = trio.current_time()
             with pytest.raises(towtruck.CallTimeout) as caught:
@@ -306,7 +304,7 @@ async def test_a_call_abandoned_before_its_turn_never_runs(
 
         return {"slow": slow, "record": record}
 
-    async with towtruck.open_runtime(create_actor, environ={}) as runtime:
+    async with towtruck.open_runtime(create_actor) as runtime:
         with trio.fail_after(DEADLINE):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(runtime.client.invoke, "a", "slow")
@@ -321,7 +319,7 @@ async def test_a_call_abandoned_before_its_turn_never_runs(
 async def test_an_actor_calls_itself(autojump_clock: trio.testing.MockClock) -> None:
     from examples import chain
 
-    async with towtruck.open_runtime(chain.create_actor, environ={}) as runtime:
+    async with towtruck.open_runtime(chain.create_actor) as runtime:
         with trio.fail_after(DEADLINE):
             assert await runtime.client.invoke(1, "hello") == {"goodbye": "from actor 1"}
             assert await runtime.client.invoke(1, "ask", ["2"]) == {
@@ -351,7 +349,7 @@ async def test_a_cycle_of_independent_calls_ends_with_a_timeout(
         except towtruck.CallTimeout as exc:
             errors.append(exc)
 
-    async with towtruck.open_runtime(create_actor, environ={}, call_timeout=5) as runtime:
+    async with towtruck.open_runtime(create_actor, call_timeout=5) as runtime:
         with trio.fail_after(DEADLINE):
             start = trio.current_time()
             async with trio.open_nursery() as nursery:
@@ -372,7 +370,7 @@ async def test_a_timed_out_call_says_where_it_waited(
 
         return {"stubborn": stubborn, "plain": lambda data: "plain"}
 
-    async with towtruck.open_runtime(create_actor, environ={}, call_timeout=2) as runtime:
+    async with towtruck.open_runtime(create_actor, call_timeout=2) as runtime:
 
         async def running() -> None:
             with pytest.raises(towtruck.CallTimeout, match="it was running"):
@@ -389,7 +387,7 @@ async def test_a_timed_out_call_says_where_it_waited(
 async def test_nested_calls_share_the_first_callers_deadline(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with towtruck.open_runtime(create_recorder, environ={}, call_timeout=100) as runtime:
+    async with towtruck.open_runtime(create_recorder, call_timeout=100) as runtime:
         with trio.fail_after(DEADLINE):
             start = trio.current_time()
             with trio.move_on_after(2):
@@ -407,7 +405,7 @@ async def test_a_call_during_deactivation_waits_for_a_fresh_activation(
             await trio.sleep(5)
             EVENTS.append((self.id, "deactivate"))
 
-    async with towtruck.open_runtime(Slow, environ={}, max_inactivity=1) as runtime:
+    async with towtruck.open_runtime(Slow, max_inactivity=1) as runtime:
         with trio.fail_after(DEADLINE):
             await runtime.client.invoke("a", "echo")
             await trio.sleep(2)
@@ -435,7 +433,7 @@ async def test_a_failing_create_actor_is_logged_like_other_actor_failures(
             raise returned
         return returned
 
-    async with towtruck.open_runtime(create_actor, environ={}) as runtime:
+    async with towtruck.open_runtime(create_actor) as runtime:
         with trio.fail_after(DEADLINE), pytest.raises(towtruck.ActorError):
             await runtime.client.invoke("k", "x")
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]

@@ -40,7 +40,7 @@ async def test_serve_answers_calls_and_stops_gracefully_on_a_signal(
 async def test_serve_finishes_the_calls_in_flight_and_refuses_new_ones_when_signalled(
     http: httpx.AsyncClient,
 ) -> None:
-    from tests.test_cluster import wait_until
+    from tests.helpers import wait_until
 
     argv = [*towtruck_command(), "serve", "tests.served:create_actor", "--port", "0"]
     with trio.fail_after(PROCESS_SECONDS):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
@@ -15,38 +14,15 @@ from examples import chain
 from tests import actors
 from tests.actors import create_counter
 from tests.fake_peer import FakePeer
-from towtruck import placement
-from towtruck.bloom import BloomFilter
-from towtruck.membership import MemberState
-from towtruck.router import MAX_HOPS
-
-#: Quick failure detection: a dead node leaves placement after 3 x 0.2 s.
-FAST = {"environ": {}, "heartbeat_interval": 0.2, "heartbeat_misses": 3, "bloom_interval": 0.2}
-TEST_SECONDS = 60
-POLL_SECONDS = 0.05
-
-
-async def wait_until(check: Callable[[], Awaitable[bool]]) -> None:
-    """Poll ``check`` until it is true (bound it with ``trio.fail_after``)."""
-    while True:
-        if await check():
-            return
-        await trio.sleep(POLL_SECONDS)
+from tests.helpers import FAST, TEST_SECONDS, owned_by, wait_until
+from towtruck.cluster import placement
+from towtruck.cluster.bloom import BloomFilter
+from towtruck.cluster.membership import MemberState
+from towtruck.cluster.router import MAX_HOPS
 
 
 async def servers(http: httpx.AsyncClient, node: towtruck.Node) -> list[str]:
     return (await http.get(f"{node.url}/getservers")).json()  # type: ignore[no-any-return]
-
-
-def owned_by(
-    node: towtruck.Node, members: list[towtruck.Node], count: int, prefix: str
-) -> list[str]:
-    """Ids that placement gives to ``node`` among ``members``."""
-    names = [str(m.address) for m in members]
-    ids = (f"{prefix}{i}" for i in itertools.count())
-    return list(
-        itertools.islice((i for i in ids if placement.owner(i, names) == str(node.address)), count)
-    )
 
 
 async def test_every_node_lists_every_other(http: httpx.AsyncClient) -> None:

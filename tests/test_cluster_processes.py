@@ -9,9 +9,9 @@ import httpx
 import pytest
 import trio
 
+from tests.helpers import wait_until
 from tests.processes import PROCESS_SECONDS, run_to_end, running, towtruck_command
-from tests.test_cluster import wait_until
-from towtruck import placement
+from towtruck.cluster import placement
 
 pytestmark = [pytest.mark.subprocess, pytest.mark.slow]
 

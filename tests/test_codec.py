@@ -16,8 +16,7 @@ import trio
 import trio.testing
 
 import towtruck
-from tests.conftest import NETWORK_TEST_SECONDS
-from tests.test_cluster import owned_by
+from tests.helpers import NETWORK_TEST_SECONDS, owned_by
 from towtruck import codec
 
 DEADLINE = 10_000
@@ -94,7 +93,7 @@ def create_actor(id: str, client: towtruck.Client) -> dict[str, Any]:
 async def test_a_result_json_cannot_carry_is_its_own_error_saying_what_to_return(
     autojump_clock: trio.testing.MockClock, name: str, says: list[str]
 ) -> None:
-    async with towtruck.open_runtime(create_actor, environ={}) as runtime:
+    async with towtruck.open_runtime(create_actor) as runtime:
         with trio.fail_after(DEADLINE), pytest.raises(towtruck.ResultNotJSON) as caught:
             await runtime.client.invoke("a", "give", name)
         assert await runtime.client.invoke("a", "echo", "alive") == "alive"
@@ -112,7 +111,7 @@ async def test_a_result_json_cannot_carry_is_its_own_error_saying_what_to_return
 async def test_nan_infinity_datetimes_and_friends_encode_as_documented(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with towtruck.open_runtime(create_actor, environ={}) as runtime:
+    async with towtruck.open_runtime(create_actor) as runtime:
         with trio.fail_after(DEADLINE):
             answer = await runtime.client.invoke("a", "give", "documented")
     assert answer == {
@@ -176,7 +175,7 @@ def test_integers_within_64_bits_and_long_digits_elsewhere_decode_as_they_are(
 async def test_call_data_json_cannot_carry_is_a_clear_type_error(
     autojump_clock: trio.testing.MockClock, data: Any, says: str
 ) -> None:
-    async with towtruck.open_runtime(create_actor, environ={}) as runtime:
+    async with towtruck.open_runtime(create_actor) as runtime:
         with trio.fail_after(DEADLINE), pytest.raises(TypeError) as caught:
             await runtime.client.invoke("a", "echo", data)
     message = str(caught.value)
@@ -188,7 +187,7 @@ async def test_over_http_a_big_integer_is_a_400_and_a_bad_result_a_clear_500(
     http: httpx.AsyncClient,
 ) -> None:
     with trio.fail_after(NETWORK_TEST_SECONDS):
-        async with towtruck.open_node(create_actor, environ={}) as node:
+        async with towtruck.open_node(create_actor) as node:
             body = b'{"n": 123456789012345678901234567890}'
             answer = await http.post(f"{node.url}/invoke/1/echo", content=body)
             assert answer.status_code == 400, answer.text
@@ -206,7 +205,7 @@ async def test_over_http_a_big_integer_is_a_400_and_a_bad_result_a_clear_500(
 
 async def test_a_result_json_cannot_carry_is_the_same_error_from_another_node() -> None:
     with trio.fail_after(NETWORK_TEST_SECONDS):
-        async with towtruck.cluster(create_actor, size=2, environ={}) as c:
+        async with towtruck.cluster(create_actor, size=2) as c:
             first, second = c.nodes
             (remote,) = owned_by(second, c.nodes, 1, "r")
             with pytest.raises(towtruck.ResultNotJSON) as caught:
@@ -219,7 +218,7 @@ async def test_a_result_json_cannot_carry_is_the_same_error_from_another_node() 
 async def test_call_data_is_what_the_actor_would_get_from_another_node(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with towtruck.open_runtime(create_actor, environ={}) as runtime:
+    async with towtruck.open_runtime(create_actor) as runtime:
         with trio.fail_after(DEADLINE):
             assert await runtime.client.invoke("a", "seen", math.nan) == "None"
             assert await runtime.client.invoke("a", "seen", [-math.inf]) == "[None]"

@@ -14,15 +14,15 @@ import pytest
 import trio
 
 import towtruck
+import towtruck.server.app
 from tests.actors import create_counter
-from tests.conftest import NETWORK_TEST_SECONDS
+from tests.helpers import NETWORK_TEST_SECONDS, until_closed, wait_until
 from tests.processes import PROCESS_SECONDS, running, towtruck_command
-from tests.test_cluster import wait_until
 
 
 @pytest.fixture
 async def node() -> AsyncIterator[towtruck.Node]:
-    async with towtruck.open_node(create_counter, environ={}) as node:
+    async with towtruck.open_node(create_counter) as node:
         yield node
 
 
@@ -48,16 +48,6 @@ async def exchange(node: towtruck.Node, requests: bytes, answers: int) -> list[b
                 responses.append(head + b"\r\n\r\n" + rest[:length])
                 received = rest[length:]
         return responses
-
-
-async def until_closed(node: towtruck.Node, request: bytes) -> bytes:
-    """Send one raw request; read everything until the server closes the connection."""
-    async with await trio.open_tcp_stream(node.address.host, node.address.port) as stream:
-        await stream.send_all(request)
-        received = b""
-        while chunk := await stream.receive_some():
-            received += chunk
-        return received
 
 
 async def test_pipelined_requests_are_answered_in_order(node: towtruck.Node) -> None:
@@ -265,10 +255,10 @@ async def test_refused_requests_keep_nothing_of_theirs_alive(
     status = b"HTTP/1.1 431" if size > 16 * 1024 else b"HTTP/1.1 413"
     with trio.fail_after(NETWORK_TEST_SECONDS):
         assert (await until_closed(node, request)).startswith(status)
-        before = tracebacks_through(towtruck.app)
+        before = tracebacks_through(towtruck.server.app)
         for _ in range(50):
             assert (await until_closed(node, request)).startswith(status)
-        assert tracebacks_through(towtruck.app) - before < 10
+        assert tracebacks_through(towtruck.server.app) - before < 10
 
 
 @pytest.mark.parametrize("path", [b"/invoke/c/increment", b"/ping/x"])

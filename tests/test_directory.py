@@ -8,8 +8,8 @@ import trio
 
 import towtruck
 from tests.actors import create_counter
-from tests.test_cluster import FAST, TEST_SECONDS, owned_by, wait_until
-from towtruck.bloom import MIN_CAPACITY
+from tests.helpers import FAST, TEST_SECONDS, owned_by, wait_until
+from towtruck.cluster.bloom import MIN_CAPACITY
 
 
 async def test_filters_spare_peers_the_queries_for_ids_they_do_not_hold() -> None:

@@ -10,7 +10,7 @@ import trio
 
 import towtruck
 from examples import position
-from tests.conftest import NETWORK_TEST_SECONDS
+from tests.helpers import NETWORK_TEST_SECONDS
 
 
 async def test_position_remembers_and_logs_its_lifecycle(
@@ -18,7 +18,7 @@ async def test_position_remembers_and_logs_its_lifecycle(
 ) -> None:
     caplog.set_level(logging.INFO, logger="examples.position")
     with trio.fail_after(NETWORK_TEST_SECONDS):
-        async with towtruck.open_node(position.create_actor, environ={}) as node:
+        async with towtruck.open_node(position.create_actor) as node:
             url = f"{node.url}/invoke/1"
             assert (await http.get(f"{url}/setposition/-29.4758/-100.4162")).json() is None
             assert (await http.get(f"{url}/getposition")).json() == {

@@ -33,7 +33,7 @@ async def test_an_actor_error_is_one_warning_line_with_the_traceback_at_debug(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="towtruck")
-    async with towtruck.open_runtime(create_failing, environ={}) as runtime:
+    async with towtruck.open_runtime(create_failing) as runtime:
         with trio.fail_after(DEADLINE), pytest.raises(towtruck.ActorError):
             await runtime.client.invoke("a", "fail")
     (warning,) = lines(caplog, logging.WARNING)
@@ -48,7 +48,7 @@ async def test_repeated_actor_errors_are_summed_up_instead_of_logged_one_by_one(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="towtruck")
-    async with towtruck.open_runtime(create_failing, environ={}) as runtime:
+    async with towtruck.open_runtime(create_failing) as runtime:
         with trio.fail_after(DEADLINE):
             for i in range(500):
                 with pytest.raises(towtruck.ActorError):

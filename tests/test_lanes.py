@@ -19,10 +19,10 @@ from hypercorn.trio import serve as stock_serve
 import towtruck
 from tests.actors import create_counter, create_recorder
 from tests.fake_peer import FakePeer, answer
-from tests.test_cluster import FAST, TEST_SECONDS, owned_by, wait_until
-from towtruck import placement
-from towtruck.lanes import _frame, _split
-from towtruck.membership import MemberState
+from tests.helpers import FAST, TEST_SECONDS, owned_by, wait_until
+from towtruck.cluster import placement
+from towtruck.cluster.membership import MemberState
+from towtruck.transport.lanes import _frame, _split
 
 
 def test_frames_split_at_their_boundaries_only() -> None:

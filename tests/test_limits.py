@@ -11,9 +11,7 @@ import trio.testing
 
 import towtruck
 from tests.actors import create_counter, create_recorder
-from tests.conftest import NETWORK_TEST_SECONDS
-from tests.test_cluster import wait_until
-from tests.test_connection import until_closed
+from tests.helpers import NETWORK_TEST_SECONDS, until_closed, wait_until
 
 
 @pytest.mark.parametrize(
@@ -33,7 +31,7 @@ async def test_path_limits(
     http: httpx.AsyncClient, path: str, status: int, type_: str | None
 ) -> None:
     with trio.fail_after(NETWORK_TEST_SECONDS):
-        async with towtruck.open_node(create_recorder, environ={}) as node:
+        async with towtruck.open_node(create_recorder) as node:
             response = await http.get(node.url + path)
     assert response.status_code == status, response.text
     if type_ is not None:
@@ -43,7 +41,7 @@ async def test_path_limits(
 async def test_headers_over_the_limit_get_431_in_json() -> None:
     request = b"GET /invoke/1/get HTTP/1.1\r\nhost: t\r\nx-big: " + b"a" * 20_000 + b"\r\n\r\n"
     with trio.fail_after(NETWORK_TEST_SECONDS):
-        async with towtruck.open_node(create_counter, environ={}) as node:
+        async with towtruck.open_node(create_counter) as node:
             received = await until_closed(node, request)
             assert (
                 await until_closed(
@@ -60,7 +58,7 @@ async def test_a_client_that_stalls_in_its_body_is_cut_off_and_others_are_served
     head = b"POST /invoke/1/increment HTTP/1.1\r\nhost: t\r\ncontent-length: 100\r\n\r\n{"
     with trio.fail_after(NETWORK_TEST_SECONDS):
         async with (
-            towtruck.open_node(create_counter, environ={}, request_timeout=0.3) as node,
+            towtruck.open_node(create_counter, request_timeout=0.3) as node,
             await trio.open_tcp_stream(node.address.host, node.address.port) as slow,
         ):
             await slow.send_all(head)
@@ -82,7 +80,7 @@ async def test_a_client_that_trickles_its_head_is_cut_off_and_others_are_served(
 
     with trio.fail_after(NETWORK_TEST_SECONDS):
         async with (
-            towtruck.open_node(create_counter, environ={}, keep_alive_timeout=0.3) as node,
+            towtruck.open_node(create_counter, keep_alive_timeout=0.3) as node,
             await trio.open_tcp_stream(node.address.host, node.address.port) as slow,
             trio.open_nursery() as nursery,
         ):
@@ -100,7 +98,7 @@ async def test_a_client_that_trickles_its_head_is_cut_off_and_others_are_served(
 async def test_calls_past_max_in_flight_get_503_with_retry_after(http: httpx.AsyncClient) -> None:
     with trio.fail_after(NETWORK_TEST_SECONDS):
         async with (
-            towtruck.open_node(create_recorder, environ={}, max_in_flight=1) as node,
+            towtruck.open_node(create_recorder, max_in_flight=1) as node,
             trio.open_nursery() as nursery,
         ):
             nursery.start_soon(http.get, f"{node.url}/invoke/a/sleep/0.5")
@@ -117,7 +115,7 @@ async def test_calls_past_max_in_flight_get_503_with_retry_after(http: httpx.Asy
 
 async def test_calls_past_max_in_flight_are_shed(autojump_clock: trio.testing.MockClock) -> None:
     outcomes: list[Any] = []
-    async with towtruck.open_runtime(create_recorder, environ={}, max_in_flight=2) as runtime:
+    async with towtruck.open_runtime(create_recorder, max_in_flight=2) as runtime:
 
         async def call(actor_id: str) -> None:
             try:
@@ -137,7 +135,7 @@ async def test_calls_past_max_in_flight_are_shed(autojump_clock: trio.testing.Mo
 async def test_max_actors_holds_under_a_stream_of_new_ids(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with towtruck.open_runtime(create_recorder, environ={}, max_actors=100) as runtime:
+    async with towtruck.open_runtime(create_recorder, max_actors=100) as runtime:
         with trio.fail_after(10_000):
             for i in range(20_000):
                 await runtime.client.invoke(f"new{i}", "plain")

@@ -1,8 +1,34 @@
-from towtruck.membership import Membership, MemberState
+from towtruck.cluster.membership import Membership, MemberState
 
 
-def make(me: str = "a:1") -> Membership:
-    return Membership(me, misses_allowed=3)
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(me: str = "a:1", clock: Clock | None = None) -> Membership:
+    return Membership(me, misses_allowed=3, clock=clock or Clock())
+
+
+def test_down_times_and_forgetting_read_the_given_clock() -> None:
+    clock = Clock()
+    membership = make(clock=clock)
+    membership.add("b:1")
+    membership.add("c:1")
+    membership.remove("c:1")  # a tombstone, decided at 100
+    assert membership.missed("b:1", certain=True)
+    clock.now += 7.5
+    assert membership.down_for("b:1") == 7.5
+    assert membership.expire(after=10) == [], "neither is older than 10 s on this clock"
+    clock.now += 5
+    assert sorted(membership.expire(after=10)) == ["b:1", "c:1"]
+    assert membership.state("b:1") is None
+    assert membership.state("c:1") is None
 
 
 def test_a_node_alone_owns_everything() -> None:

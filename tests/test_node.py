@@ -12,7 +12,7 @@ import trio
 
 import towtruck
 from tests.actors import create_recorder
-from tests.conftest import NETWORK_TEST_SECONDS
+from tests.helpers import NETWORK_TEST_SECONDS
 from tests.processes import PROCESS_SECONDS, child_env, running, towtruck_command
 
 
@@ -31,7 +31,7 @@ def all_tasks() -> set[trio.lowlevel.Task]:
 async def test_leaving_open_node_leaves_no_task_behind(http: httpx.AsyncClient) -> None:
     before = all_tasks()
     with trio.fail_after(NETWORK_TEST_SECONDS):
-        async with towtruck.open_node(create_recorder, environ={}) as node:
+        async with towtruck.open_node(create_recorder) as node:
             for actor_id in range(20):
                 await http.get(f"{node.url}/invoke/{actor_id}/echo")
             await http.get(f"{node.url}/health")
@@ -52,14 +52,14 @@ async def test_a_crash_in_the_node_takes_it_down_loudly(
             pytest.RaisesExc(RuntimeError, match="collector bug"), flatten_subgroups=True
         ),
     ):
-        async with towtruck.open_node(create_recorder, environ={}, gc_interval=0.01) as node:
+        async with towtruck.open_node(create_recorder, gc_interval=0.01) as node:
             monkeypatch.setattr(node.runtime.catalog, "collect", broken_collect)
             await trio.sleep_forever()
 
 
 async def test_node_client_calls_actors(http: httpx.AsyncClient) -> None:
     with trio.fail_after(NETWORK_TEST_SECONDS):
-        async with towtruck.open_node(create_recorder, environ={}) as node:
+        async with towtruck.open_node(create_recorder) as node:
             assert await node.client.invoke(1, "plain", "x") == "plain 'x'"
             assert (await http.get(f"{node.url}/query/1")).json() == {"exists": True}
     assert node.url == f"http://127.0.0.1:{node.address.port}"

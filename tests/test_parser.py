@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from towtruck import parser as http
 from towtruck.errors import BadRequest, HeadersTooLarge, PayloadTooLarge
+from towtruck.server import parser as http
 
 MAX_BODY = 1000
 

@@ -2,7 +2,7 @@ from collections import Counter
 
 import pytest
 
-from towtruck import placement
+from towtruck.cluster import placement
 
 MEMBERS = ["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080"]
 

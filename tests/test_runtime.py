@@ -63,7 +63,7 @@ async def test_actors_may_still_call_each_other_while_calls_in_flight_finish(
     answers: list[Any] = []
     with trio.fail_after(DEADLINE):
         async with (
-            towtruck.open_runtime(create_actor, environ={}) as runtime,
+            towtruck.open_runtime(create_actor) as runtime,
             trio.open_nursery() as nursery,
         ):
 
@@ -83,7 +83,7 @@ async def test_calls_cut_at_the_shutdown_deadline_fail_as_interrupted_or_stoppin
     with trio.fail_after(DEADLINE):
         async with (
             towtruck.open_runtime(
-                create_recorder, environ={}, shutdown_timeout=2, call_timeout=1000
+                create_recorder, shutdown_timeout=2, call_timeout=1000
             ) as runtime,
             trio.open_nursery() as nursery,
         ):
@@ -105,7 +105,7 @@ async def test_calls_cut_at_the_shutdown_deadline_fail_as_interrupted_or_stoppin
 
 
 async def test_statistics_count_calls_and_failures(autojump_clock: trio.testing.MockClock) -> None:
-    async with towtruck.open_runtime(create_recorder, environ={}) as runtime:
+    async with towtruck.open_runtime(create_recorder) as runtime:
         with trio.fail_after(DEADLINE):
             await runtime.client.invoke("a", "echo")
             with pytest.raises(towtruck.ActorError):

@@ -10,7 +10,7 @@ import trio
 
 import towtruck
 from tests.actors import create_counter
-from tests.test_cluster import FAST, TEST_SECONDS, owned_by
+from tests.helpers import FAST, TEST_SECONDS, owned_by
 
 KEY = "correct horse battery staple"
 KEYED = {**FAST, "cluster_key": KEY}

@@ -9,7 +9,7 @@ import trio
 
 import towtruck
 from tests.actors import create_recorder
-from tests.conftest import NETWORK_TEST_SECONDS
+from tests.helpers import NETWORK_TEST_SECONDS
 
 
 async def send_request(node: towtruck.Node, path: str) -> trio.SocketStream:
@@ -36,14 +36,14 @@ async def wait_closed_by_server(stream: trio.SocketStream) -> None:
 @pytest.mark.parametrize("path", ["/health", "/invoke/1/echo"])
 async def test_idle_keep_alive_connections_are_closed(path: str) -> None:
     with trio.fail_after(NETWORK_TEST_SECONDS):
-        async with towtruck.open_node(create_recorder, environ={}, keep_alive_timeout=0.2) as node:
+        async with towtruck.open_node(create_recorder, keep_alive_timeout=0.2) as node:
             stream = await send_request(node, path)
             await wait_closed_by_server(stream)
 
 
 async def test_a_request_longer_than_the_keep_alive_timeout_is_answered() -> None:
     with trio.fail_after(NETWORK_TEST_SECONDS):
-        async with towtruck.open_node(create_recorder, environ={}, keep_alive_timeout=0.1) as node:
+        async with towtruck.open_node(create_recorder, keep_alive_timeout=0.1) as node:
             stream = await send_request(node, "/invoke/1/sleep/0.5")
             await wait_closed_by_server(stream)
 
@@ -51,7 +51,7 @@ async def test_a_request_longer_than_the_keep_alive_timeout_is_answered() -> Non
 async def test_shutdown_closes_idle_connections_at_once() -> None:
     with trio.fail_after(NETWORK_TEST_SECONDS):
         async with towtruck.open_node(
-            create_recorder, environ={}, keep_alive_timeout=1000, shutdown_timeout=1000
+            create_recorder, keep_alive_timeout=1000, shutdown_timeout=1000
         ) as node:
             stream = await send_request(node, "/health")
         await wait_closed_by_server(stream)

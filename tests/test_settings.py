@@ -27,7 +27,7 @@ def test_precedence_keywords_over_flags_over_environment() -> None:
 def test_peers_from_environment_and_flags() -> None:
     settings = towtruck.Settings.load(environ={"TOWTRUCK_PEERS": "a:1, b.example:2"})
     assert settings.peers == ("a:1", "b.example:2")
-    settings = towtruck.Settings.load(environ={}, flags={"peers": ["[::1]:9000"]})
+    settings = towtruck.Settings.load(flags={"peers": ["[::1]:9000"]})
     assert settings.peers == ("[::1]:9000",)
 
 
@@ -35,15 +35,15 @@ def test_peers_from_environment_and_flags() -> None:
     ("source", "expected"),
     [
         ({"environ": {"TOWTRUCK_MAX_ACTORS": "lots"}}, "TOWTRUCK_MAX_ACTORS"),
-        ({"environ": {}, "flags": {"max_actors": "0"}}, "--max-actors"),
-        ({"environ": {}, "flags": {"call_timeout": "-1"}}, "--call-timeout"),
-        ({"environ": {}, "flags": {"port": "70000"}}, "--port"),
-        ({"environ": {}, "flags": {"peers": ["no-port"]}}, "--peer"),
+        ({"flags": {"max_actors": "0"}}, "--max-actors"),
+        ({"flags": {"call_timeout": "-1"}}, "--call-timeout"),
+        ({"flags": {"port": "70000"}}, "--port"),
+        ({"flags": {"peers": ["no-port"]}}, "--peer"),
         ({"environ": {"TOWTRUCK_WORKERS": "some"}}, "TOWTRUCK_WORKERS"),
-        ({"environ": {}, "max_body": 1.5}, "max_body"),
-        ({"environ": {}, "gc_interval": float("nan")}, "gc_interval"),
-        ({"environ": {}, "debug": "maybe"}, "debug"),
-        ({"environ": {}, "host": ""}, "host"),
+        ({"max_body": 1.5}, "max_body"),
+        ({"gc_interval": float("nan")}, "gc_interval"),
+        ({"debug": "maybe"}, "debug"),
+        ({"host": ""}, "host"),
     ],
 )
 def test_bad_values_name_their_source(source: dict, expected: str) -> None:
@@ -53,7 +53,7 @@ def test_bad_values_name_their_source(source: dict, expected: str) -> None:
 
 def test_unknown_names_are_refused() -> None:
     with pytest.raises(towtruck.SettingsError, match="max_actor: unknown setting"):
-        towtruck.Settings.load(environ={}, max_actor=3)
+        towtruck.Settings.load(max_actor=3)
     with pytest.raises(towtruck.SettingsError, match="nope: unknown setting"):
         towtruck.Settings().replace(nope=1)
 
@@ -111,5 +111,5 @@ def test_flags_parse_booleans() -> None:
 def test_workers_may_be_auto_anywhere() -> None:
     cores = os.cpu_count() or 1
     assert towtruck.Settings.load(environ={"TOWTRUCK_WORKERS": "auto"}).workers == cores
-    assert towtruck.Settings.load(environ={}, flags={"workers": "auto"}).workers == cores
-    assert towtruck.Settings.load(environ={}, workers=2).workers == 2
+    assert towtruck.Settings.load(flags={"workers": "auto"}).workers == cores
+    assert towtruck.Settings.load(workers=2).workers == 2

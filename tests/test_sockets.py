@@ -11,7 +11,7 @@ import pytest
 import trio
 import trio.testing
 
-from towtruck import sockets
+from towtruck.transport import sockets
 
 TEST_SECONDS = 10
 

@@ -12,8 +12,8 @@ import trio
 
 import towtruck
 from tests.actors import create_blocker, create_slow_starter, create_slowly
+from tests.helpers import wait_until
 from tests.processes import PROCESS_SECONDS, running, towtruck_command
-from tests.test_cluster import wait_until
 
 SERVING = r"serving on (http://127\.0\.0\.1:\d+)"
 BLOCKED = "the event loop is blocked"
@@ -63,7 +63,7 @@ async def test_a_blocked_event_loop_is_reported_once_with_its_actor(
         return [r.getMessage() for r in caplog.records if text in r.getMessage()]
 
     with trio.fail_after(20):
-        async with towtruck.open_runtime(create_actor, environ={}, blocked_warning=0.5) as rt:
+        async with towtruck.open_runtime(create_actor, blocked_warning=0.5) as rt:
             await rt.client.invoke("b1", method, data)
 
             async def unblocked() -> bool:  # the watchdog's thread says it: poll
@@ -82,7 +82,7 @@ async def test_the_watchdog_stays_quiet_on_a_virtual_clock(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     with trio.fail_after(120):
-        async with towtruck.open_runtime(create_blocker, environ={}, blocked_warning=0.2) as rt:
+        async with towtruck.open_runtime(create_blocker, blocked_warning=0.2) as rt:
             await trio.sleep(100)
             assert await rt.client.invoke("b1", "nap", [0.3]) == "napped"
     assert not [r for r in caplog.records if BLOCKED in r.getMessage()]

@@ -63,7 +63,7 @@ async def test_advertise_is_refused_with_workers() -> None:
 
 
 async def test_workers_stop_when_the_supervisor_is_killed() -> None:
-    from tests.test_cluster import wait_until
+    from tests.helpers import wait_until
 
     argv = [*towtruck_command(), "serve", "examples.greeter", "--workers", "2", "--port", "0"]
     with trio.fail_after(PROCESS_SECONDS):
@@ -101,7 +101,7 @@ def _children(pid: int) -> set[int]:
 
 
 async def test_a_worker_that_dies_is_restarted() -> None:
-    from tests.test_cluster import wait_until
+    from tests.helpers import wait_until
 
     argv = [*towtruck_command(), *TWO_COUNTERS]
     ids = [f"r{i}" for i in range(20)]

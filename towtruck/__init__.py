@@ -12,8 +12,6 @@ __version__ = "0.1.0"
 
 from .activation import ActivationState as ActivationState
 from .activation import DeactivationReason as DeactivationReason
-from .address import Address as Address
-from .app import App as App
 from .catalog import CatalogStatistics as CatalogStatistics
 from .client import Client as Client
 from .errors import ActorError as ActorError
@@ -44,6 +42,7 @@ from .errors import SettingsError as SettingsError
 from .errors import TowtruckError as TowtruckError
 from .errors import Unauthorized as Unauthorized
 from .errors import Unavailable as Unavailable
+from .ids import Address as Address
 from .node import Node as Node
 from .node import open_node as open_node
 from .node import run as run
@@ -51,6 +50,7 @@ from .node import serve_node as serve_node
 from .runtime import Runtime as Runtime
 from .runtime import RuntimeStatistics as RuntimeStatistics
 from .runtime import open_runtime as open_runtime
+from .server.app import App as App
 from .settings import Settings as Settings
 from .testing import Cluster as Cluster
 from .testing import ClusterClient as ClusterClient

@@ -17,44 +17,12 @@ import trio
 from . import __version__
 from .catalog import Factory
 from .errors import SettingsError
-from .node import configure_logging, serve_node
-from .settings import ENV_PREFIX, Settings
+from .node import serve_node
+from .process import configure_logging
+from .settings import ENV_PREFIX, Settings, flag
 from .workers import supervise
 
 __all__ = ["main"]
-
-# (flag, setting, help). Every flag also reads TOWTRUCK_<SETTING> from the environment.
-_VALUE_FLAGS = [
-    ("--host", "host", "interface to bind (default 127.0.0.1)"),
-    ("--port", "port", "TCP port to bind (default 8080; 0 picks a free one)"),
-    ("--max-actors", "max_actors", "most actors in memory (default 1000)"),
-    ("--max-inactivity", "max_inactivity", "seconds idle before an actor is collected (60)"),
-    ("--gc-interval", "gc_interval", "seconds between collector runs (10)"),
-    ("--call-timeout", "call_timeout", "seconds a call may take (30)"),
-    ("--mailbox-size", "mailbox_size", "most calls waiting for one actor (1000)"),
-    ("--max-body", "max_body", "largest request body, in bytes (1048576)"),
-    ("--shutdown-timeout", "shutdown_timeout", "seconds for each phase of shutdown (5)"),
-    ("--keep-alive-timeout", "keep_alive_timeout", "seconds an idle connection stays open (5)"),
-    ("--advertise", "advertise", "host:port peers reach this node at (default: the bound one)"),
-    ("--heartbeat-interval", "heartbeat_interval", "seconds between heartbeats to each peer (1)"),
-    ("--heartbeat-misses", "heartbeat_misses", "missed heartbeats that take a peer out (3)"),
-    ("--bloom-interval", "bloom_interval", "seconds between fetches of peers' bloom filters (1)"),
-    ("--cluster-key", "cluster_key", "shared secret the nodes of a cluster prove themselves with"),
-    ("--max-in-flight", "max_in_flight", "most calls from outside under way at once (10000)"),
-    ("--request-timeout", "request_timeout", "seconds a client may take to send a request (30)"),
-    ("--workers", "workers", "node processes behind the one port, or auto: one per core (1)"),
-    (
-        "--blocked-warning",
-        "blocked_warning",
-        "seconds a turn may hold the event loop before it is logged (1)",
-    ),
-    ("--log-level", "log_level", "how much to log to stderr: debug, info, warning, error (info)"),
-    ("--http-parser", "http_parser", "how to read HTTP: httptools, h11, or auto (auto)"),
-]
-_SWITCHES = [
-    ("--access-log", "access_log", "log every request (costs throughput)"),
-    ("--debug", "debug", "put tracebacks in error responses"),
-]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,21 +43,51 @@ def _parser() -> argparse.ArgumentParser:
         help="the create_actor function, e.g. examples.greeter:create_actor"
         " (':create_actor' may be left out); the current directory is importable",
     )
-    serve.add_argument(
-        "--peer",
-        dest="peers",
-        action="append",
-        metavar="HOST:PORT",
-        help="a node to join at start (repeatable; TOWTRUCK_PEERS=a:1,b:2)",
-    )
-    for flag, name, text in _VALUE_FLAGS:
-        serve.add_argument(flag, dest=name, help=text)
-    for flag, name, text in _SWITCHES:
-        serve.add_argument(flag, dest=name, action="store_const", const=True, help=text)
+    for field in dataclasses.fields(Settings):
+        _add_flag(serve, field)
     serve.add_argument("--listen-fds", help=argparse.SUPPRESS)  # from --workers' supervisor
     serve.add_argument("--parent-fd", type=int, help=argparse.SUPPRESS)  # likewise
     serve.add_argument("--local-lanes", help=argparse.SUPPRESS)  # likewise
     return parser
+
+
+def _add_flag(parser: argparse.ArgumentParser, field: dataclasses.Field[object]) -> None:
+    """The flag of one setting, from its field: name, help and default."""
+    kind, text = field.metadata["kind"], field.metadata["help"]
+    if kind == "flag":
+        parser.add_argument(
+            flag(field.name), dest=field.name, action="store_const", const=True, help=text
+        )
+    elif kind == "addresses":
+        parser.add_argument(
+            flag(field.name),
+            dest=field.name,
+            action="append",
+            metavar="HOST:PORT",
+            help=text + " Repeatable.",
+        )
+    else:
+        if field.default is not None:
+            default = field.default
+            text += (
+                f" (default: {default:g})"
+                if isinstance(default, float)
+                else f" (default: {default})"
+            )
+        metavar = _METAVARS.get(kind, kind.upper())
+        parser.add_argument(flag(field.name), dest=field.name, metavar=metavar, help=text)
+
+
+_METAVARS = {
+    "seconds": "SECONDS",
+    "seconds_or_auto": "SECONDS",
+    "count": "N",
+    "workers": "N",
+    "address": "HOST:PORT",
+    "secret": "KEY",
+    "http_parser": "PARSER",
+    "log_level": "LEVEL",
+}
 
 
 def load_factory(spec: str) -> Factory:
@@ -160,12 +158,9 @@ def _one_line(exc: SettingsError) -> str:
     """The error's message, naming the flag of the setting at fault where it names a
     setting and its value (a host and port the node cannot listen on)."""
     setting, reason = exc.details.get("setting"), exc.details.get("reason")
-    if reason is not None and setting in _FLAG_OF:
-        return f"{_FLAG_OF[setting]} {exc.details.get('value')}: {reason}"
+    if reason is not None and isinstance(setting, str):
+        return f"{flag(setting)} {exc.details.get('value')}: {reason}"
     return exc.message
-
-
-_FLAG_OF = {name: flag for flag, name, _ in _VALUE_FLAGS + _SWITCHES}
 
 
 def _local_lanes(text: str | None) -> dict[str, str]:
@@ -178,8 +173,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Entry point of the ``towtruck`` command."""
     parser = _parser()
     args = parser.parse_args(argv)
-    flags = {name: getattr(args, name) for _, name, _ in _VALUE_FLAGS + _SWITCHES}
-    flags["peers"] = args.peers
+    flags = {field.name: getattr(args, field.name) for field in dataclasses.fields(Settings)}
     worker = bool(args.listen_fds)  # started by a --workers supervisor
     configure_logging("warning")  # until the settings say: their own warnings show
     try:
@@ -201,7 +195,6 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
                 listen_fds=fds,
                 parent_fd=args.parent_fd,
                 local_lanes=_local_lanes(args.local_lanes),
-                environ={},  # read once, above
                 **dataclasses.asdict(settings),
             )
         )

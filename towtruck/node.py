@@ -6,31 +6,27 @@ handling for processes (``towtruck serve``), and :func:`run` is its blocking one
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
 import logging
-import os
-import signal
-import types
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
 import trio
 
-from .address import Address
-from .app import App
 from .catalog import Factory
 from .client import Client
-from .peers import open_router
-from .router import Router
+from .cluster.router import Router
+from .ids import Address
+from .process import configure_logging, stop_on_signals, tune_garbage_collector
 from .runtime import Runtime
-from .server import listen, serve
+from .server.app import App
+from .server.serve import listen, serve
 from .settings import Settings, bind_error
+from .transport.peers import open_router
 
-__all__ = ["Node", "configure_logging", "open_node", "run", "serve_node", "tune_garbage_collector"]
+__all__ = ["Node", "open_node", "run", "serve_node"]
 
 logger = logging.getLogger("towtruck")
 
@@ -91,12 +87,13 @@ async def open_node(
     """Run a node inside the caller's trio program for the duration of the block.
 
     ``port=0`` (the default here) binds a free port; ``node.url`` tells which. Other
-    settings are :class:`~towtruck.Settings` names, with ``TOWTRUCK_*`` variables
-    filling in those not given; ``peers=["host:port"]`` joins a cluster.
+    settings are :class:`~towtruck.Settings` names, the defaults filling in those not
+    given (an embedded node reads no ``TOWTRUCK_*`` variables: the program that embeds
+    it decides); ``peers=["host:port"]`` joins a cluster.
     ``listen_fds`` are sockets already listening to serve on instead of binding
     ``host:port`` (how ``towtruck serve --workers`` hands its workers their sockets,
     Unix domain sockets among them); ``local_lanes`` maps peers of this host to the
-    Unix domain sockets they listen on (see :func:`~towtruck.lanes.open_lanes`).
+    Unix domain sockets they listen on (see :func:`~towtruck.transport.lanes.open_lanes`).
 
     The node's runtime (its actors and background work) and its HTTP server run as
     sibling tasks of a nursery this block opens: an error in either takes the node
@@ -105,7 +102,7 @@ async def open_node(
     Leaving the block stops the node gracefully (see :meth:`Node.stop`), even when it
     is left by cancellation. No task the node started outlives the block.
     """
-    config = Settings.load(port=port, **settings)
+    config = Settings.load(environ={}, port=port, **settings)
     runtime = Runtime(create_actor, config)
     try:
         sockets, urls = listen(config, listen_fds)
@@ -160,7 +157,7 @@ async def serve_node(
     died, even by SIGKILL), the node stops gracefully too (``--workers`` uses this).
     """
     stopping = trio.Event()
-    with _stop_on_signals(stopping):
+    with stop_on_signals(stopping):
         async with trio.open_nursery() as nursery:
 
             async def watch_parent(fd: int) -> None:
@@ -180,85 +177,6 @@ async def serve_node(
             nursery.cancel_scope.cancel()
 
 
-# SIGINT and SIGTERM are handled by a plain Python signal handler rather than trio's
-# open_signal_receiver, which delivers them through the event loop: blocking code in
-# an actor holds the loop, and a loop that never runs again never sees them. Python
-# runs a handler in the main thread between two bytecodes, even inside ``while True:
-# pass``, and interrupts ``time.sleep`` for it. The first signal asks the loop to stop
-# gracefully (``run_sync_soon`` may be called from a signal handler); the second exits
-# at once from the handler itself.
-@contextlib.contextmanager
-def _stop_on_signals(stopping: trio.Event) -> Iterator[None]:
-    """For the duration of the block, SIGINT and SIGTERM set ``stopping`` (through the
-    loop); a second one, or one after ``stopping`` was set otherwise, exits at once."""
-    token = trio.lowlevel.current_trio_token()
-    received = 0
-
-    def handle(signum: int, frame: types.FrameType | None) -> None:
-        nonlocal received
-        received += 1
-        name = signal.Signals(signum).name
-        if received == 1 and not stopping.is_set():
-            _log_in_handler(logging.INFO, "%s: stopping gracefully (again to stop at once)", name)
-            token.run_sync_soon(stopping.set)
-        else:
-            _log_in_handler(logging.WARNING, "%s again: exiting at once", name)
-            os._exit(1)
-
-    previous: dict[int, Callable[[int, types.FrameType | None], Any] | int | None] = {}
-    try:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, handle)
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-
-
-def _log_in_handler(level: int, message: str, *args: object) -> None:
-    # A signal handler runs between two bytecodes of whatever the main thread was doing;
-    # if that was a write to the same stream, this write raises RuntimeError (reentrant
-    # call). Losing the line is better than raising into that code.
-    with contextlib.suppress(Exception):
-        logger.log(level, message, *args)
-
-
-def tune_garbage_collector() -> None:
-    """Make the cyclic garbage collector's pauses rare, for a process that is a node.
-
-    Python's defaults run a full collection, which visits every live object, every
-    few hundred thousand allocations; a node allocates that many in a few seconds and
-    keeps two or three objects per idle actor, so with 100,000 actors in memory each
-    pause took ~170 ms and set the p99 latency (measured: see benchmarks/RESULTS.md).
-    Collecting young objects every 10,000 allocations instead of 700, and older ones
-    fifty times less often, brought the p99 to 7 ms. What is alive once the node serves
-    (modules, the app) is frozen out of collection altogether. ``towtruck serve`` and
-    :func:`run` do this; a program embedding a node with :func:`open_node` decides for
-    itself (calling this is fine).
-    """
-    gc.set_threshold(10_000, 50, 50)
-    gc.collect()
-    gc.freeze()
-
-
-def configure_logging(level: str) -> None:
-    """Log to stderr at ``level`` (unless the program set up logging already), without
-    httpx's line per request between nodes. Called again, it changes the level of the
-    logging it set up."""
-    global _logging_configured
-    root = logging.getLogger()
-    if not _logging_configured and root.handlers:
-        return  # the program's own
-    if not _logging_configured:
-        logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
-        logging.getLogger("httpx").setLevel(logging.WARNING)
-        _logging_configured = True
-    root.setLevel(level.upper())
-
-
-_logging_configured = False
-
-
 def run(create_actor: Factory, **settings: Any) -> None:
     """Serve a node until Ctrl-C or SIGTERM: the one-liner for scripts.
 
@@ -273,4 +191,4 @@ def run(create_actor: Factory, **settings: Any) -> None:
     configure_logging("warning")  # until the settings are read: their warnings show
     config = Settings.load(**settings)  # open_node's own default port is 0, not 8080
     configure_logging(config.log_level)
-    trio.run(partial(serve_node, create_actor, environ={}, **dataclasses.asdict(config)))
+    trio.run(partial(serve_node, create_actor, **dataclasses.asdict(config)))

@@ -37,7 +37,7 @@ MAX_ANSWER: Final = 64 * MIB
 
 class Router(Protocol):
     """Decides where a call runs. The actor table itself is the router of a lone node;
-    a clustered node's router (:class:`towtruck.router.Router`) forwards calls too."""
+    a clustered node's router (:class:`towtruck.cluster.router.Router`) forwards calls too."""
 
     async def invoke(self, actor_id: str, method: str, data: Any, context: CallContext) -> bytes:
         """Run the call wherever its actor lives; the answer is its result as JSON."""
@@ -305,10 +305,10 @@ async def open_runtime(create_actor: Factory, **settings: Any) -> AsyncIterator[
 
     Args:
         create_actor: ``create_actor(id, client)``.
-        **settings: :class:`~towtruck.Settings` names; ``TOWTRUCK_*`` variables fill
-            in the rest.
+        **settings: :class:`~towtruck.Settings` names; the defaults fill in the rest
+            (no ``TOWTRUCK_*`` variable is read: a test decides).
     """
-    runtime = Runtime(create_actor, Settings.load(**settings))
+    runtime = Runtime(create_actor, Settings.load(environ={}, **settings))
     async with trio.open_nursery() as nursery:
         await nursery.start(runtime.serve)
         try:

@@ -22,10 +22,10 @@ import socket
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
-from .address import Address
 from .errors import InvalidAddress, SettingsError
+from .ids import Address
 
-__all__ = ["BYTES", "MIB", "SECONDS", "Settings", "bind_error"]
+__all__ = ["BYTES", "MIB", "SECONDS", "Settings", "bind_error", "flag"]
 
 logger = logging.getLogger("towtruck")
 
@@ -40,73 +40,138 @@ LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 HTTP_PARSERS: Final = ("auto", "httptools", "h11")
 
 
+def _setting(default: Any, kind: str, help: str, **options: Any) -> Any:
+    """A field of :class:`Settings`: its default, how a value is checked (``kind``, a
+    key of ``_CHECKS``) and what it means (``help``, shown by ``towtruck serve --help``
+    and in the class's documentation). Written once here; flags, variables, help and
+    checks derive from it."""
+    return dataclasses.field(default=default, metadata={"kind": kind, "help": help}, **options)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything a node can be told. Durations are seconds, sizes bytes.
 
-    Attributes:
-        host: Interface the HTTP server binds.
-        port: TCP port the HTTP server binds; 0 picks a free one.
-        peers: ``host:port`` of nodes to join at start.
-        advertise: The ``host:port`` peers should use to reach this node; default the
-            bound address (set it when binding ``0.0.0.0`` or behind NAT).
-        heartbeat_interval: How often each peer is pinged.
-        heartbeat_misses: Missed heartbeats in a row that take a peer out of placement.
-        bloom_interval: How often the peers' bloom filters are fetched.
-        cluster_key: A shared secret: when set, the routes that read or change the
-            cluster (and calls between nodes) answer only requests that carry it.
-        max_in_flight: Most calls from outside the node under way at once; past it,
-            503.
-        request_timeout: A client that takes longer than this to send a whole request
-            body is disconnected.
-        workers: Node processes ``towtruck serve`` runs behind one address and port,
-            a local cluster (``auto`` on the command line: one per core).
-        max_actors: Most actors held in memory; past it, the least recently used idle
-            ones are collected, and when none is idle new activations answer 503.
-        max_inactivity: An actor idle this long is collected.
-        gc_interval: How often the collector runs.
-        call_timeout: Deadline of a call, from when it is made to its answer.
-        mailbox_size: Most calls that may wait for one actor; past it, 503.
-        max_body: Largest request body accepted; past it, 413.
-        shutdown_timeout: On shutdown, how long calls in flight and ``deactivate``
-            hooks get before they are cancelled.
-        keep_alive_timeout: An idle HTTP keep-alive connection is closed after this.
-        blocked_warning: A turn that holds the event loop this long (blocking code
-            in an actor) is logged, naming its actor and method.
-        access_log: Log every HTTP request (costs throughput).
-        http_parser: How the server towtruck starts reads HTTP: ``httptools`` (llhttp,
-            the default where it installs), ``h11``, or ``auto`` for the first of those
-            that is installed.
-        debug: Put tracebacks in error responses (never in production).
-        log_level: How much ``towtruck serve`` and :func:`towtruck.run` log to stderr
-            (``debug``, ``info``, ``warning``, ``error``); a program embedding a node
-            sets up logging itself.
+    Each setting is a keyword argument, a ``towtruck serve`` flag (``max_actors`` is
+    ``--max-actors``; ``peers`` is ``--peer``, repeated) and a ``TOWTRUCK_<NAME>``
+    variable (``TOWTRUCK_MAX_ACTORS``).
     """
 
-    host: str = "127.0.0.1"
-    port: int = 8080
-    peers: tuple[str, ...] = ()
-    advertise: str | None = None
-    heartbeat_interval: float = 1 * SECONDS
-    heartbeat_misses: int = 3
-    bloom_interval: float = 1 * SECONDS
-    cluster_key: str | None = dataclasses.field(default=None, repr=False)
-    max_in_flight: int = 10_000
-    request_timeout: float = 30 * SECONDS
-    workers: int = 1
-    max_actors: int = 1000
-    max_inactivity: float = 60 * SECONDS
-    gc_interval: float = 10 * SECONDS
-    call_timeout: float = 30 * SECONDS
-    mailbox_size: int = 1000
-    max_body: int = 1 * MIB
-    shutdown_timeout: float = 5 * SECONDS
-    keep_alive_timeout: float = 5 * SECONDS
-    blocked_warning: float = 1 * SECONDS
-    access_log: bool = False
-    http_parser: str = "auto"
-    debug: bool = False
-    log_level: str = "info"
+    host: str = _setting("127.0.0.1", "host", "Interface the HTTP server binds.")
+    port: int = _setting(8080, "port", "TCP port the HTTP server binds; 0 picks a free one.")
+    peers: tuple[str, ...] = _setting(
+        (), "addresses", "host:port of nodes to join at start (TOWTRUCK_PEERS=a:1,b:2)."
+    )
+    advertise: str | None = _setting(
+        None,
+        "address",
+        "The host:port peers reach this node at; default the bound address (set it when"
+        " binding 0.0.0.0 or behind NAT).",
+    )
+    heartbeat_interval: float = _setting(1 * SECONDS, "seconds", "How often each peer is pinged.")
+    heartbeat_misses: int = _setting(
+        3, "count", "Missed heartbeats in a row that take a peer out of placement."
+    )
+    bloom_interval: float = _setting(
+        1 * SECONDS, "seconds", "How often the peers' bloom filters are fetched."
+    )
+    cluster_key: str | None = _setting(
+        None,
+        "secret",
+        "A shared secret: when set, the routes that read or change the cluster (and calls"
+        " between nodes) answer only requests that carry it.",
+        repr=False,
+    )
+    protocol_timeout: float = _setting(
+        5 * SECONDS,
+        "seconds",
+        "How long a node waits for a peer's answer to a cluster message (a join, a leave,"
+        " a heartbeat, gossip of decisions).",
+    )
+    query_timeout: float = _setting(
+        2 * SECONDS,
+        "seconds",
+        "How long a node waits for a peer to say whether it holds an actor, before activating it.",
+    )
+    suspicion: float | None = _setting(
+        None,
+        "seconds_or_auto",
+        "How long a peer that stopped answering is still asked about the actors it may"
+        " hold (default: ten heartbeat intervals).",
+    )
+    forget_after: float | None = _setting(
+        None,
+        "seconds_or_auto",
+        "A peer down, or a removal, this old is forgotten: the peer rejoins like a new one"
+        " (default: 100 heartbeat intervals, at least 600 s).",
+    )
+    lane_retry_after: float = _setting(
+        60 * SECONDS,
+        "seconds",
+        "A peer that refused a lane (it cannot take one) gets its calls over HTTP for this"
+        " long before a lane is tried again.",
+    )
+    max_in_flight: int = _setting(
+        10_000, "count", "Most calls from outside the node under way at once; past it, 503."
+    )
+    request_timeout: float = _setting(
+        30 * SECONDS,
+        "seconds",
+        "A client that takes longer than this to send a whole request body is disconnected.",
+    )
+    workers: int = _setting(
+        1,
+        "workers",
+        "Node processes towtruck serve runs behind one address and port, a local cluster"
+        " (auto: one per core).",
+    )
+    max_actors: int = _setting(
+        1000,
+        "count",
+        "Most actors held in memory; past it, the least recently used idle ones are"
+        " collected, and when none is idle new activations answer 503.",
+    )
+    max_inactivity: float = _setting(
+        60 * SECONDS, "seconds", "An actor idle this long is collected."
+    )
+    gc_interval: float = _setting(10 * SECONDS, "seconds", "How often the collector runs.")
+    call_timeout: float = _setting(
+        30 * SECONDS, "seconds", "Deadline of a call, from when it is made to its answer."
+    )
+    mailbox_size: int = _setting(
+        1000, "count", "Most calls that may wait for one actor; past it, 503."
+    )
+    max_body: int = _setting(1 * MIB, "count", "Largest request body accepted; past it, 413.")
+    shutdown_timeout: float = _setting(
+        5 * SECONDS,
+        "seconds",
+        "On shutdown, how long calls in flight and deactivate hooks get before they are cancelled.",
+    )
+    keep_alive_timeout: float = _setting(
+        5 * SECONDS, "seconds", "An idle HTTP keep-alive connection is closed after this."
+    )
+    blocked_warning: float = _setting(
+        1 * SECONDS,
+        "seconds",
+        "A turn that holds the event loop this long (blocking code in an actor) is logged,"
+        " naming its actor and method.",
+    )
+    access_log: bool = _setting(False, "flag", "Log every HTTP request (costs throughput).")
+    http_parser: str = _setting(
+        "auto",
+        "http_parser",
+        "How the server towtruck starts reads HTTP: httptools (llhttp, the default where"
+        " it installs), h11, or auto for the first of those that is installed.",
+    )
+    debug: bool = _setting(
+        False, "flag", "Put tracebacks in error responses (never in production)."
+    )
+    log_level: str = _setting(
+        "info",
+        "log_level",
+        "How much towtruck serve and towtruck.run log to stderr: debug, info, warning,"
+        " error (a program embedding a node sets up logging itself).",
+    )
 
     def __post_init__(self) -> None:
         for name in _KINDS:
@@ -147,8 +212,7 @@ class Settings:
             values[name] = _coerce(name, text, key)
         for name, value in (flags or {}).items():
             if value is not None:
-                label = _FLAGS.get(name, "--" + name.replace("_", "-"))
-                values[name] = _coerce(name, value, label)
+                values[name] = _coerce(name, value, flag(name))
         for name, value in kwargs.items():
             if name not in _KINDS:
                 raise SettingsError(f"{name}: unknown setting; known: {_known()}")
@@ -163,35 +227,19 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
+#: How each setting is checked, by name (see ``_CHECKS``).
 _KINDS: Final[dict[str, str]] = {
-    "host": "host",
-    "port": "port",
-    "peers": "addresses",
-    "advertise": "address",
-    "heartbeat_interval": "seconds",
-    "heartbeat_misses": "count",
-    "bloom_interval": "seconds",
-    "cluster_key": "secret",
-    "max_in_flight": "count",
-    "request_timeout": "seconds",
-    "workers": "workers",
-    "max_actors": "count",
-    "max_inactivity": "seconds",
-    "gc_interval": "seconds",
-    "call_timeout": "seconds",
-    "mailbox_size": "count",
-    "max_body": "count",
-    "shutdown_timeout": "seconds",
-    "keep_alive_timeout": "seconds",
-    "blocked_warning": "seconds",
-    "access_log": "flag",
-    "http_parser": "http_parser",
-    "debug": "flag",
-    "log_level": "log_level",
+    field.name: field.metadata["kind"] for field in dataclasses.fields(Settings)
 }
 
 #: Command-line flags not named after their setting.
 _FLAGS: Final = {"peers": "--peer"}
+
+
+def flag(name: str) -> str:
+    """The ``towtruck serve`` flag of a setting: ``--max-actors`` for ``max_actors``."""
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
+
 
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off", ""})
@@ -329,6 +377,12 @@ def _http_parser(value: Any) -> str:
     raise ValueError(f"expected one of {', '.join(HTTP_PARSERS)}, got {value!r}")
 
 
+def _seconds_or_auto(value: Any) -> float | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto")):
+        return None
+    return _seconds(value)
+
+
 def _flag(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -346,7 +400,17 @@ _CHECKS: Final = {
     "count": _count,
     "workers": _workers,
     "seconds": _seconds,
+    "seconds_or_auto": _seconds_or_auto,
     "flag": _flag,
     "log_level": _log_level,
     "http_parser": _http_parser,
 }
+
+
+def _document(cls: type[Settings]) -> None:
+    """Add each setting's help to the class's documentation, as its attributes."""
+    lines = [f"        {field.name}: {field.metadata['help']}" for field in dataclasses.fields(cls)]
+    cls.__doc__ = f"{cls.__doc__}\n    Attributes:\n" + "\n".join(lines) + "\n"
+
+
+_document(Settings)

@@ -47,7 +47,7 @@ from typing import Final
 import httpx
 import trio
 
-from .address import Address
+from .ids import Address
 from .settings import ENV_PREFIX, Settings, bind_error
 
 __all__ = ["WorkerExited", "supervise"]

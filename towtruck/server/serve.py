@@ -1,10 +1,10 @@
 """A node's HTTP server: its listening sockets, a task per connection
-(:mod:`towtruck.connection`), the reaper of idle connections, the app's lifespan, and
+(:mod:`towtruck.server.connection`), the reaper of idle connections, the app's lifespan, and
 a graceful stop.
 
 ``App`` under another ASGI server (``hypercorn --worker-class trio module:app``) does
 not come here: that server reads its connections. Here towtruck reads them itself, for
-speed (see :mod:`towtruck.connection`).
+speed (see :mod:`towtruck.server.connection`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
+from ..settings import Settings
 from .bridge import Bridge, open_lifespan
 from .connection import Connection, Server, reap_idle
-from .settings import Settings
 
 if TYPE_CHECKING:
     from .app import App

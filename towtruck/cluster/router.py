@@ -9,7 +9,7 @@ Where a call runs, in order:
 2. Otherwise placement names the owner. If it is another node, the call is forwarded
    there (once; a hop limit stops a loop while two nodes' views disagree).
 3. If this node owns the id, it first looks for an existing activation elsewhere
-   (:meth:`Directory.locate <towtruck.directory.Directory.locate>`: the peers' bloom
+   (:meth:`Directory.locate <towtruck.cluster.directory.Directory.locate>`: the peers' bloom
    filters, then ``/query``) and forwards the call there if there is one; if not, it
    activates the actor here.
 
@@ -37,12 +37,10 @@ from typing import Any, Final
 
 import trio
 
-from . import codec, placement
-from .activation import DeactivationReason
-from .address import Address
-from .calls import CallContext
-from .directory import Directory, PeerClient
-from .errors import (
+from .. import codec
+from ..activation import DeactivationReason
+from ..calls import CallContext
+from ..errors import (
     CallTimeout,
     Forbidden,
     ForwardingLoop,
@@ -54,8 +52,11 @@ from .errors import (
     TowtruckError,
     Unauthorized,
 )
+from ..ids import Address
+from ..runtime import Runtime
+from . import placement
+from .directory import Directory, PeerClient
 from .membership import Membership, MemberState
-from .runtime import Runtime
 
 __all__ = ["MAX_HOPS", "Router"]
 
@@ -63,8 +64,6 @@ logger = logging.getLogger("towtruck.cluster")
 
 #: Times a call may be forwarded between nodes before it fails with 508.
 MAX_HOPS: Final = 4
-#: Bound on each step of joining, leaving and spreading a membership change.
-PROTOCOL_TIMEOUT: Final = 5.0
 # Rounds of settling at most before a node goes on with the view it has.
 _SETTLE_ROUNDS: Final = 5
 # The same complaint about a peer's cluster key is logged at most this often.
@@ -95,12 +94,19 @@ class Router:
     def __init__(self, runtime: Runtime, me: str, peers: PeerClient) -> None:
         settings = runtime.settings
         self.me = me
-        self.membership = Membership(me, misses_allowed=settings.heartbeat_misses)
-        # A down peer is asked about ids for ten heartbeats: long enough to outlast a
-        # stall, short enough that a dead peer soon costs activations nothing.
-        self.directory = Directory(
-            runtime.catalog, peers, self.membership, 10 * settings.heartbeat_interval
+        self.membership = Membership(
+            me, misses_allowed=settings.heartbeat_misses, clock=trio.current_time
         )
+        # By default a down peer is asked about ids for ten heartbeats: long enough to
+        # outlast a stall, short enough that a dead peer soon costs activations nothing.
+        self.directory = Directory(
+            runtime.catalog,
+            peers,
+            self.membership,
+            suspicion=settings.suspicion or 10 * settings.heartbeat_interval,
+            query_timeout=settings.query_timeout,
+        )
+        self._protocol_timeout = settings.protocol_timeout
         self._catalog = runtime.catalog
         self._peers = peers
         self._heartbeat_interval = settings.heartbeat_interval
@@ -122,7 +128,7 @@ class Router:
         self._settle_extra: set[str] = set()
         # A node down this long is forgotten (it rejoins like a new one), and so is
         # a removal this old: the cluster's memory of departed nodes stays bounded.
-        self._forget_after = max(600.0, 100 * settings.heartbeat_interval)
+        self._forget_after = settings.forget_after or max(600.0, 100 * settings.heartbeat_interval)
         #: Calls this node sent on to another.
         self.forwarded = 0
         runtime.router = self
@@ -252,7 +258,7 @@ class Router:
         if address == self.me:
             raise InvalidAddress(f"{address} is this node's own address", address=address)
         try:
-            with trio.fail_after(PROTOCOL_TIMEOUT):
+            with trio.fail_after(self._protocol_timeout):
                 hello = self._hello(address)
                 reply = await self._peers.post(address, "/cluster/heartbeat", hello)
         except (TowtruckError, trio.TooSlowError) as exc:
@@ -286,12 +292,12 @@ class Router:
         """Leave the cluster (a graceful shutdown does this first): tell every peer, so
         they stop placing actors here, and place nothing here either. Returns whether
         there are live peers to send calls to meanwhile. Bounded by
-        ``PROTOCOL_TIMEOUT``."""
+        the ``protocol_timeout`` setting."""
         peers = self.membership.peers(MemberState.ALIVE)
         if peers and not self._left:
             self._left = True
             self.membership.remove(self.me)
-            with trio.move_on_after(PROTOCOL_TIMEOUT):
+            with trio.move_on_after(self._protocol_timeout):
                 await self._push(peers)
         return bool(peers)
 
@@ -330,7 +336,7 @@ class Router:
         """Settle, and wait for it: in the node's own task, so that a request that
         asked for the change and gave up cannot cut the settling short."""
         self._settle_soon(extra)
-        with trio.move_on_after(3 * PROTOCOL_TIMEOUT):
+        with trio.move_on_after(3 * self._protocol_timeout):
             await self._settled.wait()
 
     async def _settle_when_due(self) -> None:
@@ -373,7 +379,7 @@ class Router:
     async def _push(self, peers: list[str]) -> None:
         async with trio.open_nursery() as nursery:
             for peer in set(peers):
-                nursery.start_soon(self._heartbeat, peer, PROTOCOL_TIMEOUT)
+                nursery.start_soon(self._heartbeat, peer, self._protocol_timeout)
 
     # Background work, run in the node's nursery.
 

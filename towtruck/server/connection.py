@@ -3,18 +3,18 @@
 towtruck reads and answers its connections itself, rather than through an ASGI server,
 because on its hot path the server was the cost: with Hypercorn, h11 and the ASGI
 machinery took two thirds of an ``/invoke`` request, the actor call a sixth. Here a
-connection is one task that reads, parses (:mod:`towtruck.parser`: llhttp through
+connection is one task that reads, parses (:mod:`towtruck.server.parser`: llhttp through
 httptools), and answers one request at a time, in order (HTTP/1.1 answers pipelined
 requests in the order they came), each answer in one write:
 
 - ``/invoke/...`` and ``POST /cluster/forward`` go straight to the app's
   :meth:`~towtruck.App.respond`;
 - ``GET /cluster/lane`` with ``Upgrade: towtruck-lane`` is answered ``101``, and the
-  connection becomes a lane (:mod:`towtruck.lanes`);
-- every other route goes to the Quart-Trio app, through :mod:`towtruck.bridge`, with the
+  connection becomes a lane (:mod:`towtruck.transport.lanes`);
+- every other route goes to the Quart-Trio app, through :mod:`towtruck.server.bridge`, with the
   whole body at once.
 
-Reads and writes go through :mod:`towtruck.sockets`, with trio's scheduler entered only
+Reads and writes go through :mod:`towtruck.transport.sockets`, with trio's scheduler entered only
 where a read must wait. A connection notes when it went idle and when a body began to
 arrive; the server's reaper (:func:`reap_idle`) closes those idle past
 ``keep_alive_timeout`` or slow past ``request_timeout``, without a timer per request.
@@ -31,10 +31,11 @@ from wsgiref.handlers import format_date_time
 
 import trio
 
-from . import codec, sockets
+from .. import codec
+from ..errors import InternalError, TowtruckError
+from ..transport import sockets
+from ..transport.lanes import LANE_PATH, UPGRADE
 from .access import AccessLog
-from .errors import InternalError, TowtruckError
-from .lanes import LANE_PATH, UPGRADE
 from .parser import Request, Unreadable, Upgraded, open_parser
 
 __all__ = ["Connection", "Routes", "Server", "reap_idle"]
@@ -96,7 +97,7 @@ class Routes(Protocol):
 
 
 class Bridge(Protocol):
-    """Answers the routes that are not fast (:class:`towtruck.bridge.Bridge`)."""
+    """Answers the routes that are not fast (:class:`towtruck.server.bridge.Bridge`)."""
 
     async def answer(self, request: Request, client: str, server: str) -> Answer:
         """Status, headers and body of the app's answer to ``request``."""

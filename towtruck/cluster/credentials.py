@@ -19,7 +19,7 @@ from typing import Final
 
 import trio
 
-from .errors import Forbidden, TowtruckError, Unauthorized
+from ..errors import Forbidden, TowtruckError, Unauthorized
 
 __all__ = ["CLUSTER_KEY_HEADER", "check_cluster_key", "key_headers"]
 

@@ -24,19 +24,19 @@ is added again).
 
 Placement uses this node plus its joined peers that are alive. This module only keeps
 state; the heartbeats and the messages that spread decisions live in
-:mod:`towtruck.router`. It imports no trio.
+:mod:`towtruck.cluster.router`. It imports no trio: its clock is given.
 """
 
 from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
+from ..errors import InvalidAddress
+from ..ids import Address
 from . import placement
-from .address import Address
-from .errors import InvalidAddress
 
 __all__ = ["MAX_VERSION", "Member", "MemberState", "Membership"]
 
@@ -71,7 +71,14 @@ class Member:
     )
 
     def __init__(
-        self, address: str, *, joined: bool, version: int, born: int = 0, by: str = ""
+        self,
+        address: str,
+        *,
+        joined: bool,
+        version: int,
+        decided_at: float,
+        born: int = 0,
+        by: str = "",
     ) -> None:
         self.address = address
         self.joined = joined
@@ -83,10 +90,10 @@ class Member:
         self.misses = 0
         #: How many times this node has taken it out of placement for not answering.
         self.downs = 0
-        #: When it went down (``time.monotonic()``), while it is down.
+        #: When it went down (on the membership's clock), while it is down.
         self.down_since: float | None = None
-        #: When this node learned the decision (``time.monotonic()``).
-        self.decided_at = time.monotonic()
+        #: When this node learned the decision (on the membership's clock).
+        self.decided_at = decided_at
 
     def record(self) -> dict[str, Any]:
         """The decision about this member, as it is gossiped."""
@@ -130,19 +137,23 @@ class Membership:
     Args:
         me: This node's advertised ``host:port``.
         misses_allowed: Heartbeats a peer may miss in a row before it is down.
+        clock: Seconds on the node's clock (``trio.current_time`` in a node; a test's
+            own clock otherwise): when members went down and when decisions were learned
+            are read on it, as every other timing of the cluster is.
     """
 
-    def __init__(self, me: str, *, misses_allowed: int) -> None:
+    def __init__(self, me: str, *, misses_allowed: int, clock: Callable[[], float]) -> None:
         self.me = me
         self.misses_allowed = misses_allowed
+        self._now = clock
         #: Bumped on every change of placement (decisions and liveness).
         self.generation = 0
         #: Bumped on every change of decision (a join or a removal).
         self.decisions = 0
-        self._clock = 0
+        self._lamport = 0
         born = self._tick()
         self._members: dict[str, Member] = {
-            me: Member(me, joined=True, version=born, born=born, by=me)
+            me: Member(me, joined=True, version=born, decided_at=clock(), born=born, by=me)
         }
         self._owners: dict[str, str] = {}
         self._placement: tuple[str, ...] = (me,)
@@ -199,7 +210,7 @@ class Membership:
         self._decide(address, joined=True)
         if not placed:
             member = self._members[address]
-            member.misses, member.down_since = self.misses_allowed, time.monotonic()
+            member.misses, member.down_since = self.misses_allowed, self._now()
             self._changed()
 
     def downs(self, address: str) -> int:
@@ -225,7 +236,7 @@ class Membership:
         if not batch:
             return False
         before = self._joined()
-        self._clock = max(self._clock, *(record.version for record in batch))
+        self._lamport = max(self._lamport, *(record.version for record in batch))
         # This node's own record first: while it is out (removed, or leaving), nothing
         # else counts, in this batch or a later one, until a record adds it back.
         me = self._members[self.me]
@@ -243,6 +254,7 @@ class Membership:
                     record.address,
                     joined=record.joined,
                     version=record.version,
+                    decided_at=self._now(),
                     born=record.born,
                     by=record.by,
                 )
@@ -262,7 +274,7 @@ class Membership:
             member.joined, member.version, member.by = record.joined, record.version, record.by
             if flipped:
                 member.misses, member.down_since = 0, None
-                member.decided_at = time.monotonic()
+                member.decided_at = self._now()
         after = self._joined()
         if after == before:
             return False
@@ -295,7 +307,7 @@ class Membership:
     def expire(self, after: float) -> list[str]:
         """Forget the members down, and the tombstones older, than ``after`` seconds;
         returns their addresses. A node gone that long rejoins like a new one."""
-        now = time.monotonic()
+        now = self._now()
         expired = [
             member.address
             for member in self._members.values()
@@ -316,7 +328,7 @@ class Membership:
         member = self._members.get(address)
         if member is None or member.down_since is None:
             return 0.0
-        return time.monotonic() - member.down_since
+        return self._now() - member.down_since
 
     def missed(self, address: str, *, certain: bool = False) -> bool:
         """``address`` did not answer a heartbeat (or refused a connection: ``certain``
@@ -327,7 +339,7 @@ class Membership:
         was_up = member.misses < self.misses_allowed
         member.misses = self.misses_allowed if certain else member.misses + 1
         if was_up and member.misses >= self.misses_allowed and member.joined:
-            member.down_since = time.monotonic()
+            member.down_since = self._now()
             member.downs += 1
             self._changed()
             return True
@@ -338,16 +350,16 @@ class Membership:
         member = self._members.get(address)
         if member is None:
             member = self._members[address] = Member(
-                address, joined=joined, version=self._tick(), by=self.me
+                address, joined=joined, version=self._tick(), decided_at=self._now(), by=self.me
             )
         else:
             member.joined, member.version, member.by = joined, self._tick(), self.me
-            member.misses, member.down_since, member.decided_at = 0, None, time.monotonic()
+            member.misses, member.down_since, member.decided_at = 0, None, self._now()
         self._changed()
 
     def _tick(self) -> int:
-        self._clock = max(self._clock + 1, time.time_ns())
-        return self._clock
+        self._lamport = max(self._lamport + 1, time.time_ns())
+        return self._lamport
 
     def _changed(self) -> None:
         self.generation += 1

@@ -1,4 +1,4 @@
-"""The access log: one line per HTTP request, on the logger ``towtruck.access``.
+"""The access log: one line per HTTP request, on the logger ``towtruck.server.access``.
 
 A line is the client's address, the method and target, the status, the body's size
 in bytes and the time from the request's head to its answer, at ``INFO``::
@@ -6,7 +6,7 @@ in bytes and the time from the request's head to its answer, at ``INFO``::
     127.0.0.1:50312 "POST /invoke/1/hello" 200 22 0.41ms
 
 Whoever answers a request writes its line, once its answer is sent: the server's fast
-lane (:mod:`towtruck.connection`) for ``/invoke``, ``/cluster/forward``, lanes and
+lane (:mod:`towtruck.server.connection`) for ``/invoke``, ``/cluster/forward``, lanes and
 requests the HTTP parser refuses; :meth:`AccessLog.serve` around the ASGI app for
 everything else, and for every request when ``App`` is served by another server.
 Hypercorn's own access log is not used: the fast lane answers without the Hypercorn

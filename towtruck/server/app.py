@@ -4,7 +4,7 @@
 in plain ASGI, without Quart's routing, request and response objects (a quarter of a
 request's cost in Quart-Trio, measured), and so is ``POST /cluster/forward``, the calls
 other nodes send on. Every other route is an ordinary Quart-Trio route
-(:mod:`towtruck.routes`). Both answer errors the same way: JSON
+(:mod:`towtruck.server.routes`). Both answer errors the same way: JSON
 ``{"error": {...}}`` with the status of :data:`towtruck.errors.STATUS`.
 
 Paths are split on the raw (still percent-encoded) path, so an id may hold ``/`` as
@@ -22,13 +22,12 @@ import orjson
 import trio
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope, Scope
 
-from . import codec, lanes
-from .access import AccessLog, LoggedSend
-from .calls import CallContext
-from .catalog import Factory
-from .client import check_actor_id
-from .credentials import check_cluster_key, key_headers
-from .errors import (
+from .. import codec
+from ..calls import CallContext
+from ..catalog import Factory
+from ..client import check_actor_id
+from ..cluster.credentials import check_cluster_key, key_headers
+from ..errors import (
     BadRequest,
     InternalError,
     MethodNotAllowed,
@@ -36,9 +35,11 @@ from .errors import (
     RouteNotFound,
     TowtruckError,
 )
+from ..runtime import Runtime
+from ..settings import Settings
+from ..transport import lanes
+from .access import AccessLog, LoggedSend
 from .routes import build_routes
-from .runtime import Runtime
-from .settings import Settings
 
 __all__ = ["App"]
 
@@ -137,7 +138,7 @@ class App:
 
     def check_cluster_key(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
         """Refuse a request to a cluster route without the cluster key (see
-        :mod:`towtruck.credentials`)."""
+        :mod:`towtruck.cluster.credentials`)."""
         check_cluster_key(self._cluster_key, headers)
 
     async def respond(
@@ -152,7 +153,7 @@ class App:
         """Answer a request to a fast route: status, headers and body, errors as JSON.
 
         Shared by the ASGI entry point and by the server's own fast lane
-        (:mod:`towtruck.connection`), which hands over the request without ASGI.
+        (:mod:`towtruck.server.connection`), which hands over the request without ASGI.
 
         Args:
             error: A problem found while reading the request (a body over
@@ -204,14 +205,14 @@ class App:
         initial: bytes,
         stopping: Callable[[], Awaitable[object]],
     ) -> None:
-        """Answer the calls a peer sends on a lane (see :mod:`towtruck.lanes`)."""
+        """Answer the calls a peer sends on a lane (see :mod:`towtruck.transport.lanes`)."""
         await lanes.serve_lane(
             stream, initial, self._answer_forwarded, stopping, self._answers_at_once
         )
 
     def _answers_at_once(self, envelope: bytes) -> bool:
         """Whether a forwarded call will be answered without waiting for anything (see
-        :func:`towtruck.lanes.serve_lane`). Not a checkpoint."""
+        :func:`towtruck.transport.lanes.serve_lane`). Not a checkpoint."""
         try:
             call = orjson.loads(envelope)
             actor_id, method = call["id"], call["method"]

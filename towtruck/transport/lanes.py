@@ -19,7 +19,7 @@ call, while on a quiet lane a frame goes out at once from the task that made it.
 answering side runs each call in a task of its own, kept after the answer for the
 next call. Websocket framing (masking every client frame, in Python) would buy nothing
 between two towtruck nodes. A peer that refuses the upgrade (a node served by stock
-Hypercorn, say) gets its calls as HTTP requests instead (:mod:`towtruck.peers`).
+Hypercorn, say) gets its calls as HTTP requests instead (:mod:`towtruck.transport.peers`).
 
 A lane that breaks fails the calls waiting on it with :class:`CallInterrupted` (they
 were sent, so they may have run); the next call opens a new one.
@@ -46,9 +46,9 @@ from typing import Final
 import outcome
 import trio
 
-from . import codec, sockets
-from .calls import Reply
-from .errors import (
+from .. import codec
+from ..calls import Reply
+from ..errors import (
     CallInterrupted,
     CallTimeout,
     InternalError,
@@ -58,7 +58,8 @@ from .errors import (
     ResultTooLarge,
     from_payload,
 )
-from .runtime import MAX_ANSWER
+from ..runtime import MAX_ANSWER
+from . import sockets
 
 __all__ = ["LANE_PATH", "UPGRADE", "Lanes", "open_lanes", "serve_lane"]
 
@@ -78,8 +79,6 @@ _READ_SIZE: Final = 256 * 1024
 #: call's envelope past it is refused with 413, an answer past it is answered as an
 #: error instead, and a peer announcing a larger frame is cut off (its lane closed).
 MAX_FRAME: Final = MAX_ANSWER + _STATUS.size
-#: How long a peer that refused a lane gets its calls over HTTP before it is asked again.
-_REFUSAL_SECONDS: Final = 60.0
 # How often a lane looks for calls past their deadlines (see _Lane._expire).
 _EXPIRY_TICK: Final = 0.5
 #: Tasks a lane keeps waiting for calls once they have answered one.
@@ -306,10 +305,12 @@ class Lanes:
         headers: dict[str, str],
         open_timeout: float,
         paths: Mapping[str, str],
+        retry_after: float,
     ) -> None:
         self._nursery = nursery
         self._headers = headers
         self._open_timeout = open_timeout
+        self._retry_after = retry_after
         self._paths = paths
         self._lanes: dict[str, _Lane] = {}
         # Lanes being opened: set when done; cancelled to give up on the peer.
@@ -366,7 +367,7 @@ class Lanes:
 
     def _refuses(self, peer: str) -> bool:
         since = self.refused.get(peer)
-        if since is not None and trio.current_time() - since > _REFUSAL_SECONDS:
+        if since is not None and trio.current_time() - since > self._retry_after:
             del self.refused[peer]
             return False
         return since is not None
@@ -453,6 +454,7 @@ async def open_lanes(
     *,
     open_timeout: float = 5.0,
     paths: Mapping[str, str] | None = None,
+    retry_after: float = 60.0,
 ) -> AsyncIterator[Lanes]:
     """Lanes to peers for the duration of the block; leaving it closes them all.
 
@@ -463,9 +465,11 @@ async def open_lanes(
             too, by peer address (``@name``: in Linux's abstract namespace): their
             lanes go there instead of over TCP loopback, which costs the kernel less
             per message.
+        retry_after: How long a peer that refused a lane gets its calls as HTTP
+            requests before it is asked for a lane again.
     """
     async with trio.open_nursery() as nursery:
-        yield Lanes(nursery, headers or {}, open_timeout, paths or {})
+        yield Lanes(nursery, headers or {}, open_timeout, paths or {}, retry_after)
         nursery.cancel_scope.cancel()
 
 

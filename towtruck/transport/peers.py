@@ -1,7 +1,7 @@
 """Talking to other nodes over HTTP, with httpx on persistent connections.
 
 This is the one module of the cluster that does I/O; the rest sees it through the
-small :class:`~towtruck.directory.PeerClient` interface, so the forwarding of calls can
+small :class:`~towtruck.cluster.directory.PeerClient` interface, so the forwarding of calls can
 move to another transport (a multiplexed connection) without touching the rest.
 httpx errors are translated here, once, into towtruck's: a connection that could not
 be made is :class:`PeerUnavailable` with ``delivered=False`` (the call certainly did
@@ -19,9 +19,10 @@ from typing import Any, Final
 import httpx
 import trio
 
-from . import codec
-from .credentials import key_headers
-from .errors import (
+from .. import codec
+from ..cluster.credentials import key_headers
+from ..cluster.router import Router
+from ..errors import (
     CallInterrupted,
     CallTimeout,
     InvalidJSON,
@@ -29,9 +30,8 @@ from .errors import (
     TowtruckError,
     from_payload,
 )
+from ..runtime import Runtime
 from .lanes import Lanes, open_lanes
-from .router import Router
-from .runtime import Runtime
 
 __all__ = ["HttpPeers", "open_router"]
 
@@ -84,7 +84,7 @@ class HttpPeers:
     async def forward(self, peer: str, envelope: bytes, deadline: float) -> bytes:
         """Send a call's envelope to ``peer`` on a lane, or as ``POST /cluster/forward``
         if it takes no lanes; the answer is the result as JSON. See
-        :class:`~towtruck.directory.PeerClient` for errors."""
+        :class:`~towtruck.cluster.directory.PeerClient` for errors."""
         if self._lanes is not None:
             answer = await self._lanes.call(peer, envelope, deadline)
             if answer is not None:
@@ -173,17 +173,22 @@ async def open_router(
     local_lanes: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Router]:
     """Make ``runtime`` a clustered node reachable at ``me`` (its ``host:port``) for the
-    duration of the block: its calls go through a :class:`~towtruck.router.Router` that
+    duration of the block: its calls go through a :class:`~towtruck.cluster.router.Router` that
     talks to peers over HTTP. Enter it before the runtime serves (the router adds its
     loops to the runtime's services) and call ``router.start(peers)`` once HTTP is up.
     Every request to a peer carries ``cluster_key`` (if set). ``local_lanes``: Unix
-    domain sockets of peers on this host (see :func:`~towtruck.lanes.open_lanes`).
+    domain sockets of peers on this host (see :func:`~towtruck.transport.lanes.open_lanes`).
     Closes every connection to peers on the way out."""
     headers = key_headers(cluster_key)
     settings = runtime.settings
     # A peer slower than the failure detector to accept a lane is as good as down.
     open_timeout = settings.heartbeat_interval * settings.heartbeat_misses
-    async with open_lanes(headers, open_timeout=open_timeout, paths=local_lanes) as lanes:
+    async with open_lanes(
+        headers,
+        open_timeout=open_timeout,
+        paths=local_lanes,
+        retry_after=settings.lane_retry_after,
+    ) as lanes:
         peers = HttpPeers(lanes, headers)
         try:
             yield Router(runtime, me, peers)

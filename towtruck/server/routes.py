@@ -1,4 +1,4 @@
-"""Every route but the fast paths of :mod:`towtruck.app`, as a Quart-Trio app, and the
+"""Every route but the fast paths of :mod:`towtruck.server.app`, as a Quart-Trio app, and the
 node's ASGI lifespan.
 
 Served by Hypercorn directly (``hypercorn --worker-class trio module:app``), the app's
@@ -21,11 +21,11 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from . import codec
-from .address import Address
-from .client import check_actor_id
-from .credentials import check_cluster_key
-from .errors import (
+from .. import codec
+from ..client import check_actor_id
+from ..cluster.credentials import check_cluster_key
+from ..cluster.router import Router
+from ..errors import (
     BadRequest,
     InternalError,
     MethodNotAllowed,
@@ -34,9 +34,9 @@ from .errors import (
     SettingsError,
     TowtruckError,
 )
-from .peers import open_router
-from .router import Router
-from .runtime import Runtime
+from ..ids import Address
+from ..runtime import Runtime
+from ..transport.peers import open_router
 
 __all__ = ["build_routes"]
 

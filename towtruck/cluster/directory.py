@@ -21,9 +21,9 @@ from urllib.parse import quote
 
 import trio
 
+from ..catalog import Catalog
+from ..errors import TowtruckError
 from .bloom import BloomFilter, CountingBloom
-from .catalog import Catalog
-from .errors import TowtruckError
 from .membership import Membership, MemberState
 
 __all__ = ["Directory", "PeerClient"]
@@ -32,15 +32,13 @@ logger = logging.getLogger("towtruck.cluster")
 
 #: How many "found it on that peer" answers are remembered.
 FOUND_CACHE_SIZE: Final = 100_000
-#: Longest a location query may take before the peer is taken not to hold the actor.
-QUERY_TIMEOUT: Final = 2.0
 _QUERIES_AT_ONCE: Final = 16
 # Ids hashed between checkpoints while rebuilding this node's filter.
 _REBUILD_SLICE: Final = 5_000
 
 
 class PeerClient(Protocol):
-    """How the cluster talks to other nodes (:class:`towtruck.peers.HttpPeers`).
+    """How the cluster talks to other nodes (:class:`towtruck.transport.peers.HttpPeers`).
 
     Failures raise :class:`~towtruck.errors.TowtruckError`: :class:`PeerUnavailable`
     when the peer cannot be reached (``details["delivered"]`` is False when the
@@ -92,12 +90,20 @@ class Directory:
         peers: The client to query peers with.
         membership: Who the peers are and how they are doing.
         suspicion: How long a down peer is still asked about ids.
+        query_timeout: How long a peer may take to say whether it holds an id.
     """
 
     def __init__(
-        self, catalog: Catalog, peers: PeerClient, membership: Membership, suspicion: float
+        self,
+        catalog: Catalog,
+        peers: PeerClient,
+        membership: Membership,
+        *,
+        suspicion: float,
+        query_timeout: float,
     ) -> None:
         self._suspicion = suspicion
+        self._query_timeout = query_timeout
         self._gone: set[str] = set()
         self.bloom = CountingBloom()
         self.filters: dict[str, BloomFilter] = {}
@@ -212,7 +218,7 @@ class Directory:
                 holder = peer
                 nursery.cancel_scope.cancel()
 
-        with trio.move_on_at(min(deadline, trio.current_time() + QUERY_TIMEOUT)):
+        with trio.move_on_at(min(deadline, trio.current_time() + self._query_timeout)):
             async with trio.open_nursery() as nursery:
                 for peer in candidates:
                     nursery.start_soon(ask, peer)
@@ -240,7 +246,7 @@ class Directory:
         async def ask(actor_id: str, peer: str) -> None:
             async with limiter:
                 try:
-                    with trio.fail_after(QUERY_TIMEOUT):
+                    with trio.fail_after(self._query_timeout):
                         answer = await self._peers.get(peer, "/query/" + quote(actor_id, safe=""))
                 except (TowtruckError, trio.TooSlowError):
                     return
@@ -273,7 +279,7 @@ class Directory:
                 query.append("fresh=1")
             path = "/getbloom" + ("?" + "&".join(query) if query else "")
             try:
-                with trio.fail_after(QUERY_TIMEOUT):
+                with trio.fail_after(self._query_timeout):
                     answer = await self._peers.get(peer, path)
                 if not (isinstance(answer, dict) and answer.get("unchanged")):
                     self.filters[peer] = BloomFilter.from_payload(answer)

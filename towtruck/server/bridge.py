@@ -3,7 +3,7 @@ through ASGI, and the app's lifespan.
 
 Quart-Trio serves the HTTP surface (``/health``, ``/addserver`` and the rest): its
 routing, request parsing and error handlers stay what they are under any ASGI server.
-The bridge hands it one request at a time, as :mod:`towtruck.connection` read it (the
+The bridge hands it one request at a time, as :mod:`towtruck.server.connection` read it (the
 whole body at once: every route takes a small JSON body, or none), and gathers the whole
 answer before the connection writes it in one piece. It is not a general ASGI server:
 no streamed bodies, no websockets, no HTTP/2.
@@ -23,8 +23,8 @@ from urllib.parse import unquote
 
 import trio
 
-from . import codec
-from .errors import InternalError
+from .. import codec
+from ..errors import InternalError
 from .parser import Request
 
 __all__ = ["Bridge", "open_lifespan"]

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Final, Protocol
 
-from .errors import BadRequest, HeadersTooLarge, PayloadTooLarge, TowtruckError
+from ..errors import BadRequest, HeadersTooLarge, PayloadTooLarge, TowtruckError
 
 __all__ = ["MAX_HEAD", "Parser", "Request", "Unreadable", "open_parser"]
 
