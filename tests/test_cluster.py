@@ -430,7 +430,7 @@ async def test_a_peer_taken_for_down_while_alive_keeps_its_actors(
             ids = owned_by(second, c.nodes, 20, "slow")
             for actor_id in ids:
                 await first.client.invoke(actor_id, "increment")
-            await first.router.refresh_filters()
+            await first.router.gossip.refresh_filters()
             # As if second were too loaded to answer heartbeats: first takes it for down
             # and owns its ids, but must find the actors where they are.
             first.router.membership.missed(str(second.address), certain=True)
@@ -558,7 +558,7 @@ async def test_a_peer_announcing_itself_anew_on_every_heartbeat_holds_up_nothing
                     return fake.heartbeats >= heartbeats + 3
 
                 await wait_until(heartbeats_went_on)
-                assert node.router._settled.is_set()
+                assert node.router.gossip._settled.is_set()
                 response = await http.get(f"{node.url}/removeserver/{fake.address}")
                 assert response.status_code == 200, response.text
                 assert await servers(http, node) == []

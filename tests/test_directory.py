@@ -18,7 +18,7 @@ async def test_filters_spare_peers_the_queries_for_ids_they_do_not_hold() -> Non
             first, second, _ = c.nodes
             held = owned_by(second, c.nodes, 1, "held")[0]
             await second.client.invoke(held, "increment")  # active on the second node
-            assert sorted(await first.router.refresh_filters()) == sorted(
+            assert sorted(await first.router.gossip.refresh_filters()) == sorted(
                 str(n.address) for n in c.nodes[1:]
             )
             peers = first.router.directory._peers  # type: ignore[attr-defined]
@@ -87,9 +87,9 @@ async def test_after_a_stall_a_node_gives_up_the_actors_a_peer_holds_too() -> No
             for node in (first, second):
                 await node.runtime.catalog.invoke("twice", "increment", None, _context())
             await first.runtime.catalog.invoke("once", "increment", None, _context())
-            await first.router.refresh_filters()
+            await first.router.gossip.refresh_filters()
             assert await first.router.directory.duplicates() == ["twice"]
-            await first.router._give_up_duplicates()  # what waking from a stall runs
+            await first.router.gossip._give_up_duplicates()  # what waking from a stall runs
 
             async def given_up() -> bool:
                 return "twice" not in first.runtime.catalog

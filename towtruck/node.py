@@ -62,7 +62,7 @@ class Node:
         ``shutdown_timeout`` more. Safe to call more than once."""
         if self._killed:
             return
-        elsewhere = await self.router.leave()
+        elsewhere = await self.router.gossip.leave()
         await self.runtime.stop(route_elsewhere=elsewhere)
         self._stop_http.set()
 
@@ -131,7 +131,7 @@ async def open_node(
         await nursery.start(
             partial(serve, app, config, sockets=sockets, shutdown_trigger=node._stop_http.wait)
         )
-        await router.start(config.peers)
+        await router.gossip.start(config.peers)
         try:
             yield node
         finally:

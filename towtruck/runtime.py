@@ -26,7 +26,7 @@ from .errors import NodeStopping, Overloaded, ResultTooLarge, TowtruckError
 from .settings import MIB, Settings
 from .watchdog import watch_event_loop
 
-__all__ = ["MAX_ANSWER", "Router", "Runtime", "RuntimeStatistics", "open_runtime"]
+__all__ = ["MAX_ANSWER", "CallPath", "Runtime", "RuntimeStatistics", "open_runtime"]
 
 logger = logging.getLogger("towtruck")
 
@@ -35,7 +35,7 @@ logger = logging.getLogger("towtruck")
 MAX_ANSWER: Final = 64 * MIB
 
 
-class Router(Protocol):
+class CallPath(Protocol):
     """Decides where a call runs. The actor table itself is the router of a lone node;
     a clustered node's router (:class:`towtruck.cluster.router.Router`) forwards calls too."""
 
@@ -89,7 +89,7 @@ class Runtime:
         self.client = Client(self, call_timeout=settings.call_timeout)
         self.catalog = Catalog(create_actor, self.client, settings)
         #: Where calls go; a clustered node replaces it.
-        self.router: Router = self.catalog
+        self.router: CallPath = self.catalog
         self._services: list[Callable[[], Awaitable[None]]] = [
             self._collect_periodically,
             self.catalog.failures.flush_periodically,

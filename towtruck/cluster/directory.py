@@ -85,8 +85,8 @@ class Directory:
     nothing listens there any more.
 
     Args:
-        catalog: This node's actor table; the directory follows it to keep this
-            node's bloom filter.
+        catalog: This node's actor table; made the catalog's observer (the node's
+            assembly does it), the directory keeps this node's bloom filter.
         peers: The client to query peers with.
         membership: Who the peers are and how they are doing.
         suspicion: How long a down peer is still asked about ids.
@@ -114,7 +114,6 @@ class Directory:
         self._rebuild_log: list[tuple[bool, str]] | None = None
         self._snapshot: BloomFilter | None = None
         self._snapshot_at = -math.inf
-        catalog.observer = self
 
     # CatalogObserver: keep this node's filter in step with its table.
 

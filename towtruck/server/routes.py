@@ -101,12 +101,12 @@ def build_routes(runtime: Runtime) -> QuartTrio:
         await app.nursery.start(runtime.serve)
 
         async def stop() -> None:  # as Node.stop does
-            elsewhere = await router.leave() if router is not None else False
+            elsewhere = await router.gossip.leave() if router is not None else False
             await runtime.stop(route_elsewhere=elsewhere)
 
         lifespan.push_async_callback(stop)
         if router is not None:
-            await router.start(settings.peers)
+            await router.gossip.start(settings.peers)
 
     @app.after_serving
     async def stop_runtime() -> None:
@@ -149,7 +149,7 @@ def build_routes(runtime: Runtime) -> QuartTrio:
                 "time": time.time_ns() // 1_000_000,
                 "node": stats.node,
                 "members": (
-                    runtime.router.members()
+                    runtime.router.gossip.members()
                     if isinstance(runtime.router, Router)
                     else [{"address": stats.node, "state": "self"}]
                 ),
@@ -177,13 +177,13 @@ def build_routes(runtime: Runtime) -> QuartTrio:
     @app.route("/addserver/<address>", methods=_ACT)
     async def addserver(address: str) -> Response:
         """Bring a node, and every node it knows, into this node's cluster."""
-        await router().add_peer(str(Address.parse(address)))
+        await router().gossip.add_peer(str(Address.parse(address)))
         return json_response(router().membership.peers())
 
     @app.route("/removeserver/<address>", methods=_ACT)
     async def removeserver(address: str) -> Response:
         """Take a node out of the cluster, everywhere."""
-        await router().remove_peer(str(Address.parse(address)))
+        await router().gossip.remove_peer(str(Address.parse(address)))
         return json_response(router().membership.peers())
 
     @app.route("/getservers", methods=_READ)
@@ -205,13 +205,13 @@ def build_routes(runtime: Runtime) -> QuartTrio:
     @app.route("/updateblooms", methods=_ACT)
     async def updateblooms() -> Response:
         """Fetch the peers' bloom filters now."""
-        return json_response({"updated": await router().refresh_filters()})
+        return json_response({"updated": await router().gossip.refresh_filters()})
 
     @app.route("/cluster/heartbeat", methods=["POST"])
     async def heartbeat() -> Response:
         """A peer's heartbeat: its view of the membership in, this node's out."""
         hello = codec.loads(await request.get_data())
-        return json_response(router().handle_heartbeat(hello))
+        return json_response(router().gossip.handle_heartbeat(hello))
 
     @app.errorhandler(TowtruckError)
     async def towtruck_error(error: TowtruckError) -> Response:

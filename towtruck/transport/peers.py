@@ -21,6 +21,9 @@ import trio
 
 from .. import codec
 from ..cluster.credentials import key_headers
+from ..cluster.directory import Directory
+from ..cluster.gossip import Gossip
+from ..cluster.membership import Membership
 from ..cluster.router import Router
 from ..errors import (
     CallInterrupted,
@@ -191,7 +194,30 @@ async def open_router(
     ) as lanes:
         peers = HttpPeers(lanes, headers)
         try:
-            yield Router(runtime, me, peers)
+            yield _assemble(runtime, me, peers)
         finally:
             with trio.CancelScope(shield=True):
                 await peers.aclose()
+
+
+def _assemble(runtime: Runtime, me: str, peers: HttpPeers) -> Router:
+    """A clustered node's parts, wired once: its view, its directory, the membership
+    protocol and the call path; the runtime's calls then go through the router."""
+    settings = runtime.settings
+    membership = Membership(me, misses_allowed=settings.heartbeat_misses, clock=trio.current_time)
+    # By default a down peer is asked about ids for ten heartbeats: long enough to
+    # outlast a stall, short enough that a dead peer soon costs activations nothing.
+    directory = Directory(
+        runtime.catalog,
+        peers,
+        membership,
+        suspicion=settings.suspicion or 10 * settings.heartbeat_interval,
+        query_timeout=settings.query_timeout,
+    )
+    runtime.catalog.observer = directory  # it keeps this node's filter
+    gossip = Gossip(me, settings, runtime.catalog, membership, directory, peers)
+    router = Router(me, runtime.catalog, membership, directory, gossip, peers)
+    runtime.router = router
+    for service in gossip.services():
+        runtime.add_service(service)
+    return router
