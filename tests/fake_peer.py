@@ -14,7 +14,7 @@ from typing import Any
 import trio
 
 from towtruck import codec
-from towtruck.transport.lanes import _frame, _split
+from towtruck.cluster import wire
 
 #: ``on_call(number, envelope)``: the bytes to send back on the lane.
 OnCall = Callable[[int, bytes], bytes]
@@ -22,7 +22,7 @@ OnCall = Callable[[int, bytes], bytes]
 
 def answer(number: int, status: int, body: bytes) -> bytes:
     """A lane's answer frame."""
-    return _frame(number, b"A", status.to_bytes(2, "big") + body)
+    return wire.frame(number, b"A", status.to_bytes(2, "big") + body)
 
 
 def swallow(number: int, envelope: bytes) -> bytes:
@@ -135,14 +135,14 @@ class FakePeer:
         )
         buffer = bytearray(initial)
         while True:
-            for number, kind, envelope in _split(buffer):
+            for number, kind, envelope in wire.split(buffer):
                 if kind == b"C":
                     self.calls.append(envelope)
                     reply = self.on_call(number, envelope)
                     if reply:
                         await stream.send_all(reply)
                 elif kind == b"P" and self.answer_probes:
-                    await stream.send_all(_frame(number, b"Q", b""))
+                    await stream.send_all(wire.frame(number, b"Q", b""))
             chunk = await stream.receive_some(65536)
             if not chunk:
                 return

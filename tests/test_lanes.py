@@ -20,21 +20,8 @@ import towtruck
 from tests.actors import create_counter, create_recorder
 from tests.fake_peer import FakePeer, answer
 from tests.helpers import FAST, TEST_SECONDS, owned_by, wait_until
-from towtruck.cluster import placement
+from towtruck.cluster import placement, wire
 from towtruck.cluster.membership import MemberState
-from towtruck.transport.lanes import _frame, _split
-
-
-def test_frames_split_at_their_boundaries_only() -> None:
-    data = _frame(1, b"C", b"hello") + _frame(2, b"A", b"\x00\xc8{}")
-    buffer = bytearray(data[:7])
-    assert _split(buffer) == []
-    assert buffer == data[:7]
-    buffer += data[7:-1]
-    assert _split(buffer) == [(1, b"C", b"hello")]
-    buffer += data[-1:]
-    assert _split(buffer) == [(2, b"A", b"\x00\xc8{}")]
-    assert buffer == b""
 
 
 async def test_calls_to_a_peer_share_one_lane() -> None:
@@ -152,8 +139,8 @@ async def test_a_peer_that_takes_no_lanes_gets_calls_over_http(
     [
         b"\x00\x00\x00\x01x",  # shorter than a frame's head
         b"\xff\xff\xff\xff" + b"x" * 100,  # longer than any frame may be
-        _frame(1, b"C", b"not an envelope"),
-        _frame(2, b"Z", b"unknown kind"),
+        wire.frame(1, wire.CALL, b"not an envelope"),
+        wire.frame(2, b"Z", b"unknown kind"),
     ],
 )
 async def test_a_lane_sending_garbage_harms_only_itself(
@@ -203,8 +190,8 @@ def own_ids(node: towtruck.Node, count: int) -> list[str]:
         lambda n: answer(n, 503, b'{"error": {"type": ["x"], "message": {"a": 1}}}'),
         lambda n: answer(n, 200, b"not json"),
         lambda n: answer(n, 0, b"\xff\xfe"),
-        lambda n: _frame(n, b"A", b"x"),
-        lambda n: _frame(n + 1000, b"A", b"\x00\xc8{}") + answer(n, 404, b"[]"),
+        lambda n: wire.frame(n, b"A", b"x"),
+        lambda n: wire.frame(n + 1000, b"A", b"\x00\xc8{}") + answer(n, 404, b"[]"),
     ],
     ids=["detail-named-self", "odd-types", "not-json", "status-0", "short", "unknown-number"],
 )

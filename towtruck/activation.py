@@ -189,7 +189,7 @@ class Activation:
                 raise self._backlogged(mailbox, method.name)
         call = Call(method, data, context)
         mailbox.append(call)
-        self._catalog.queued += 1
+        self._catalog.call_queued()
         if not self.running:
             self._start()
         with trio.CancelScope(deadline=context.deadline):
@@ -217,12 +217,12 @@ class Activation:
             raise self._late_error(method.name)
         catalog = self._catalog
         self.running = True
-        catalog.busy += 1
+        catalog.turn_began()
         try:
             result = await self._execute(method, data, context, here=True)
         finally:
             self.running = False
-            catalog.busy -= 1
+            catalog.turn_ended()
             self.touched = now = catalog.now()
             mailbox = self.mailbox
             if mailbox:  # calls queued meanwhile: now the actor knows how long a turn takes
@@ -259,7 +259,7 @@ class Activation:
             return
         self.state = ActivationState.DEACTIVATING
         self.reason = reason
-        self._catalog.leaving += 1
+        self._catalog.leaving_began()
         if self.running:
             return  # the task deactivates once the mailbox is empty
         if hook(self.instance, "deactivate") is None:
@@ -284,7 +284,7 @@ class Activation:
 
     def _start(self) -> None:
         self.running = True
-        self._catalog.busy += 1
+        self._catalog.turn_began()
         self._catalog.spawn(self._run)
 
     async def _run(self) -> None:
@@ -300,7 +300,7 @@ class Activation:
                 begun: float | None = None  # when the turn just run began
                 while mailbox:
                     call = mailbox.popleft()
-                    self._catalog.queued -= 1
+                    self._catalog.call_unqueued()
                     if call.reply.abandoned:
                         continue
                     now = self._catalog.now()
@@ -332,7 +332,7 @@ class Activation:
                 await self._deactivate()
         finally:
             self.running = False
-            self._catalog.busy -= 1
+            self._catalog.turn_ended()
             if self.mailbox:
                 self._fail_waiting(self._stopped_error())
             self.mailbox = None
@@ -347,7 +347,7 @@ class Activation:
             if not call.reply.abandoned and now + len(mailbox) * turn < call.context.deadline:
                 return
             mailbox.pop()
-            self._catalog.queued -= 1
+            self._catalog.call_unqueued()
             call.reply.set(outcome.Error(self._backlogged(mailbox, call.method.name)))
 
     def _backlogged(self, mailbox: Mailbox, method: str) -> Backlogged:
@@ -477,7 +477,7 @@ class Activation:
 
     def _finish(self) -> None:
         if self.state is ActivationState.DEACTIVATING:
-            self._catalog.leaving -= 1
+            self._catalog.leaving_ended()
         self.state = ActivationState.INVALID
         self._catalog.forget(self)
         if self._gone is not None:
@@ -503,7 +503,7 @@ class Activation:
         in several tasks would chain their tracebacks, keeping their frames alive)."""
         mailbox, self.mailbox = self.mailbox, None
         for call in mailbox or ():
-            self._catalog.queued -= 1
+            self._catalog.call_unqueued()
             call.reply.set(outcome.Error(copy.copy(error)))
 
     def _own_failure(self, method: str, exc: BaseException) -> BaseException:

@@ -110,12 +110,38 @@ class Catalog:
         #: Cancel scopes of the turns running in their callers' tasks (see
         #: ``Activation._turn_here``), to cancel them when the node stops.
         self.turns_here: set[trio.CancelScope] = set()
-        # Counters the activations keep up to date.
-        self.busy = 0
-        self.queued = 0
-        self.leaving = 0
-        self.activations = 0
-        self.deactivations = 0
+        # Counters, kept by the methods below (the activations report through them).
+        self._busy = 0
+        self._queued = 0
+        self._leaving = 0
+        self._activations = 0
+        self._deactivations = 0
+
+    # What the activations report, counted here (see statistics()).
+
+    def turn_began(self) -> None:
+        """An actor began running turns (in its task or its caller's)."""
+        self._busy += 1
+
+    def turn_ended(self) -> None:
+        """An actor stopped running turns."""
+        self._busy -= 1
+
+    def call_queued(self) -> None:
+        """A call went into an actor's mailbox."""
+        self._queued += 1
+
+    def call_unqueued(self) -> None:
+        """A call left an actor's mailbox (to run, refused, or failed)."""
+        self._queued -= 1
+
+    def leaving_began(self) -> None:
+        """An actor began deactivating."""
+        self._leaving += 1
+
+    def leaving_ended(self) -> None:
+        """An actor that was deactivating is gone."""
+        self._leaving -= 1
 
     def attach(self, nursery: trio.Nursery) -> None:
         """Give the catalog the nursery its actors' tasks run in (the node's)."""
@@ -159,13 +185,13 @@ class Catalog:
         """Counts describing the table now. Not a checkpoint."""
         return CatalogStatistics(
             actors=len(self._table),
-            busy=self.busy,
-            deactivating=self.leaving,
-            queued=self.queued,
+            busy=self._busy,
+            deactivating=self._leaving,
+            queued=self._queued,
             max_actors=self.max_actors,
             mailbox_size=self.mailbox_size,
-            activations=self.activations,
-            deactivations=self.deactivations,
+            activations=self._activations,
+            deactivations=self._deactivations,
         )
 
     async def invoke(
@@ -210,7 +236,7 @@ class Catalog:
     def _activate(self, actor_id: str) -> Activation:
         if not self._accepting:
             raise NodeStopping("the node is stopping and activates no new actors", actor=actor_id)
-        if len(self._table) - self.leaving >= self.max_actors:
+        if len(self._table) - self._leaving >= self.max_actors:
             self._make_room(actor_id)
         try:
             instance = self._factory(actor_id, self._client)
@@ -234,7 +260,7 @@ class Catalog:
             raise error from exc
         activation = Activation(actor_id, instance, methods, self)
         self._table[actor_id] = activation
-        self.activations += 1
+        self._activations += 1
         if self.observer is not None:
             self.observer.activated(actor_id)
         if hook(instance, "activate") is not None:
@@ -256,7 +282,7 @@ class Catalog:
         """Remove an activation that has become invalid (called by the activation)."""
         if self._table.get(activation.id) is activation:
             del self._table[activation.id]
-            self.deactivations += 1
+            self._deactivations += 1
             if self.observer is not None:
                 self.observer.forgotten(activation.id)
 
@@ -267,7 +293,7 @@ class Catalog:
         A checkpoint. Returns how many actors were collected.
         """
         cutoff = trio.current_time() - self.max_inactivity
-        excess = len(self._table) - self.leaving - self.max_actors
+        excess = len(self._table) - self._leaving - self.max_actors
         victims: list[tuple[Activation, DeactivationReason]] = []
         for activation in self._table.values():
             if not activation.idle:

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
 import trio
 
 from . import codec
 from .calls import CallContext, current_context
-from .errors import InvalidActorId
+from .ids import check_actor_id
 
-__all__ = ["MAX_ID_LENGTH", "Client", "Invoker", "check_actor_id"]
-
-#: Longest actor id accepted, in characters.
-MAX_ID_LENGTH: Final = 256
+__all__ = ["Client", "Invoker"]
 
 
 class Invoker(Protocol):
@@ -78,23 +75,3 @@ class Client:
             ) from None
         answer = await self._invoker.invoke(actor_id, method, data, context)
         return codec.loads_answer(answer)
-
-
-def check_actor_id(actor_id: object) -> str:
-    """Return a valid actor id as a string.
-
-    Raises:
-        InvalidActorId: empty, longer than :data:`MAX_ID_LENGTH`, holding control or
-            other unprintable characters, or neither a string nor an int.
-    """
-    if isinstance(actor_id, int) and not isinstance(actor_id, bool):
-        return str(actor_id)
-    if not isinstance(actor_id, str):
-        raise InvalidActorId(f"an actor id is a string, not {type(actor_id).__name__}")
-    if not actor_id or len(actor_id) > MAX_ID_LENGTH or not actor_id.isprintable():
-        raise InvalidActorId(
-            f"bad actor id {actor_id[:MAX_ID_LENGTH]!r}: expected 1 to {MAX_ID_LENGTH}"
-            " printable characters",
-            actor=actor_id[:MAX_ID_LENGTH],
-        )
-    return actor_id

@@ -1,14 +1,17 @@
-"""``host:port`` addresses of nodes, parsed and checked once."""
+"""Names, checked once: ``host:port`` addresses of nodes, and actor ids."""
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
-from .errors import InvalidAddress
+from .errors import InvalidActorId, InvalidAddress
 
-__all__ = ["Address"]
+__all__ = ["MAX_ID_LENGTH", "Address", "check_actor_id"]
+
+#: Longest actor id accepted, in characters.
+MAX_ID_LENGTH: Final = 256
 
 # RFC 1123 host names: dot-separated labels of letters, digits and inner hyphens.
 _HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
@@ -67,3 +70,23 @@ def _is_ip(text: str, *, version: int) -> bool:
         return ipaddress.ip_address(text).version == version
     except ValueError:
         return False
+
+
+def check_actor_id(actor_id: object) -> str:
+    """Return a valid actor id as a string.
+
+    Raises:
+        InvalidActorId: empty, longer than :data:`MAX_ID_LENGTH`, holding control or
+            other unprintable characters, or neither a string nor an int.
+    """
+    if isinstance(actor_id, int) and not isinstance(actor_id, bool):
+        return str(actor_id)
+    if not isinstance(actor_id, str):
+        raise InvalidActorId(f"an actor id is a string, not {type(actor_id).__name__}")
+    if not actor_id or len(actor_id) > MAX_ID_LENGTH or not actor_id.isprintable():
+        raise InvalidActorId(
+            f"bad actor id {actor_id[:MAX_ID_LENGTH]!r}: expected 1 to {MAX_ID_LENGTH}"
+            " printable characters",
+            actor=actor_id[:MAX_ID_LENGTH],
+        )
+    return actor_id

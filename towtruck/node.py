@@ -24,7 +24,7 @@ from .runtime import Runtime
 from .server.app import App
 from .server.serve import listen, serve
 from .settings import Settings, bind_error
-from .transport.peers import open_router
+from .transport.peers import open_router, stop_member
 
 __all__ = ["Node", "open_node", "run", "serve_node"]
 
@@ -62,8 +62,7 @@ class Node:
         ``shutdown_timeout`` more. Safe to call more than once."""
         if self._killed:
             return
-        elsewhere = await self.router.gossip.leave()
-        await self.runtime.stop(route_elsewhere=elsewhere)
+        await stop_member(self.runtime, self.router)
         self._stop_http.set()
 
     def kill(self) -> None:
@@ -136,7 +135,7 @@ async def open_node(
             yield node
         finally:
             with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + 3 * config.shutdown_timeout + 10
+                scope.deadline = trio.current_time() + config.shutdown_budget
                 await node.stop()
 
 

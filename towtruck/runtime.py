@@ -315,5 +315,5 @@ async def open_runtime(create_actor: Factory, **settings: Any) -> AsyncIterator[
             yield runtime
         finally:
             with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + 2 * runtime.settings.shutdown_timeout + 1
+                scope.deadline = trio.current_time() + runtime.settings.shutdown_budget
                 await runtime.stop()

@@ -219,6 +219,14 @@ class Settings:
             values[name] = _coerce(name, value, name)
         return cls(**values)
 
+    @property
+    def shutdown_budget(self) -> float:
+        """Longest a graceful stop of a node takes, however it runs: leaving the
+        cluster (``protocol_timeout``), the calls in flight and the ``deactivate``
+        hooks (``shutdown_timeout`` each), then the HTTP requests in flight
+        (``shutdown_timeout`` more); what is left then is cancelled."""
+        return self.protocol_timeout + 3 * self.shutdown_timeout + 1
+
     def replace(self, **changes: Any) -> Settings:
         """A copy with some settings changed (checked like the originals)."""
         for name in changes:

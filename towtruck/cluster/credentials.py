@@ -20,11 +20,10 @@ from typing import Final
 import trio
 
 from ..errors import Forbidden, TowtruckError, Unauthorized
+from .wire import CLUSTER_KEY_HEADER
 
-__all__ = ["CLUSTER_KEY_HEADER", "check_cluster_key", "key_headers"]
+__all__ = ["check_cluster_key", "key_headers"]
 
-#: The header that carries the cluster key between nodes.
-CLUSTER_KEY_HEADER: Final = "towtruck-cluster-key"
 _HEADER: Final = CLUSTER_KEY_HEADER.encode()
 _COMPLAINT_SECONDS: Final = 10.0
 

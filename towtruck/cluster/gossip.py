@@ -35,9 +35,8 @@ from ..errors import (
     TowtruckError,
     Unauthorized,
 )
-from ..ids import Address
 from ..settings import Settings
-from . import placement
+from . import placement, wire
 from .directory import Directory, PeerClient
 from .membership import Membership, MemberState
 
@@ -187,7 +186,7 @@ class Gossip:
                 raise  # it answered: with this node's cluster key, it refuses to join
             reason = exc.message if isinstance(exc, TowtruckError) else "timed out"
             raise PeerUnavailable(f"{address} did not answer: {reason}", peer=address) from exc
-        name = _name(address, reply)  # joined under the name it goes by, never an alias
+        name = wire.hello_name(address, reply)  # joined under the name it goes by, never an alias
         if name == self.me:
             raise InvalidAddress(f"{address} is another name of this node", address=address)
         self.membership.add(name)
@@ -225,11 +224,11 @@ class Gossip:
     def handle_heartbeat(self, hello: Any) -> dict[str, Any]:
         """A peer's heartbeat (or pushed change): take in its records, answer ours and
         the name this node goes by (so an alias of it is recognised as such)."""
-        records = _records(hello)
+        records = wire.hello_records(hello)
         if records and self.membership.merge(records):
             self._settle_soon()
-        sender = hello.get("from") if isinstance(hello, dict) else None
-        if isinstance(sender, str) and self.membership.state(sender) is not None:
+        sender = wire.hello_sender(hello)
+        if sender is not None and self.membership.state(sender) is not None:
             self._note_downs(sender, hello)
             return self._hello(sender)
         return self._hello()
@@ -373,11 +372,11 @@ class Gossip:
         address that turns out to be an alias (``localhost:8080`` for
         ``127.0.0.1:8080``) is taken out: one node must have one name, or placement
         would count it twice and send calls round in circles."""
-        name = _name(peer, reply)
+        name = wire.hello_name(peer, reply)
         self._key_refused.pop(peer, None)
         if name != peer and self.membership.state(peer) in (MemberState.ALIVE, MemberState.DOWN):
             self.membership.remove(peer)  # a tombstone, so that no peer gossips it back
-        if self.membership.merge(_records(reply)):
+        if self.membership.merge(wire.hello_records(reply)):
             self._settle_soon()
         self._note_downs(name, reply)
         if alive and self.membership.heard_from(name):
@@ -389,8 +388,8 @@ class Gossip:
         """Take in how many times ``peer`` says it took this node for down. A change
         means it did so again (or forgot this node): meanwhile it may have activated
         this node's actors afresh, whatever the reason (a stall here, a lost link)."""
-        downs = hello.get("downs") if isinstance(hello, dict) else None
-        if type(downs) is not int:
+        downs = wire.hello_downs(hello)
+        if downs is None:
             return
         heard = self._downs_heard.get(peer)
         self._downs_heard[peer] = downs
@@ -474,25 +473,8 @@ class Gossip:
     def _hello(self, peer: str | None = None) -> dict[str, Any]:
         """A heartbeat, to ``peer`` (or the answer to one): this node's name and view,
         and how many times it took ``peer`` for down."""
-        hello: dict[str, Any] = {"from": self.me, "members": self.membership.records()}
-        if peer is not None:
-            hello["downs"] = self.membership.downs(peer)
-        return hello
-
-
-def _name(peer: str, reply: Any) -> str:
-    """The name ``peer`` goes by, from its answer to a heartbeat."""
-    name = reply.get("from") if isinstance(reply, dict) else None
-    try:
-        return str(Address.parse(name)) if isinstance(name, str) else peer
-    except InvalidAddress:
-        return peer
-
-
-def _records(reply: Any) -> list[Any]:
-    """The membership records in a heartbeat or its answer (none if malformed)."""
-    members = reply.get("members") if isinstance(reply, dict) else None
-    return members if isinstance(members, list) else []
+        downs = self.membership.downs(peer) if peer is not None else None
+        return wire.hello(self.me, self.membership.records(), downs)
 
 
 def _state(membership: Membership, address: str) -> str:

@@ -27,10 +27,10 @@ from typing import Any, Final
 
 import trio
 
-from .. import codec
 from ..calls import CallContext
 from ..catalog import Catalog
 from ..errors import ForwardingLoop, NotActive, PeerUnavailable
+from . import wire
 from .directory import Directory, PeerClient
 from .gossip import Gossip
 from .membership import Membership
@@ -121,16 +121,14 @@ class Router:
                 actor=actor_id,
                 node=self.me,
             )
-        envelope = codec.dumps(
-            {
-                "id": actor_id,
-                "method": method,
-                "data": data,
-                "chain": context.chain,
-                "timeout": context.deadline - trio.current_time(),
-                "hops": context.hops + 1,
-                "existing": existing,
-            }
+        envelope = wire.encode_call(
+            actor_id,
+            method,
+            data,
+            context.chain,
+            context.deadline - trio.current_time(),
+            context.hops + 1,
+            existing=existing,
         )
         self.forwarded += 1
         try:

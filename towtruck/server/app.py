@@ -18,14 +18,13 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 from urllib.parse import unquote_to_bytes
 
-import orjson
 import trio
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope, Scope
 
 from .. import codec
 from ..calls import CallContext
 from ..catalog import Factory
-from ..client import check_actor_id
+from ..cluster import wire
 from ..cluster.credentials import check_cluster_key, key_headers
 from ..errors import (
     BadRequest,
@@ -35,10 +34,12 @@ from ..errors import (
     RouteNotFound,
     TowtruckError,
 )
+from ..ids import check_actor_id
 from ..runtime import Runtime
 from ..settings import Settings
-from ..transport import lanes
+from ..transport.lane_server import serve_lane
 from .access import AccessLog, LoggedSend
+from .limits import body_too_large
 from .routes import build_routes
 
 __all__ = ["App"]
@@ -100,7 +101,7 @@ class App:
     def is_fast(self, verb: str, raw_path: bytes) -> bool:
         """Whether a request goes to a fast route (``/invoke``, ``/cluster/forward``)."""
         return raw_path.startswith(b"/invoke/") or (
-            raw_path == b"/cluster/forward" and verb == "POST"
+            raw_path == wire.FORWARD_PATH and verb == "POST"
         )
 
     async def __call__(
@@ -206,26 +207,18 @@ class App:
         stopping: Callable[[], Awaitable[object]],
     ) -> None:
         """Answer the calls a peer sends on a lane (see :mod:`towtruck.transport.lanes`)."""
-        await lanes.serve_lane(
-            stream, initial, self._answer_forwarded, stopping, self._answers_at_once
-        )
+        await serve_lane(stream, initial, self._answer_forwarded, stopping, self._answers_at_once)
 
     def _answers_at_once(self, envelope: bytes) -> bool:
         """Whether a forwarded call will be answered without waiting for anything (see
-        :func:`towtruck.transport.lanes.serve_lane`). Not a checkpoint."""
-        try:
-            call = orjson.loads(envelope)
-            actor_id, method = call["id"], call["method"]
-        except (orjson.JSONDecodeError, TypeError, KeyError):
-            return False
-        if not (isinstance(actor_id, str) and isinstance(method, str)):
-            return False
-        return self.runtime.catalog.answers_at_once(actor_id, method)
+        :func:`towtruck.transport.lane_server.serve_lane`). Not a checkpoint."""
+        target = wire.call_target(envelope)
+        return target is not None and self.runtime.catalog.answers_at_once(*target)
 
     async def _answer_forwarded(self, envelope: bytes) -> tuple[int, bytes]:
         # A lane's calls are trusted: the key was checked when the lane was opened.
         status, _, answer = await self.respond(
-            "POST", b"/cluster/forward", envelope, headers=self._trusted
+            "POST", wire.FORWARD_PATH, envelope, headers=self._trusted
         )
         return status, answer
 
@@ -250,30 +243,21 @@ class App:
 
     async def _forwarded(self, body: bytes) -> bytes:
         """``POST /cluster/forward``: a call another node sent on, with its context."""
-        envelope = codec.loads(body)
-        try:
-            actor_id = check_actor_id(envelope["id"])
-            method = envelope["method"]
-            chain = tuple(check_actor_id(link) for link in envelope["chain"])
-            timeout = min(float(envelope["timeout"]), self._call_timeout)
-            hops = int(envelope["hops"])
-            existing = envelope["existing"]
-            if not isinstance(method, str) or not isinstance(existing, bool):
-                raise TypeError
-        except (KeyError, TypeError, ValueError):
-            raise BadRequest("not a forwarded call's envelope") from None
-        context = CallContext(chain, trio.current_time() + timeout, hops, caller_yields=True)
+        call = wire.decode_call(body)
+        timeout = min(call.timeout, self._call_timeout)
+        context = CallContext(
+            call.chain, trio.current_time() + timeout, call.hops, caller_yields=True
+        )
         return await self.runtime.invoke(
-            actor_id, method, envelope.get("data"), context, existing=existing
+            call.actor_id, call.method, call.data, context, existing=call.existing
         )
 
     async def _read_body(self, scope: HTTPScope, receive: ASGIReceiveCallable) -> bytes:
         for name, value in scope["headers"]:
-            if name == b"content-length" and int(value) > self.max_body:
-                raise PayloadTooLarge(
-                    f"the body is {int(value)} bytes; max_body is {self.max_body}",
-                    max_body=self.max_body,
-                )
+            if name == b"content-length" and (
+                error := body_too_large(int(value), self.max_body, declared=True)
+            ):
+                raise error
         chunks = []
         size = 0
         while True:
@@ -282,10 +266,8 @@ class App:
                 raise _ClientGone
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body:
-                raise PayloadTooLarge(
-                    f"the body is over max_body ({self.max_body} bytes)", max_body=self.max_body
-                )
+            if error := body_too_large(size, self.max_body, declared=False):
+                raise error
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)

@@ -32,9 +32,9 @@ from wsgiref.handlers import format_date_time
 import trio
 
 from .. import codec
+from ..cluster.wire import LANE_PATH, UPGRADE
 from ..errors import InternalError, TowtruckError
 from ..transport import sockets
-from ..transport.lanes import LANE_PATH, UPGRADE
 from .access import AccessLog
 from .parser import Request, Unreadable, Upgraded, open_parser
 

@@ -26,7 +26,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Final, Protocol
 
-from ..errors import BadRequest, HeadersTooLarge, PayloadTooLarge, TowtruckError
+from ..errors import BadRequest, HeadersTooLarge, TowtruckError
+from .limits import body_too_large
 
 __all__ = ["MAX_HEAD", "Parser", "Request", "Unreadable", "open_parser"]
 
@@ -153,9 +154,9 @@ def _too_long(request: Request | None = None) -> Unreadable:
     return Unreadable(HeadersTooLarge(message), request)
 
 
-def _too_large(max_body: int, request: Request) -> Unreadable:
-    error = PayloadTooLarge(f"the body is over max_body ({max_body} bytes)", max_body=max_body)
-    return Unreadable(error, request)
+def _too_large(size: int, max_body: int, request: Request, *, declared: bool) -> Unreadable | None:
+    error = body_too_large(size, max_body, declared=declared)
+    return None if error is None else Unreadable(error, request)
 
 
 try:
@@ -249,8 +250,8 @@ class _HttptoolsParser:
         if head > MAX_HEAD:
             self._refusal = _too_long(request)
             raise self._refusal
-        if length > self._max_body:
-            self._refusal = _too_large(self._max_body, request)
+        self._refusal = _too_large(length, self._max_body, request, declared=True)
+        if self._refusal is not None:
             raise self._refusal
         self._in_body = True
         self._body = []
@@ -258,9 +259,9 @@ class _HttptoolsParser:
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
-        if self._size > self._max_body:
-            assert self._request is not None
-            self._refusal = _too_large(self._max_body, self._request)
+        assert self._request is not None
+        self._refusal = _too_large(self._size, self._max_body, self._request, declared=False)
+        if self._refusal is not None:
             raise self._refusal
         self._body.append(body)
 
@@ -334,9 +335,10 @@ class _H11Parser:
                 self._begin(event)
             elif isinstance(event, h11.Data):
                 self._size += len(event.data)
-                if self._size > self._max_body:
-                    assert self._request is not None
-                    raise _too_large(self._max_body, self._request)
+                assert self._request is not None
+                refusal = _too_large(self._size, self._max_body, self._request, declared=False)
+                if refusal is not None:
+                    raise refusal
                 self._body.append(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
                 request, self._request = self._request, None
@@ -371,8 +373,10 @@ class _H11Parser:
                     upgrade = b"?"
             elif name == b"expect":
                 request.expects_continue = value.lower() == b"100-continue"
-            elif name == b"content-length" and int(value) > self._max_body:
-                raise _too_large(self._max_body, request)
+            elif name == b"content-length":
+                refusal = _too_large(int(value), self._max_body, request, declared=True)
+                if refusal is not None:
+                    raise refusal
         if upgrade:
             for name, value in request.headers:
                 if name == b"upgrade":

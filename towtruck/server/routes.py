@@ -22,7 +22,6 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from .. import codec
-from ..client import check_actor_id
 from ..cluster.credentials import check_cluster_key
 from ..cluster.router import Router
 from ..errors import (
@@ -34,11 +33,12 @@ from ..errors import (
     SettingsError,
     TowtruckError,
 )
-from ..ids import Address
+from ..ids import Address, check_actor_id
 from ..runtime import Runtime
-from ..transport.peers import open_router
+from ..transport.peers import open_router, stop_member
+from .limits import body_too_large
 
-__all__ = ["build_routes"]
+__all__ = ["Routes", "build_routes"]
 
 logger = logging.getLogger("towtruck.http")
 
@@ -76,10 +76,8 @@ def build_routes(runtime: Runtime) -> QuartTrio:
     settings = runtime.settings
     app = QuartTrio("towtruck")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body
-    # Quart-Trio gives background work this long at shutdown; stopping the runtime
-    # takes at most two shutdown_timeouts (calls in flight, deactivate hooks), plus
-    # telling the peers.
-    app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 2 * settings.shutdown_timeout + 6
+    # Quart-Trio gives background work this long at shutdown: a graceful stop's.
+    app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = settings.shutdown_budget
 
     lifespan = contextlib.AsyncExitStack()
 
@@ -100,22 +98,13 @@ def build_routes(runtime: Runtime) -> QuartTrio:
             runtime.node_id = settings.advertise
         await app.nursery.start(runtime.serve)
 
-        async def stop() -> None:  # as Node.stop does
-            elsewhere = await router.gossip.leave() if router is not None else False
-            await runtime.stop(route_elsewhere=elsewhere)
-
-        lifespan.push_async_callback(stop)
+        lifespan.push_async_callback(stop_member, runtime, router)
         if router is not None:
             await router.gossip.start(settings.peers)
 
     @app.after_serving
     async def stop_runtime() -> None:
         await lifespan.aclose()
-
-    def router() -> Router:
-        if not isinstance(runtime.router, Router):
-            raise RouteNotFound("clustering is off on this node: serve it with advertise")
-        return runtime.router
 
     @app.before_request
     async def check_request() -> None:
@@ -127,91 +116,54 @@ def build_routes(runtime: Runtime) -> QuartTrio:
             source = f"{request.remote_addr} ({request.path})"
             check_cluster_key(settings.cluster_key, request.scope["headers"], source=source)
         length = request.content_length
-        if length is not None and length > settings.max_body:
-            raise PayloadTooLarge(
-                f"the body is {length} bytes; max_body is {settings.max_body}",
-                max_body=settings.max_body,
-            )
+        if length is not None and (
+            error := body_too_large(length, settings.max_body, declared=True)
+        ):
+            raise error
+
+    handlers = Routes(runtime)
 
     @app.route("/ping", methods=ALL_VERBS)
     @app.route("/ping/<path:rest>", methods=ALL_VERBS)
     async def ping(rest: str = "") -> Response:
-        """Echo the path's segments, for liveness checks."""
-        return json_response(["ping", *(part for part in rest.split("/") if part)])
+        return json_response(handlers.ping(rest))
 
     @app.route("/health", methods=_READ)
     async def health() -> Response:
-        """The Node project's ``actors`` and ``time``, plus the runtime's statistics."""
-        stats = runtime.statistics()
-        return json_response(
-            {
-                "actors": stats.actors.actors,
-                "time": time.time_ns() // 1_000_000,
-                "node": stats.node,
-                "members": (
-                    runtime.router.gossip.members()
-                    if isinstance(runtime.router, Router)
-                    else [{"address": stats.node, "state": "self"}]
-                ),
-                "uptime": round(stats.uptime, 3),
-                "calls": stats.calls,
-                "errors": stats.failed,
-                "in_flight": stats.in_flight,
-                "forwarded": (
-                    runtime.router.forwarded if isinstance(runtime.router, Router) else 0
-                ),
-                "catalog": dataclasses.asdict(stats.actors),
-            }
-        )
+        return json_response(handlers.health())
 
     @app.route("/query/<path:actor_id>", methods=_READ)
     async def query(actor_id: str) -> Response:
-        """``{"exists": true}`` if the actor is in memory on this node."""
-        return json_response({"exists": check_actor_id(actor_id) in runtime.catalog})
+        return json_response(handlers.query(actor_id))
 
     @app.route("/rungc", methods=_ACT)
     async def rungc() -> Response:
-        """Run the collector now."""
-        return json_response({"garbageCollected": await runtime.collect()})
+        return json_response(await handlers.rungc())
 
     @app.route("/addserver/<address>", methods=_ACT)
     async def addserver(address: str) -> Response:
-        """Bring a node, and every node it knows, into this node's cluster."""
-        await router().gossip.add_peer(str(Address.parse(address)))
-        return json_response(router().membership.peers())
+        return json_response(await handlers.addserver(address))
 
     @app.route("/removeserver/<address>", methods=_ACT)
     async def removeserver(address: str) -> Response:
-        """Take a node out of the cluster, everywhere."""
-        await router().gossip.remove_peer(str(Address.parse(address)))
-        return json_response(router().membership.peers())
+        return json_response(await handlers.removeserver(address))
 
     @app.route("/getservers", methods=_READ)
     async def getservers() -> Response:
-        """The peers' ``host:port``, up or down."""
-        return json_response(router().membership.peers())
+        return json_response(handlers.getservers())
 
     @app.route("/getbloom", methods=_READ)
     async def getbloom() -> Response:
-        """This node's bloom filter of active ids (``?since=VERSION``: ``{"unchanged":
-        true}`` if it has not changed; ``?fresh=1``: taken now, not cached)."""
-        directory = router().directory
-        since = request.args.get("since")
-        if since is not None and since == str(directory.bloom.version):
-            return json_response({"unchanged": True})
-        max_age = 0.0 if request.args.get("fresh") else settings.bloom_interval / 2
-        return json_response(directory.snapshot(max_age=max_age).to_payload())
+        since, fresh = request.args.get("since"), bool(request.args.get("fresh"))
+        return json_response(handlers.getbloom(since, fresh=fresh))
 
     @app.route("/updateblooms", methods=_ACT)
     async def updateblooms() -> Response:
-        """Fetch the peers' bloom filters now."""
-        return json_response({"updated": await router().gossip.refresh_filters()})
+        return json_response(await handlers.updateblooms())
 
     @app.route("/cluster/heartbeat", methods=["POST"])
     async def heartbeat() -> Response:
-        """A peer's heartbeat: its view of the membership in, this node's out."""
-        hello = codec.loads(await request.get_data())
-        return json_response(router().gossip.handle_heartbeat(hello))
+        return json_response(handlers.heartbeat(codec.loads(await request.get_data())))
 
     @app.errorhandler(TowtruckError)
     async def towtruck_error(error: TowtruckError) -> Response:
@@ -249,3 +201,94 @@ def build_routes(runtime: Runtime) -> QuartTrio:
         return await towtruck_error(wrapped)
 
     return app
+
+
+class Routes:
+    """What each route answers, as JSON-able values: one method per route, taking the
+    route's parameters, so each can be tested without HTTP. :func:`build_routes` puts
+    them behind Quart-Trio.
+
+    Args:
+        runtime: The node's runtime (clustered or not).
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    def ping(self, rest: str = "") -> list[str]:
+        """``/ping[/...]``: echo the path's segments, for liveness checks."""
+        return ["ping", *(part for part in rest.split("/") if part)]
+
+    def health(self) -> dict[str, Any]:
+        """``/health``: the Node project's ``actors`` and ``time``, plus the runtime's
+        statistics."""
+        runtime = self._runtime
+        stats = runtime.statistics()
+        router = runtime.router if isinstance(runtime.router, Router) else None
+        return {
+            "actors": stats.actors.actors,
+            "time": time.time_ns() // 1_000_000,
+            "node": stats.node,
+            "members": (
+                router.gossip.members()
+                if router is not None
+                else [{"address": stats.node, "state": "self"}]
+            ),
+            "uptime": round(stats.uptime, 3),
+            "calls": stats.calls,
+            "errors": stats.failed,
+            "in_flight": stats.in_flight,
+            "forwarded": router.forwarded if router is not None else 0,
+            "catalog": dataclasses.asdict(stats.actors),
+        }
+
+    def query(self, actor_id: str) -> dict[str, bool]:
+        """``/query/{id}``: ``{"exists": true}`` if the actor is in memory here."""
+        return {"exists": check_actor_id(actor_id) in self._runtime.catalog}
+
+    async def rungc(self) -> dict[str, int]:
+        """``/rungc``: run the collector now."""
+        return {"garbageCollected": await self._runtime.collect()}
+
+    async def addserver(self, address: str) -> list[str]:
+        """``/addserver/{host:port}``: bring a node, and every node it knows, into this
+        node's cluster; the peers after."""
+        router = self._router()
+        await router.gossip.add_peer(str(Address.parse(address)))
+        return router.membership.peers()
+
+    async def removeserver(self, address: str) -> list[str]:
+        """``/removeserver/{host:port}``: take a node out of the cluster, everywhere;
+        the peers after."""
+        router = self._router()
+        await router.gossip.remove_peer(str(Address.parse(address)))
+        return router.membership.peers()
+
+    def getservers(self) -> list[str]:
+        """``/getservers``: the peers' ``host:port``, up or down."""
+        return self._router().membership.peers()
+
+    def getbloom(self, since: str | None = None, *, fresh: bool = False) -> dict[str, Any]:
+        """``/getbloom``: this node's bloom filter of active ids (``since=VERSION``:
+        ``{"unchanged": true}`` if it has not changed; ``fresh``: taken now, not
+        cached)."""
+        directory = self._router().directory
+        if since is not None and since == str(directory.bloom.version):
+            return {"unchanged": True}
+        max_age = 0.0 if fresh else self._runtime.settings.bloom_interval / 2
+        return directory.snapshot(max_age=max_age).to_payload()
+
+    async def updateblooms(self) -> dict[str, list[str]]:
+        """``/updateblooms``: fetch the peers' bloom filters now."""
+        return {"updated": await self._router().gossip.refresh_filters()}
+
+    def heartbeat(self, hello: Any) -> dict[str, Any]:
+        """``POST /cluster/heartbeat``: a peer's view of the membership in, this
+        node's out."""
+        return self._router().gossip.handle_heartbeat(hello)
+
+    def _router(self) -> Router:
+        router = self._runtime.router
+        if not isinstance(router, Router):
+            raise RouteNotFound("clustering is off on this node: serve it with advertise")
+        return router

@@ -4,13 +4,9 @@ Forwarding a call as its own HTTP request caps a node at about a thousand forwar
 second, mostly in the HTTP client; a websocket through Hypercorn and Quart-Trio carries
 ten times that. A lane does better still by doing less: the node opens a connection to
 a peer's HTTP port, asks to upgrade it (``GET /cluster/lane``, ``Upgrade:
-towtruck-lane``), and from the ``101`` on both ends exchange length-prefixed frames:
-
-    frame  = length (4 bytes, big-endian: what follows) | number (8) | kind (1) | body
-    call   : kind "C", body = the call's envelope (JSON, as POST /cluster/forward takes)
-    answer : kind "A", body = HTTP status (2 bytes) | the answer (JSON: result or error)
-    probe  : kind "P", empty; the answering end sends back at once, from its reader,
-    reply  : kind "Q", empty (older nodes ignore kinds they do not know)
+towtruck-lane``), and from the ``101`` on both ends exchange length-prefixed frames
+(calls, answers, probes and their replies: :mod:`towtruck.cluster.wire` has their
+format and encodes and decodes them; this module only moves them).
 
 Calls are numbered by the caller; answers come back in any order, matched by number.
 Each side has one task that reads and one that writes; frames queued while a write is
@@ -38,8 +34,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-import struct
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Final
 
@@ -48,6 +43,7 @@ import trio
 
 from .. import codec
 from ..calls import Reply
+from ..cluster import wire
 from ..errors import (
     CallInterrupted,
     CallTimeout,
@@ -55,121 +51,18 @@ from ..errors import (
     InvalidJSON,
     PayloadTooLarge,
     PeerUnavailable,
-    ResultTooLarge,
     from_payload,
 )
-from ..runtime import MAX_ANSWER
 from . import sockets
+from .writer import FrameWriter
 
-__all__ = ["LANE_PATH", "UPGRADE", "Lanes", "open_lanes", "serve_lane"]
+__all__ = ["Lanes", "open_lanes"]
 
 logger = logging.getLogger("towtruck.cluster")
 
-#: The path a node asks a peer to upgrade to a lane.
-LANE_PATH: Final = b"/cluster/lane"
-UPGRADE: Final = b"towtruck-lane"
-_HEAD: Final = struct.Struct(">IQc")  # length, number, kind
-_STATUS: Final = struct.Struct(">H")
-_CALL: Final = b"C"
-_ANSWER: Final = b"A"
-_PROBE: Final = b"P"
-_PROBED: Final = b"Q"
 _READ_SIZE: Final = 256 * 1024
-#: Largest frame body a lane carries: an answer of ``MAX_ANSWER`` and its status. A
-#: call's envelope past it is refused with 413, an answer past it is answered as an
-#: error instead, and a peer announcing a larger frame is cut off (its lane closed).
-MAX_FRAME: Final = MAX_ANSWER + _STATUS.size
 # How often a lane looks for calls past their deadlines (see _Lane._expire).
 _EXPIRY_TICK: Final = 0.5
-#: Tasks a lane keeps waiting for calls once they have answered one.
-_SPARE_TASKS: Final = 64
-
-
-def _too_large(size: int) -> tuple[int, bytes]:
-    error = ResultTooLarge(f"an answer of {size} bytes is over {MAX_ANSWER}", size=size)
-    return error.status, codec.error_body(error)
-
-
-def _frame(number: int, kind: bytes, body: bytes) -> bytes:
-    return _HEAD.pack(len(body) + 9, number, kind) + body
-
-
-class _BadFrame(Exception):
-    """The peer sent something that is not a lane frame: the lane is closed."""
-
-
-def _split(buffer: bytearray) -> list[tuple[int, bytes, bytes]]:
-    """Take the complete frames off the front of ``buffer``.
-
-    Raises:
-        _BadFrame: a frame's length is impossible.
-    """
-    frames = []
-    start, size = 0, len(buffer)
-    while size - start >= 4:
-        (length,) = struct.unpack_from(">I", buffer, start)
-        if not 9 <= length <= MAX_FRAME + 9:
-            raise _BadFrame(f"a frame of {length} bytes")
-        end = start + 4 + length
-        if end > size:
-            break
-        _, number, kind = _HEAD.unpack_from(buffer, start)
-        frames.append((number, kind, bytes(buffer[start + 13 : end])))
-        start = end
-    del buffer[:start]
-    return frames
-
-
-class _Writer:
-    """Sends queued frames, as many per write as have queued meanwhile. Senders only
-    queue (no checkpoint, nothing to cancel), so a sender leaves at its deadline even
-    when the peer is slow to read; one task per lane writes."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self._stream = stream
-        self._queued: list[bytes] = []
-        self._due = trio.Event()
-        self._writing = False
-        self._wrote = trio.Event()
-
-    def send(self, frame: bytes, *, alone: bool = False) -> None:
-        """Queue a frame. Not a checkpoint.
-
-        ``alone``: the sender knows of no other frame coming soon (the lane is quiet),
-        so the frame goes out at once, from the sender's own task, if nothing is being
-        written: that saves waking the writer on both ends of a lightly loaded lane.
-        Under load frames queue, and go out many to a system call.
-        """
-        if alone and not self._writing and not self._queued:
-            sent = sockets.send_now(self._stream, frame)
-            if sent == len(frame):
-                return
-            frame = frame[sent:]
-        self._queued.append(frame)
-        self._due.set()
-
-    async def run(self) -> None:
-        """Write what is queued, as it comes, until cancelled.
-
-        Raises:
-            trio.BrokenResourceError: the lane broke.
-        """
-        while True:
-            await self._due.wait()
-            self._due = trio.Event()
-            data, self._queued = b"".join(self._queued), []
-            self._writing = True
-            try:
-                await self._stream.send_all(data)
-            finally:
-                self._writing = False
-            self._wrote.set()
-            self._wrote = trio.Event()
-
-    async def drain(self) -> None:
-        """Wait until everything queued has been written."""
-        while self._queued or self._writing:
-            await self._wrote.wait()
 
 
 class _Lane:
@@ -179,7 +72,7 @@ class _Lane:
         self.peer = peer
         self.broken = False
         self._stream = stream
-        self._writer = _Writer(stream)
+        self._writer = FrameWriter(stream)
         self._numbers = itertools.count()
         self._waiting: dict[int, Reply] = {}
         self._due: dict[int, float] = {}  # each waiting call's deadline
@@ -204,20 +97,22 @@ class _Lane:
         if quiet > after:
             return True
         if quiet >= after / 2:
-            self._writer.send(_frame(0, _PROBE, b""))
+            self._writer.send(wire.frame(0, wire.PROBE, b""))
         return False
 
     async def call(self, envelope: bytes, deadline: float) -> bytes:
         """Send a call and wait for its answer (see :meth:`Lanes.call`)."""
         if self.broken:
             raise PeerUnavailable(f"the lane to {self.peer} is closed", peer=self.peer)
-        if len(envelope) > MAX_FRAME:
-            raise PayloadTooLarge(f"a call of {len(envelope)} bytes is over {MAX_FRAME}")
+        if len(envelope) > wire.MAX_FRAME:
+            raise PayloadTooLarge(f"a call of {len(envelope)} bytes is over {wire.MAX_FRAME}")
         number = next(self._numbers)
         reply = self._waiting[number] = Reply()
         self._due[number] = deadline
         try:
-            self._writer.send(_frame(number, _CALL, envelope), alone=len(self._waiting) == 1)
+            self._writer.send(
+                wire.frame(number, wire.CALL, envelope), alone=len(self._waiting) == 1
+            )
             return await reply.wait()
         finally:
             self._waiting.pop(number, None)
@@ -252,7 +147,7 @@ class _Lane:
                 nursery.start_soon(self._expire)
                 buffer, chunk = bytearray(initial), b""
                 while True:
-                    self._dispatch(_split(buffer))
+                    self._dispatch(wire.split(buffer))
                     chunk = await sockets.receive(
                         self._stream, _READ_SIZE, drained=len(chunk) < _READ_SIZE
                     )
@@ -261,7 +156,7 @@ class _Lane:
                     self.received_at = trio.current_time()
                     buffer += chunk
                 nursery.cancel_scope.cancel()
-        except* (trio.BrokenResourceError, trio.ClosedResourceError, _BadFrame) as group:
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, wire.BadFrame) as group:
             logger.info("lane to %s broke: %r", self.peer, group.exceptions[0])
         except* Exception as group:  # a bug; whatever the peer sent, the node lives on
             logger.error("closing the lane to %s", self.peer, exc_info=group.exceptions[0])
@@ -277,20 +172,21 @@ class _Lane:
 
     def _dispatch(self, frames: list[tuple[int, bytes, bytes]]) -> None:
         for number, kind, body in frames:
-            if kind != _ANSWER:
+            if kind != wire.ANSWER:
                 continue  # a probe's reply (its arrival was the point), or unknown
             reply = self._waiting.pop(number, None)
             if reply is None:
                 continue  # its caller gave up
-            if len(body) < 2:
+            answer = wire.decode_answer(body)
+            if answer is None:
                 reply.set(outcome.Error(InternalError(f"{self.peer} sent a broken answer")))
                 continue
-            (status,) = _STATUS.unpack_from(body)
+            status, body = answer
             if status == 200:
-                reply.set(outcome.Value(body[2:]))
+                reply.set(outcome.Value(body))
             else:
                 try:
-                    payload = codec.loads(body[2:])
+                    payload = codec.loads(body)
                 except InvalidJSON:
                     payload = None
                 reply.set(outcome.Error(from_payload(payload, status)))
@@ -426,10 +322,10 @@ async def _upgrade(stream: trio.SocketStream, peer: str, headers: dict[str, str]
     """Ask ``peer`` for a lane; returns the bytes read past its ``101`` answer, or None
     if it answered anything else."""
     lines = [
-        b"GET " + LANE_PATH + b" HTTP/1.1",
+        b"GET " + wire.LANE_PATH + b" HTTP/1.1",
         b"host: " + peer.encode(),
         b"connection: upgrade",
-        b"upgrade: " + UPGRADE,
+        b"upgrade: " + wire.UPGRADE,
         *(f"{name}: {value}".encode() for name, value in headers.items()),
     ]
     try:
@@ -471,97 +367,3 @@ async def open_lanes(
     async with trio.open_nursery() as nursery:
         yield Lanes(nursery, headers or {}, open_timeout, paths or {}, retry_after)
         nursery.cancel_scope.cancel()
-
-
-async def serve_lane(
-    stream: trio.SocketStream,
-    initial: bytes,
-    answer: Callable[[bytes], Awaitable[tuple[int, bytes]]],
-    stopping: Callable[[], Awaitable[object]],
-    at_once: Callable[[bytes], bool] = lambda envelope: False,
-) -> None:
-    """The answering end of a lane: run each call as it arrives (concurrently), send
-    each answer as it is ready, until the caller closes the lane or ``stopping()``
-    returns (the server is shutting down: the calls already read are answered, then
-    the lane closes).
-
-    ``answer(envelope)`` returns the HTTP status and the answer's body, as
-    ``POST /cluster/forward`` would. If the caller closes the lane, the calls still
-    running are abandoned (cancelled where they wait; turns already running finish).
-    A call ``at_once(envelope)`` says will be answered without waiting for anything
-    (its actor is idle, its method cannot suspend) is answered by the reader itself:
-    handing it to another task cost a tenth of a forwarded call. (If it waits after
-    all, the calls behind it on the lane wait too, no longer.)
-    """
-    writer = _Writer(stream)
-    running = 0
-    idle = trio.Event()
-    # Tasks that answered a call and wait for another. Handing a call to one of them
-    # costs a reschedule; spawning a task for every call cost about twice that.
-    spare: list[trio.lowlevel.Task] = []
-
-    async def answer_one(number: int, envelope: bytes) -> None:
-        nonlocal running, idle
-        try:
-            status, body = await answer(envelope)
-            if len(body) + _STATUS.size > MAX_FRAME:  # the runtime refuses them first
-                status, body = _too_large(len(body))
-            writer.send(_frame(number, _ANSWER, _STATUS.pack(status) + body), alone=running == 1)
-        finally:
-            running -= 1
-            if not running:
-                idle.set()
-                idle = trio.Event()
-
-    async def take_calls(number: int, envelope: bytes) -> None:
-        task = trio.lowlevel.current_task()
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            spare.remove(task)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        while True:
-            await answer_one(number, envelope)
-            if len(spare) >= _SPARE_TASKS:
-                return
-            spare.append(task)
-            number, envelope = await trio.lowlevel.wait_task_rescheduled(abort)
-
-    async def read(nursery: trio.Nursery) -> None:
-        nonlocal running
-        buffer, chunk = bytearray(initial), b""
-        while True:
-            for number, kind, body in _split(buffer):
-                if kind == _CALL:
-                    running += 1  # counted now: shutdown waits for calls read, not started
-                    if at_once(body):
-                        await answer_one(number, body)
-                    elif spare:
-                        trio.lowlevel.reschedule(spare.pop(), outcome.Value((number, body)))
-                    else:
-                        nursery.start_soon(take_calls, number, body)
-                elif kind == _PROBE:
-                    writer.send(_frame(number, _PROBED, b""))
-            chunk = await sockets.receive(stream, _READ_SIZE, drained=len(chunk) < _READ_SIZE)
-            if not chunk:
-                nursery.cancel_scope.cancel()  # the caller closed the lane
-                return
-            buffer += chunk
-
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(writer.run)
-            async with trio.open_nursery() as reading:
-                reading.start_soon(read, nursery)
-                await stopping()
-                reading.cancel_scope.cancel()
-            while running:  # answer the calls already read, then close
-                await idle.wait()
-            await writer.drain()
-            nursery.cancel_scope.cancel()
-    except* (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass  # the caller went away: nobody to answer
-    except* _BadFrame as group:
-        logger.warning("closing a lane: the peer sent %s", group.exceptions[0])
-    except* Exception as group:  # a bug; whatever the peer sent, the node lives on
-        logger.error("closing a lane after an unexpected error", exc_info=group.exceptions[0])

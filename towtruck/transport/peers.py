@@ -20,8 +20,9 @@ import httpx
 import trio
 
 from .. import codec
+from ..cluster import wire
 from ..cluster.credentials import key_headers
-from ..cluster.directory import Directory
+from ..cluster.directory import Directory, PeerClient
 from ..cluster.gossip import Gossip
 from ..cluster.membership import Membership
 from ..cluster.router import Router
@@ -36,7 +37,7 @@ from ..errors import (
 from ..runtime import Runtime
 from .lanes import Lanes, open_lanes
 
-__all__ = ["HttpPeers", "open_router"]
+__all__ = ["HttpPeers", "assemble", "open_router", "stop_member"]
 
 _JSON: Final = {"content-type": "application/json"}
 # Forwarded calls and the cluster's own messages (heartbeats, filters, queries) use
@@ -94,7 +95,7 @@ class HttpPeers:
                 return answer
         with trio.move_on_at(deadline):
             return await self._request(
-                self._calls, "POST", peer, "/cluster/forward", envelope, call=True
+                self._calls, "POST", peer, wire.FORWARD_PATH.decode(), envelope, call=True
             )
         raise CallTimeout(f"no answer from {peer} by the call's deadline", node=peer)
 
@@ -194,13 +195,13 @@ async def open_router(
     ) as lanes:
         peers = HttpPeers(lanes, headers)
         try:
-            yield _assemble(runtime, me, peers)
+            yield assemble(runtime, me, peers)
         finally:
             with trio.CancelScope(shield=True):
                 await peers.aclose()
 
 
-def _assemble(runtime: Runtime, me: str, peers: HttpPeers) -> Router:
+def assemble(runtime: Runtime, me: str, peers: PeerClient) -> Router:
     """A clustered node's parts, wired once: its view, its directory, the membership
     protocol and the call path; the runtime's calls then go through the router."""
     settings = runtime.settings
@@ -221,3 +222,11 @@ def _assemble(runtime: Runtime, me: str, peers: HttpPeers) -> Router:
     for service in gossip.services():
         runtime.add_service(service)
     return router
+
+
+async def stop_member(runtime: Runtime, router: Router | None) -> None:
+    """Stop a node's runtime gracefully, as every way of running a node does: leave the
+    cluster first, so the peers stop placing actors here, then stop the runtime, its
+    calls sent on to their new owners meanwhile (see :meth:`Runtime.stop`)."""
+    elsewhere = await router.gossip.leave() if router is not None else False
+    await runtime.stop(route_elsewhere=elsewhere)
