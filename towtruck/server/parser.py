@@ -154,9 +154,10 @@ def _too_long(request: Request | None = None) -> Unreadable:
     return Unreadable(HeadersTooLarge(message), request)
 
 
-def _too_large(size: int, max_body: int, request: Request, *, declared: bool) -> Unreadable | None:
+def _too_large(size: int, max_body: int, request: Request, *, declared: bool) -> Unreadable:
     error = body_too_large(size, max_body, declared=declared)
-    return None if error is None else Unreadable(error, request)
+    assert error is not None  # the caller compared first
+    return Unreadable(error, request)
 
 
 try:
@@ -250,8 +251,8 @@ class _HttptoolsParser:
         if head > MAX_HEAD:
             self._refusal = _too_long(request)
             raise self._refusal
-        self._refusal = _too_large(length, self._max_body, request, declared=True)
-        if self._refusal is not None:
+        if length > self._max_body:  # compared here first: this runs for every request
+            self._refusal = _too_large(length, self._max_body, request, declared=True)
             raise self._refusal
         self._in_body = True
         self._body = []
@@ -259,9 +260,9 @@ class _HttptoolsParser:
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
-        assert self._request is not None
-        self._refusal = _too_large(self._size, self._max_body, self._request, declared=False)
-        if self._refusal is not None:
+        if self._size > self._max_body:
+            assert self._request is not None
+            self._refusal = _too_large(self._size, self._max_body, self._request, declared=False)
             raise self._refusal
         self._body.append(body)
 
@@ -335,10 +336,9 @@ class _H11Parser:
                 self._begin(event)
             elif isinstance(event, h11.Data):
                 self._size += len(event.data)
-                assert self._request is not None
-                refusal = _too_large(self._size, self._max_body, self._request, declared=False)
-                if refusal is not None:
-                    raise refusal
+                if self._size > self._max_body:
+                    assert self._request is not None
+                    raise _too_large(self._size, self._max_body, self._request, declared=False)
                 self._body.append(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
                 request, self._request = self._request, None
@@ -373,10 +373,8 @@ class _H11Parser:
                     upgrade = b"?"
             elif name == b"expect":
                 request.expects_continue = value.lower() == b"100-continue"
-            elif name == b"content-length":
-                refusal = _too_large(int(value), self._max_body, request, declared=True)
-                if refusal is not None:
-                    raise refusal
+            elif name == b"content-length" and int(value) > self._max_body:
+                raise _too_large(int(value), self._max_body, request, declared=True)
         if upgrade:
             for name, value in request.headers:
                 if name == b"upgrade":
