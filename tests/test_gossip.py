@@ -26,12 +26,14 @@ NAMES = ["a:1", "b:1", "c:1"]
 
 @asynccontextmanager
 async def three_nodes(network: Network) -> AsyncIterator[list[MemoryNode]]:
-    """a alone, b joining through a, c through b (it learns of a by gossip)."""
+    """a alone, b joining through a, c through b (it learns of a by gossip); yields
+    once all three place on all three."""
     async with AsyncExitStack() as stack:
         nodes = []
         for name, peers in zip(NAMES, [(), ("a:1",), ("b:1",)], strict=True):
             node = memory_node(network, name, create_counter, peers=peers, **SETTINGS)
             nodes.append(await stack.enter_async_context(node))
+        await until_placement(nodes, tuple(NAMES))
         yield nodes
 
 
@@ -47,7 +49,6 @@ async def test_nodes_joining_through_different_peers_all_see_each_other(
 ) -> None:
     with trio.fail_after(BOUND):
         async with three_nodes(Network()) as nodes:
-            await until_placement(nodes, tuple(NAMES))
             started = trio.current_time()
             await trio.sleep(100)  # a hundred heartbeat rounds change nothing
             assert all(n.router.membership.placement() == tuple(NAMES) for n in nodes)
@@ -60,7 +61,6 @@ async def test_a_peer_that_stops_answering_leaves_placement_after_its_misses(
     network = Network()
     with trio.fail_after(BOUND):
         async with three_nodes(network) as nodes:
-            await until_placement(nodes, tuple(NAMES))
             hung_at = trio.current_time()
             network.hung.add("c:1")
             await until_placement(nodes[:2], ("a:1", "b:1"))
@@ -78,7 +78,6 @@ async def test_a_peer_that_refuses_a_call_is_out_at_once(
     network = Network()
     with trio.fail_after(BOUND):
         async with three_nodes(network) as nodes:
-            await until_placement(nodes, tuple(NAMES))
             network.refusing.add("c:1")
             refused_at = trio.current_time()
             owned = next(f"x{i}" for i in range(1000) if placement.owner(f"x{i}", NAMES) == "c:1")
@@ -97,7 +96,6 @@ async def test_calls_run_on_their_owners_once_each(
 ) -> None:
     with trio.fail_after(BOUND):
         async with three_nodes(Network()) as nodes:
-            await until_placement(nodes, tuple(NAMES))
             ids = [f"id{i}" for i in range(60)]
             for i, actor_id in enumerate(ids):
                 entry = nodes[i % 3]

@@ -44,7 +44,7 @@ def test_a_broken_envelope_is_refused_as_documented(envelope: bytes, error: type
         wire.decode_call(envelope)
 
 
-@settings(max_examples=500, derandomize=True)
+@settings(max_examples=200, derandomize=True)
 @given(st.binary(max_size=200) | st.from_regex(rb'\{"id": .{0,20}, "method": .{0,20}\}'))
 def test_any_bytes_decode_or_raise_the_documented_errors(envelope: bytes) -> None:
     target = wire.call_target(envelope)
@@ -71,7 +71,7 @@ def test_frames_split_at_their_boundaries_only() -> None:
     assert wire.decode_answer(b"\x00") is None
 
 
-@settings(max_examples=500, derandomize=True)
+@settings(max_examples=200, derandomize=True)
 @given(st.binary(max_size=100))
 def test_any_bytes_split_into_frames_or_raise_bad_frame(data: bytes) -> None:
     buffer = bytearray(data)
