@@ -22,7 +22,7 @@ import trio
 from ..errors import Forbidden, TowtruckError, Unauthorized
 from .wire import CLUSTER_KEY_HEADER
 
-__all__ = ["check_cluster_key", "key_headers"]
+__all__ = ["KeyRefusals", "check_cluster_key", "key_headers"]
 
 _HEADER: Final = CLUSTER_KEY_HEADER.encode()
 _COMPLAINT_SECONDS: Final = 10.0
@@ -88,3 +88,32 @@ def _refused(error: TowtruckError, source: str) -> TowtruckError:
 def key_headers(key: str | None) -> dict[str, str]:
     """The headers a node sends to its peers: the key, if one is set."""
     return {CLUSTER_KEY_HEADER: key} if key is not None else {}
+
+
+class KeyRefusals:
+    """The peers whose last answer refused this node's cluster key (401 or 403: the
+    keys differ), and why. Each refusal is logged, loudly and again while it lasts, at
+    most every ``_COMPLAINT_SECONDS`` per peer."""
+
+    def __init__(self) -> None:
+        #: The refusal, by peer, as ``"403 Forbidden: ..."``.
+        self.why: dict[str, str] = {}
+        self._complained: dict[str, float] = {}
+
+    def refused(self, peer: str, exc: TowtruckError) -> None:
+        """``peer`` refused this node's key with ``exc``."""
+        why = f"{exc.status} {type(exc).__name__}: {exc.message}"
+        self.why[peer] = why
+        now = trio.current_time()
+        if now - self._complained.get(peer, -math.inf) >= _COMPLAINT_SECONDS:
+            self._complained[peer] = now
+            logger.error(
+                "%s refused this node's cluster key (%s): this node's cluster key does"
+                " not match; give every node of the cluster the same --cluster-key",
+                peer,
+                why,
+            )
+
+    def cleared(self, peer: str) -> None:
+        """``peer`` answered: whatever it refused before, it takes the key now."""
+        self.why.pop(peer, None)

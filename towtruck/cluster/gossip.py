@@ -14,16 +14,13 @@ heartbeats, the owner finds them through the last filter the node served.
 
 from __future__ import annotations
 
-import enum
 import logging
-import math
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import Any, Final
 
 import trio
 
-from ..activation import DeactivationReason
 from ..catalog import Catalog
 from ..errors import (
     CallTimeout,
@@ -36,8 +33,10 @@ from ..errors import (
     Unauthorized,
 )
 from ..settings import Settings
-from . import placement, wire
+from . import wire
+from .credentials import KeyRefusals
 from .directory import Directory, PeerClient
+from .duplicates import Duplicates, give_up
 from .membership import Membership, MemberState
 
 __all__ = ["Gossip"]
@@ -46,16 +45,6 @@ logger = logging.getLogger("towtruck.cluster")
 
 # Rounds of settling at most before a node goes on with the view it has.
 _SETTLE_ROUNDS: Final = 5
-# The same complaint about a peer's cluster key is logged at most this often.
-_KEY_COMPLAINT_SECONDS: Final = 10.0
-
-
-class _Duplicates(enum.Enum):
-    """Which activations a node gives up when it finds an actor active elsewhere too."""
-
-    NONE = "none"  #: no check is due
-    PLACEMENT = "placement"  #: nodes joined: the copy where placement prefers stays
-    ALL = "all"  #: it was taken for down: the copies activated meanwhile elsewhere stay
 
 
 class Gossip:
@@ -93,14 +82,13 @@ class Gossip:
         self._settled = trio.Event()  # set once the view is settled: see the module doc
         self._settle_due = trio.Event()
         self._bloom_due = trio.Event()
-        self._duplicates_due = _Duplicates.NONE
+        self._duplicates_due = Duplicates.NONE
         # The joined peers as of the last settling (see _settle).
         self._joined_seen: frozenset[str] = frozenset()
         # Per peer: how many times it said it took this node for down, as last heard.
         self._downs_heard: dict[str, int] = {}
-        # Peers whose last answer refused this node's cluster key, with the refusal.
-        self._key_refused: dict[str, str] = {}
-        self._key_complained: dict[str, float] = {}
+        # Peers whose last answer refused this node's cluster key.
+        self._key_refusals = KeyRefusals()
         self._left = False
         self._settle_extra: set[str] = set()
         # A node down this long is forgotten (it rejoins like a new one), and so is
@@ -156,14 +144,14 @@ class Gossip:
         for peer in seeds:
             self.membership.add(peer, placed=False)  # placed once it answers
         await self._push(self.membership.peers())
-        if seeds and all(peer in self._key_refused for peer in seeds):
-            refusals = ", ".join(f"{peer} ({self._key_refused[peer]})" for peer in seeds)
+        if seeds and all(peer in self._key_refusals.why for peer in seeds):
+            refusals = ", ".join(f"{peer} ({self._key_refusals.why[peer]})" for peer in seeds)
             raise SettingsError(
                 f"--cluster-key: every peer refused this node's cluster key: {refusals};"
                 " give every node of the cluster the same key"
             )
         for peer in self.membership.peers(MemberState.DOWN):
-            if peer not in self._key_refused:
+            if peer not in self._key_refusals.why:
                 logger.warning("could not join through %s yet; will keep trying", peer)
         await self._settle()
 
@@ -292,7 +280,7 @@ class Gossip:
         if joined - self._joined_seen:
             # Nodes joined (this node added back, two clusters merged): while apart, an
             # id may have been activated on both sides. One activation stays.
-            await self._give_up_duplicates(_Duplicates.PLACEMENT, among=joined - self._joined_seen)
+            await self._give_up_duplicates(Duplicates.PLACEMENT, among=joined - self._joined_seen)
         self._joined_seen = joined
         self._settled.set()
 
@@ -318,7 +306,7 @@ class Gossip:
                     " elsewhere meanwhile",
                     stalled,
                 )
-                self._duplicates_due = _Duplicates.ALL
+                self._duplicates_due = Duplicates.ALL
                 self._bloom_due.set()
             last = started
             async with trio.open_nursery() as nursery:
@@ -340,7 +328,7 @@ class Gossip:
                 reply = await self._peers.post(peer, "/cluster/heartbeat", self._hello(peer))
         except (TowtruckError, trio.TooSlowError) as exc:
             if isinstance(exc, (Unauthorized, Forbidden)):
-                self._refused_key(peer, exc)
+                self._key_refusals.refused(peer, exc)
             if self.membership.missed(peer):
                 self._taken_out(peer, f"missed {self.membership.misses_allowed} heartbeats")
             return
@@ -373,7 +361,7 @@ class Gossip:
         ``127.0.0.1:8080``) is taken out: one node must have one name, or placement
         would count it twice and send calls round in circles."""
         name = wire.hello_name(peer, reply)
-        self._key_refused.pop(peer, None)
+        self._key_refusals.cleared(peer)
         if name != peer and self.membership.state(peer) in (MemberState.ALIVE, MemberState.DOWN):
             self.membership.remove(peer)  # a tombstone, so that no peer gossips it back
         if self.membership.merge(wire.hello_records(reply)):
@@ -398,77 +386,27 @@ class Gossip:
                 "%s took this node for down meanwhile: looking for its actors activated elsewhere",
                 peer,
             )
-            self._duplicates_due = _Duplicates.ALL
+            self._duplicates_due = Duplicates.ALL
             self._bloom_due.set()
-
-    def _refused_key(self, peer: str, exc: TowtruckError) -> None:
-        """``peer`` answered 401 or 403: the cluster keys differ. Say so, loudly and
-        again while it lasts (at most every ``_KEY_COMPLAINT_SECONDS`` per peer)."""
-        why = f"{exc.status} {type(exc).__name__}: {exc.message}"
-        self._key_refused[peer] = why
-        now = trio.current_time()
-        if now - self._key_complained.get(peer, -math.inf) >= _KEY_COMPLAINT_SECONDS:
-            self._key_complained[peer] = now
-            logger.error(
-                "%s refused this node's cluster key (%s): this node's cluster key does"
-                " not match; give every node of the cluster the same --cluster-key",
-                peer,
-                why,
-            )
 
     async def _refresh_filters_periodically(self) -> None:
         while True:
             with trio.move_on_after(self._bloom_interval):
                 await self._bloom_due.wait()
             self._bloom_due = trio.Event()
-            if self._duplicates_due is not _Duplicates.NONE:
-                due, self._duplicates_due = self._duplicates_due, _Duplicates.NONE
+            if self._duplicates_due is not Duplicates.NONE:
+                due, self._duplicates_due = self._duplicates_due, Duplicates.NONE
                 await self._give_up_duplicates(due)  # fetches the filters itself, fresh
             else:
                 await self.directory.refresh()
             await self.directory.maintain()
 
     async def _give_up_duplicates(
-        self, which: _Duplicates = _Duplicates.ALL, among: frozenset[str] | None = None
+        self, which: Duplicates = Duplicates.ALL, among: frozenset[str] | None = None
     ) -> None:
-        """Deactivate the actors here that a peer holds too.
-
-        ``ALL``, after this node was taken for down: meanwhile its peers activated the
-        ids it owned afresh when they were called; those activations have served every
-        call since, so they are the ones to keep (Orleans has a node declared dead
-        restart, for the same reason). Ids that nobody called meanwhile stay here.
-        It fetches the peers' filters first.
-
-        ``PLACEMENT``, when the peers ``among`` joined (this node settling, its filters
-        just fetched): each node keeps its copy only if placement prefers it to the
-        peer's (the higher rendezvous score), so every node reaches the same verdict
-        and one copy stays.
-        """
-        if which is _Duplicates.ALL:
-            await self.directory.refresh(fresh=True)
-            duplicates = await self.directory.duplicates()
-        else:
-            joined = among or frozenset()
-            duplicates = await self.directory.duplicates(
-                yield_to=lambda actor_id, peer: peer in joined and self._prefers(actor_id, peer)
-            )
-        for actor_id in duplicates:
-            activation = self._catalog.get(actor_id)
-            if activation is not None:
-                activation.request_deactivation(DeactivationReason.DUPLICATE)
-        if duplicates:
-            logger.warning(
-                "gave up %d actors active on another node too (%s)",
-                len(duplicates),
-                "activated there while this node was taken for down"
-                if which is _Duplicates.ALL
-                else "the cluster's views came together",
-            )
-
-    def _prefers(self, actor_id: str, peer: str) -> bool:
-        """Whether placement prefers ``peer`` to this node for ``actor_id``."""
-        mine = (placement.score(self.me, actor_id), self.me)
-        return (placement.score(peer, actor_id), peer) > mine
+        """Deactivate the actors here that a peer holds too (see
+        :func:`~towtruck.cluster.duplicates.give_up`)."""
+        await give_up(self.me, self._catalog, self.directory, which, among)
 
     def _hello(self, peer: str | None = None) -> dict[str, Any]:
         """A heartbeat, to ``peer`` (or the answer to one): this node's name and view,
