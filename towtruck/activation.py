@@ -47,15 +47,22 @@ import outcome
 import trio
 
 from . import codec, failures
-from .calls import Call, CallContext, Mailbox, current_context
+from .calls import (
+    Call,
+    CallContext,
+    Mailbox,
+    backlogged,
+    cancelled,
+    current_context,
+    interrupted,
+    late,
+    stopped,
+)
 from .errors import (
     ActorError,
-    Backlogged,
-    CallInterrupted,
     CallTimeout,
     MailboxFull,
     MethodNotFound,
-    NodeStopping,
     ResultNotJSON,
     TowtruckError,
 )
@@ -186,7 +193,7 @@ class Activation:
                 mailbox.turn
                 and mailbox.start_of(len(mailbox), self._catalog.now()) >= context.deadline
             ):
-                raise self._backlogged(mailbox, method.name)
+                raise backlogged(self.id, method.name, mailbox)
         call = Call(method, data, context)
         mailbox.append(call)
         self._catalog.call_queued()
@@ -214,7 +221,7 @@ class Activation:
         """
         started = self._catalog.now()
         if started >= context.deadline:  # nothing may run past its deadline
-            raise self._late_error(method.name)
+            raise late(self.id, method.name)
         catalog = self._catalog
         self.running = True
         catalog.turn_began()
@@ -308,7 +315,7 @@ class Activation:
                         mailbox.measured(now - begun)
                         begun = None
                     if now >= call.context.deadline:
-                        call.reply.set(outcome.Error(self._late_error(call.method.name)))
+                        call.reply.set(outcome.Error(late(self.id, call.method.name)))
                         continue
                     mailbox.started = begun = now
                     if mailbox and mailbox.turn:
@@ -320,7 +327,7 @@ class Activation:
                         if isinstance(exc, CallTimeout):
                             begun = None  # cut at its deadline: tells nothing of turns
                     except BaseException:  # cancelled: the node is stopping
-                        call.reply.set(outcome.Error(self._interrupted_error()))
+                        call.reply.set(outcome.Error(interrupted(self.id)))
                         raise
                     else:
                         call.reply.set(outcome.Value(result))
@@ -334,7 +341,7 @@ class Activation:
             self.running = False
             self._catalog.turn_ended()
             if self.mailbox:
-                self._fail_waiting(self._stopped_error())
+                self._fail_waiting(stopped(self.id))
             self.mailbox = None
 
     def _shed(self, mailbox: Mailbox, now: float) -> None:
@@ -348,18 +355,7 @@ class Activation:
                 return
             mailbox.pop()
             self._catalog.call_unqueued()
-            call.reply.set(outcome.Error(self._backlogged(mailbox, call.method.name)))
-
-    def _backlogged(self, mailbox: Mailbox, method: str) -> Backlogged:
-        return Backlogged(
-            f"actor {self.id!r} has {len(mailbox)} calls waiting, at about"
-            f" {mailbox.turn:.3g} s a turn: this call to {method!r} could not start"
-            " before its deadline",
-            actor=self.id,
-            method=method,
-            waiting=len(mailbox),
-            turn=round(mailbox.turn, 6),
-        )
+            call.reply.set(outcome.Error(backlogged(self.id, call.method.name, mailbox)))
 
     async def _execute(
         self, method: Method, data: Any, context: CallContext, *, here: bool = False
@@ -397,7 +393,7 @@ class Activation:
                     if here:
                         self._catalog.turns_here.discard(scope)
                 if scope.cancelled_caught:
-                    raise self._cancelled_error(method.name, context)
+                    raise cancelled(self.id, method.name, context.deadline)
         except (TowtruckError, trio.Cancelled):
             raise
         except BaseException as exc:
@@ -408,15 +404,6 @@ class Activation:
             return codec.dumps(result)
         except TypeError:
             raise self._not_json(method.name, result) from None
-
-    def _cancelled_error(self, method: str, context: CallContext) -> TowtruckError:
-        if trio.current_time() < context.deadline:
-            return self._interrupted_error()
-        return CallTimeout(
-            f"{method!r} on actor {self.id!r} was cancelled at the call's deadline",
-            actor=self.id,
-            method=method,
-        )
 
     async def _activate(self) -> bool:
         activate = hook(self.instance, "activate")
@@ -482,21 +469,6 @@ class Activation:
         self._catalog.forget(self)
         if self._gone is not None:
             self._gone.set()
-
-    def _late_error(self, method: str) -> CallTimeout:
-        return CallTimeout(
-            f"call to {method!r} on actor {self.id!r} reached its deadline before it ran",
-            actor=self.id,
-            method=method,
-        )
-
-    def _interrupted_error(self) -> CallInterrupted:
-        return CallInterrupted(
-            f"the node stopped while actor {self.id!r} was running this call", actor=self.id
-        )
-
-    def _stopped_error(self) -> NodeStopping:
-        return NodeStopping(f"the node stopped before actor {self.id!r} answered", actor=self.id)
 
     def _fail_waiting(self, error: TowtruckError) -> None:
         """Fail every call waiting, each with a copy of ``error`` (one exception raised

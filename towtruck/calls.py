@@ -18,9 +18,21 @@ from typing import Any, Final
 import outcome
 import trio
 
+from .errors import Backlogged, CallInterrupted, CallTimeout, NodeStopping
 from .methods import Method
 
-__all__ = ["Call", "CallContext", "Mailbox", "Reply", "current_context"]
+__all__ = [
+    "Call",
+    "CallContext",
+    "Mailbox",
+    "Reply",
+    "backlogged",
+    "cancelled",
+    "current_context",
+    "interrupted",
+    "late",
+    "stopped",
+]
 
 # How much of each new turn's duration goes into the moving average: enough to follow
 # an actor that slows down within a few turns, little enough that one odd turn does
@@ -152,3 +164,52 @@ class Mailbox(deque[Call]):
         keep taking :attr:`turn`: after the rest of the running turn and those ahead."""
         turn = self.turn
         return max(now, self.started + turn) + position * turn
+
+
+# What a call to an actor fails with when the actor's code is not at fault, worded once.
+
+
+def late(actor: str, method: str) -> CallTimeout:
+    """The call reached its deadline before its turn began."""
+    return CallTimeout(
+        f"call to {method!r} on actor {actor!r} reached its deadline before it ran",
+        actor=actor,
+        method=method,
+    )
+
+
+def backlogged(actor: str, method: str, mailbox: Mailbox) -> Backlogged:
+    """The call would not start before its deadline, given the calls waiting in
+    ``mailbox`` and how long the actor's turns take."""
+    return Backlogged(
+        f"actor {actor!r} has {len(mailbox)} calls waiting, at about"
+        f" {mailbox.turn:.3g} s a turn: this call to {method!r} could not start"
+        " before its deadline",
+        actor=actor,
+        method=method,
+        waiting=len(mailbox),
+        turn=round(mailbox.turn, 6),
+    )
+
+
+def interrupted(actor: str) -> CallInterrupted:
+    """The node stopped while the call's turn ran."""
+    return CallInterrupted(
+        f"the node stopped while actor {actor!r} was running this call", actor=actor
+    )
+
+
+def stopped(actor: str) -> NodeStopping:
+    """The node stopped before the call's turn began."""
+    return NodeStopping(f"the node stopped before actor {actor!r} answered", actor=actor)
+
+
+def cancelled(actor: str, method: str, deadline: float) -> CallTimeout | CallInterrupted:
+    """The call's turn was cancelled: at its deadline, or because the node stopped."""
+    if trio.current_time() < deadline:
+        return interrupted(actor)
+    return CallTimeout(
+        f"{method!r} on actor {actor!r} was cancelled at the call's deadline",
+        actor=actor,
+        method=method,
+    )
