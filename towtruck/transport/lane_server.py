@@ -62,7 +62,7 @@ async def serve_lane(
         nonlocal running, idle
         try:
             status, body = await answer(envelope)
-            if len(body) + 2 > wire.MAX_FRAME:  # the runtime refuses them first
+            if len(body) > MAX_ANSWER:  # the runtime refuses them first
                 status, body = _too_large(len(body))
             writer.send(wire.answer_frame(number, status, body), alone=running == 1)
         finally:
