@@ -16,6 +16,7 @@ def test_all_is_sorted_and_complete() -> None:
 def test_public_api() -> None:
     assert towtruck.__all__ == [
         "ActivationState",
+        "ActorContext",
         "ActorError",
         "Address",
         "App",
@@ -45,6 +46,7 @@ def test_public_api() -> None:
         "Overloaded",
         "PayloadTooLarge",
         "PeerUnavailable",
+        "PersistentState",
         "ResultNotJSON",
         "ResultTooLarge",
         "RouteNotFound",
@@ -52,6 +54,8 @@ def test_public_api() -> None:
         "RuntimeStatistics",
         "Settings",
         "SettingsError",
+        "StateConflict",
+        "StoreUnavailable",
         "TowtruckError",
         "Unauthorized",
         "Unavailable",

@@ -12,7 +12,18 @@ PACKAGE = Path(__file__).resolve().parent.parent / "towtruck"
 #: Lowest first. A top-level module by name; a subpackage by its folder.
 LAYERS = [
     {"errors", "settings", "ids", "codec"},
-    {"methods", "calls", "activation", "catalog", "client", "runtime", "failures", "watchdog"},
+    {"storage"},
+    {
+        "methods",
+        "calls",
+        "activation",
+        "catalog",
+        "client",
+        "runtime",
+        "failures",
+        "watchdog",
+        "state",
+    },
     {"cluster"},
     {"transport"},
     {"server"},

@@ -1,6 +1,7 @@
 """towtruck: a virtual actor runtime for Python on trio.
 
-Write one factory, ``create_actor(id, client)``; towtruck activates an actor the first
+Write one factory, ``create_actor(id, client)`` (or ``create_actor(id, client, context)``
+for actors that keep persistent state); towtruck activates an actor the first
 time its id is called, runs its calls one turn at a time, and collects it when idle.
 
 The public API is what this module exports. Names are re-exported as
@@ -39,6 +40,8 @@ from .errors import ResultNotJSON as ResultNotJSON
 from .errors import ResultTooLarge as ResultTooLarge
 from .errors import RouteNotFound as RouteNotFound
 from .errors import SettingsError as SettingsError
+from .errors import StateConflict as StateConflict
+from .errors import StoreUnavailable as StoreUnavailable
 from .errors import TowtruckError as TowtruckError
 from .errors import Unauthorized as Unauthorized
 from .errors import Unavailable as Unavailable
@@ -52,12 +55,15 @@ from .runtime import RuntimeStatistics as RuntimeStatistics
 from .runtime import open_runtime as open_runtime
 from .server.app import App as App
 from .settings import Settings as Settings
+from .state import ActorContext as ActorContext
+from .state import PersistentState as PersistentState
 from .testing import Cluster as Cluster
 from .testing import ClusterClient as ClusterClient
 from .testing import cluster as cluster
 
 __all__ = [
     "ActivationState",
+    "ActorContext",
     "ActorError",
     "Address",
     "App",
@@ -87,6 +93,7 @@ __all__ = [
     "Overloaded",
     "PayloadTooLarge",
     "PeerUnavailable",
+    "PersistentState",
     "ResultNotJSON",
     "ResultTooLarge",
     "RouteNotFound",
@@ -94,6 +101,8 @@ __all__ = [
     "RuntimeStatistics",
     "Settings",
     "SettingsError",
+    "StateConflict",
+    "StoreUnavailable",
     "TowtruckError",
     "Unauthorized",
     "Unavailable",

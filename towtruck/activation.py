@@ -64,6 +64,8 @@ from .errors import (
     MailboxFull,
     MethodNotFound,
     ResultNotJSON,
+    StateConflict,
+    StoreUnavailable,
     TowtruckError,
 )
 from .methods import Method, hook
@@ -72,6 +74,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from .catalog import Catalog
+    from .state import ActorContext
 
 __all__ = ["Activation", "ActivationState", "DeactivationReason"]
 
@@ -99,6 +102,7 @@ class DeactivationReason(enum.Enum):
     SHUTDOWN = "shutdown"  #: the node is stopping
     FAILED = "failed"  #: ``activate`` raised or timed out
     DUPLICATE = "duplicate"  #: activated on another node while this one was stalled
+    SUPERSEDED = "superseded"  #: a newer activation claimed its state (or a write was cut off)
 
 
 class Activation:
@@ -115,6 +119,7 @@ class Activation:
     __slots__ = (
         "_catalog",
         "_gone",
+        "context",
         "id",
         "instance",
         "mailbox",
@@ -138,6 +143,8 @@ class Activation:
         self.mailbox: Mailbox | None = None
         self._catalog = catalog
         self._gone: trio.Event | None = None
+        #: The actor's context, if it keeps persistent state (see :mod:`towtruck.state`).
+        self.context: ActorContext | None = None
 
     def __repr__(self) -> str:
         return f"<Activation {self.id!r} {self.state.value}>"
@@ -360,6 +367,59 @@ class Activation:
     async def _execute(
         self, method: Method, data: Any, context: CallContext, *, here: bool = False
     ) -> bytes:
+        """Run one method (see :meth:`_run_method`), and for an actor that keeps
+        persistent state, end its turn: save what autosaves, drop the activation if a
+        newer one has claimed the actor."""
+        if self.context is None:
+            return await self._run_method(method, data, context, here)
+        return await self._run_persistent(method, data, context, here)
+
+    async def _run_persistent(
+        self, method: Method, data: Any, context: CallContext, here: bool
+    ) -> bytes:
+        states = self.context
+        assert states is not None
+        try:
+            answer = await self._run_method(method, data, context, here)
+        except BaseException as exc:
+            states.turn_failed()
+            self._drop_if_superseded(states, exc)
+            raise
+        try:
+            with trio.CancelScope(deadline=context.deadline, shield=here) as scope:
+                await states.turn_ended()
+        except TypeError as exc:
+            states.turn_failed()
+            raise self._actor_error(method.name, exc) from exc
+        except BaseException as exc:
+            states.turn_failed()
+            self._drop_if_superseded(states, exc)
+            raise
+        self._drop_if_superseded(states)
+        if scope.cancelled_caught:
+            raise cancelled(self.id, method.name, context.deadline)
+        return answer
+
+    def _drop_if_superseded(
+        self, states: ActorContext, raised: BaseException | None = None
+    ) -> None:
+        """Drop this activation at once, without ``deactivate``, if its state can no
+        longer be trusted: a newer activation claimed the actor, or a write was cut off
+        (its outcome unknown). The calls waiting fail; so does the turn's call, with
+        :class:`StateConflict` in the first case (whatever the method made of it)."""
+        trouble = states.trouble
+        if trouble is None:
+            return
+        if self.state is not ActivationState.INVALID:
+            self.reason = DeactivationReason.SUPERSEDED
+            self._fail_waiting(trouble)
+            self._finish()
+        if isinstance(trouble, StateConflict) and not isinstance(raised, trio.Cancelled):
+            raise copy.copy(trouble) from None
+
+    async def _run_method(
+        self, method: Method, data: Any, context: CallContext, here: bool
+    ) -> bytes:
         """Run one method within the call's context and deadline: its result as JSON.
         ``here``: in the caller's task, shielded from the caller's cancellation.
 
@@ -410,11 +470,16 @@ class Activation:
         deadline = trio.current_time() + self._catalog.call_timeout
         token = current_context.set(CallContext((self.id,), deadline))
         try:
-            if activate is not None:
-                with trio.fail_after(self._catalog.call_timeout):
+            with trio.fail_after(self._catalog.call_timeout):
+                if self.context is not None:
+                    await self.context.claim()
+                if activate is not None:
                     result = activate()
                     if inspect.isawaitable(result):
                         await result
+        except (StateConflict, StoreUnavailable) as exc:
+            self._activation_failed(exc)
+            return False
         except trio.TooSlowError:
             self._activation_failed(
                 CallTimeout(
@@ -432,6 +497,9 @@ class Activation:
             return False
         finally:
             current_context.reset(token)
+        if self.context is not None and self.context.trouble is not None:
+            self._activation_failed(copy.copy(self.context.trouble))  # (activate wrote)
+            return False
         if self.state is ActivationState.ACTIVATING:
             self.state = ActivationState.VALID
         return True
@@ -477,6 +545,8 @@ class Activation:
         for call in mailbox or ():
             self._catalog.call_unqueued()
             call.reply.set(outcome.Error(copy.copy(error)))
+        if mailbox:
+            mailbox.clear()
 
     def _own_failure(self, method: str, exc: BaseException) -> BaseException:
         """Log the part of ``exc`` that is the actor code's own failure and return it;

@@ -29,6 +29,7 @@ from .errors import ActorError, MethodNotFound, NodeStopping, NotActive, Overloa
 from .failures import FailureLog
 from .methods import hook, is_public, methods_of
 from .settings import Settings
+from .state import ActorContext, StoreOpener, takes_context
 
 if TYPE_CHECKING:
     from .calls import CallContext
@@ -36,8 +37,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Catalog", "CatalogObserver", "CatalogStatistics", "Factory"]
 
-#: ``create_actor(id, client)``: builds the object (or mapping) for an actor id.
-Factory = Callable[[str, "Client"], object]
+#: ``create_actor(id, client)`` or ``create_actor(id, client, context)``: builds the
+#: object (or mapping) for an actor id; the context is a :class:`~towtruck.ActorContext`.
+Factory = Callable[..., object]
 
 # Actors with a ``deactivate`` hook are deactivated this many at a time, so that
 # collecting a million of them never means a million tasks at once.
@@ -83,15 +85,20 @@ class Catalog:
     """The actor table of one node.
 
     Args:
-        factory: ``create_actor(id, client)``.
+        factory: ``create_actor(id, client)``, or ``(id, client, context)``.
         client: Handed to every actor the factory builds.
         settings: ``max_actors``, ``max_inactivity``, ``mailbox_size`` and
             ``call_timeout`` are read from it.
+        store: Where actors keep persistent state (opened on first use).
     """
 
-    def __init__(self, factory: Factory, client: Client, settings: Settings) -> None:
+    def __init__(
+        self, factory: Factory, client: Client, settings: Settings, store: StoreOpener
+    ) -> None:
         self._factory = factory
+        self._takes_context = takes_context(factory)
         self._client = client
+        self.store = store
         self._table: OrderedDict[str, Activation] = OrderedDict()
         self._nursery: trio.Nursery | None = None
         self._accepting = True
@@ -179,7 +186,11 @@ class Catalog:
         if activation is None or not activation.idle:
             return False
         found = activation.methods.get(method)
-        return found is not None and not found.may_suspend
+        return (
+            found is not None
+            and not found.may_suspend
+            and (activation.context is None or not activation.context.autosaves)
+        )
 
     def statistics(self) -> CatalogStatistics:
         """Counts describing the table now. Not a checkpoint."""
@@ -238,8 +249,13 @@ class Catalog:
             raise NodeStopping("the node is stopping and activates no new actors", actor=actor_id)
         if len(self._table) - self._leaving >= self.max_actors:
             self._make_room(actor_id)
+        context = None
         try:
-            instance = self._factory(actor_id, self._client)
+            if self._takes_context:
+                context = ActorContext(actor_id, self._client, self.store)
+                instance = self._factory(actor_id, self._client, context)
+            else:
+                instance = self._factory(actor_id, self._client)
             if inspect.isawaitable(instance):
                 raise TypeError("create_actor returned an awaitable: it must be a plain def")
             methods = methods_of(instance)
@@ -259,11 +275,13 @@ class Catalog:
             )
             raise error from exc
         activation = Activation(actor_id, instance, methods, self)
+        if context is not None and context.keeps_state:
+            activation.context = context
         self._table[actor_id] = activation
         self._activations += 1
         if self.observer is not None:
             self.observer.activated(actor_id)
-        if hook(instance, "activate") is not None:
+        if activation.context is not None or hook(instance, "activate") is not None:
             activation.state = ActivationState.ACTIVATING
             activation._start()
         return activation

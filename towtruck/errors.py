@@ -17,6 +17,7 @@ The whole tree::
     ├── Forbidden                 403: a cluster route, called with a wrong cluster key
     ├── MethodNotAllowed          405: the route exists, but not for that HTTP verb
     ├── PayloadTooLarge           413: the body is larger than ``max_body``
+    ├── StateConflict             409: a newer activation of the actor claimed its state
     ├── ActorError                500: the actor's own code raised
     │   ├── ResultNotJSON         the method returned a value JSON cannot carry
     │   └── ResultTooLarge        the method's answer is too large to send (over 64 MiB)
@@ -27,7 +28,8 @@ The whole tree::
     │   ├── Backlogged            the actor's waiting calls would not let this one start in time
     │   ├── Overloaded            a limit is reached: ``max_actors`` (none idle), ``max_in_flight``
     │   ├── NodeStopping          the node is shutting down and takes no new calls
-    │   └── PeerUnavailable       the node that owns the actor did not answer
+    │   ├── PeerUnavailable       the node that owns the actor did not answer
+    │   └── StoreUnavailable      the state store failed or timed out: nothing was written
     ├── CallTimeout               504: no answer within the call's deadline
     └── ForwardingLoop            508: the call was forwarded too many times
 
@@ -69,6 +71,8 @@ __all__ = [
     "ResultTooLarge",
     "RouteNotFound",
     "SettingsError",
+    "StateConflict",
+    "StoreUnavailable",
     "TowtruckError",
     "Unauthorized",
     "Unavailable",
@@ -165,6 +169,13 @@ class PayloadTooLarge(TowtruckError):
     """The request body is larger than ``max_body``."""
 
 
+class StateConflict(TowtruckError):
+    """A newer activation of the actor has claimed its state (see
+    :mod:`towtruck.storage`): this activation's write was refused, nothing of it was
+    stored, and the activation is gone. The next call activates the actor afresh
+    with the newer state, so the call may be retried."""
+
+
 class ActorError(TowtruckError):
     """The actor's own code raised.
 
@@ -229,6 +240,12 @@ class PeerUnavailable(Unavailable):
     """The node that owns the actor did not answer."""
 
 
+class StoreUnavailable(Unavailable):
+    """The state store failed or did not answer in time: the read did not happen or
+    the write did not commit, and the actor's memory is as the store has it. The call
+    may be retried."""
+
+
 class CallTimeout(TowtruckError):
     """No answer came within the call's deadline."""
 
@@ -256,6 +273,7 @@ STATUS: dict[type[TowtruckError], int] = {
     NotActive: 404,
     MethodNotAllowed: 405,
     PayloadTooLarge: 413,
+    StateConflict: 409,
     ActorError: 500,
     ResultNotJSON: 500,
     ResultTooLarge: 500,
@@ -267,6 +285,7 @@ STATUS: dict[type[TowtruckError], int] = {
     Overloaded: 503,
     NodeStopping: 503,
     PeerUnavailable: 503,
+    StoreUnavailable: 503,
     CallTimeout: 504,
     ForwardingLoop: 508,
 }

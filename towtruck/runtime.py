@@ -24,6 +24,7 @@ from .catalog import Catalog, CatalogStatistics, Factory
 from .client import Client
 from .errors import NodeStopping, Overloaded, ResultTooLarge, TowtruckError
 from .settings import MIB, Settings
+from .state import StoreOpener
 from .watchdog import watch_event_loop
 
 __all__ = ["MAX_ANSWER", "CallPath", "Runtime", "RuntimeStatistics", "open_runtime"]
@@ -87,7 +88,9 @@ class Runtime:
             )
         self.settings = settings
         self.client = Client(self, call_timeout=settings.call_timeout)
-        self.catalog = Catalog(create_actor, self.client, settings)
+        #: Where actors keep persistent state: opened when one first asks for it.
+        self.store = StoreOpener(settings.state_store, timeout=settings.store_timeout)
+        self.catalog = Catalog(create_actor, self.client, settings, self.store)
         #: Where calls go; a clustered node replaces it.
         self.router: CallPath = self.catalog
         self._services: list[Callable[[], Awaitable[None]]] = [
@@ -157,6 +160,9 @@ class Runtime:
                 nursery.cancel_scope.cancel()
         finally:
             self._running = False
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + self.settings.store_timeout
+                await self.store.aclose()
 
     async def wait_stopped(self) -> None:
         """Wait until the runtime has stopped (gracefully or by :meth:`abort`)."""
@@ -306,8 +312,10 @@ async def open_runtime(create_actor: Factory, **settings: Any) -> AsyncIterator[
     Args:
         create_actor: ``create_actor(id, client)``.
         **settings: :class:`~towtruck.Settings` names; the defaults fill in the rest
-            (no ``TOWTRUCK_*`` variable is read: a test decides).
+            (no ``TOWTRUCK_*`` variable is read: a test decides), but for
+            ``state_store``, ``memory:`` here.
     """
+    settings.setdefault("state_store", "memory:")
     runtime = Runtime(create_actor, Settings.load(environ={}, **settings))
     async with trio.open_nursery() as nursery:
         await nursery.start(runtime.serve)

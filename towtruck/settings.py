@@ -25,7 +25,16 @@ from typing import Any, Final
 from .errors import InvalidAddress, SettingsError
 from .ids import Address
 
-__all__ = ["BYTES", "MIB", "SECONDS", "Settings", "bind_error", "flag"]
+__all__ = [
+    "BYTES",
+    "MIB",
+    "SECONDS",
+    "STORE_SCHEMES",
+    "Settings",
+    "bind_error",
+    "check_store_url",
+    "flag",
+]
 
 logger = logging.getLogger("towtruck")
 
@@ -36,6 +45,8 @@ MIB: Final = 1024 * 1024 * BYTES
 ENV_PREFIX: Final = "TOWTRUCK_"
 #: How much ``towtruck serve`` and ``towtruck.run`` log.
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+#: The schemes of the state stores (see :mod:`towtruck.storage`).
+STORE_SCHEMES: Final = ("sqlite", "redis", "rediss", "postgresql", "postgres", "memory")
 #: What ``http_parser`` may be.
 HTTP_PARSERS: Final = ("auto", "httptools", "h11")
 
@@ -155,6 +166,19 @@ class Settings:
         "seconds",
         "A turn that holds the event loop this long (blocking code in an actor) is logged,"
         " naming its actor and method.",
+    )
+    state_store: str = _setting(
+        "sqlite:///towtruck-state.sqlite3",
+        "store_url",
+        "Where actors keep persistent state: sqlite:///path (the file is created when an"
+        " actor first asks for state), redis://host:port/db, postgresql://user@host/db, or"
+        " memory: (lost with the process; open_runtime and cluster() use it by default).",
+    )
+    store_timeout: float = _setting(
+        5 * SECONDS,
+        "seconds",
+        "How long one read or write of the state store may take; past it, the call fails"
+        " with 503 StoreUnavailable and nothing is written.",
     )
     access_log: bool = _setting(False, "flag", "Log every HTTP request (costs throughput).")
     http_parser: str = _setting(
@@ -385,6 +409,25 @@ def _http_parser(value: Any) -> str:
     raise ValueError(f"expected one of {', '.join(HTTP_PARSERS)}, got {value!r}")
 
 
+def check_store_url(value: Any) -> str:
+    """``value`` if it is a state store URL (see :mod:`towtruck.storage`).
+
+    Raises:
+        ValueError: it names no store, or an SQLite URL names no file.
+    """
+    scheme = value.partition(":")[0] if isinstance(value, str) else ""
+    if scheme not in STORE_SCHEMES:
+        raise ValueError(
+            f"expected a state store URL (sqlite:///path, redis://host:port/db,"
+            f" postgresql://user@host/db or memory:), got {value!r}"
+        )
+    if scheme == "sqlite" and not value.removeprefix("sqlite://").removeprefix("/"):
+        raise ValueError(
+            f"expected sqlite:///relative/path or sqlite:////absolute/path, got {value!r}"
+        )
+    return str(value)
+
+
 def _seconds_or_auto(value: Any) -> float | None:
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto")):
         return None
@@ -412,6 +455,7 @@ _CHECKS: Final = {
     "flag": _flag,
     "log_level": _log_level,
     "http_parser": _http_parser,
+    "store_url": check_store_url,
 }
 
 

@@ -8,6 +8,7 @@ and stops them all on the way out.
 from __future__ import annotations
 
 import itertools
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,6 +17,7 @@ import trio
 
 from .catalog import Factory
 from .node import Node, open_node
+from .storage.memory import MemoryStore, memory_store
 
 __all__ = ["Cluster", "ClusterClient", "cluster"]
 
@@ -42,6 +44,8 @@ class Cluster:
     Attributes:
         nodes: Every node started, in order, stopped ones included.
         client: Calls actors through the live nodes in turn.
+        store: The memory store the nodes share, unless they were given a
+            ``state_store`` (then None).
     """
 
     def __init__(
@@ -49,6 +53,7 @@ class Cluster:
     ) -> None:
         self.nodes: list[Node] = []
         self.client = ClusterClient(self)
+        self.store: MemoryStore | None = None
         self._create_actor = create_actor
         self._settings = settings
         self._nursery = nursery
@@ -96,11 +101,18 @@ async def cluster(create_actor: Factory, size: int = 3, **settings: Any) -> Asyn
 
     Each node is a real :func:`~towtruck.open_node` (Hypercorn on 127.0.0.1 port 0); they
     talk over real HTTP. ``settings`` apply to every node (``heartbeat_interval=0.2``
-    makes failure detection quick in tests). On the way out every live node stops
+    makes failure detection quick in tests). Unless ``state_store`` says otherwise, the
+    nodes share one memory store of their own (``memory://cluster-...``), so fencing
+    between them can be tested in one process. On the way out every live node stops
     gracefully; no task outlives the block.
     """
+    shared = None
+    if "state_store" not in settings:
+        shared = memory_store(f"cluster-{uuid.uuid4().hex}")
+        settings["state_store"] = shared.url
     async with trio.open_nursery() as nursery:
         nodes = Cluster(create_actor, settings, nursery)
+        nodes.store = shared
         try:
             for _ in range(size):
                 await nodes.add_node()

@@ -56,6 +56,7 @@ _CLUSTER_ROUTES: Final = (
     "/updateblooms",
     "/rungc",
     "/cluster/",
+    "/actors/",
 )
 
 _HTTP_ERRORS: Final[dict[int, type[TowtruckError]]] = {
@@ -135,6 +136,10 @@ def build_routes(runtime: Runtime) -> QuartTrio:
     @app.route("/query/<path:actor_id>", methods=_READ)
     async def query(actor_id: str) -> Response:
         return json_response(handlers.query(actor_id))
+
+    @app.route("/actors/<path:actor_id>/state", methods=_READ)
+    async def actor_state(actor_id: str) -> Response:
+        return json_response(await handlers.actor_state(actor_id))
 
     @app.route("/rungc", methods=_ACT)
     async def rungc() -> Response:
@@ -245,6 +250,22 @@ class Routes:
     def query(self, actor_id: str) -> dict[str, bool]:
         """``/query/{id}``: ``{"exists": true}`` if the actor is in memory here."""
         return {"exists": check_actor_id(actor_id) in self._runtime.catalog}
+
+    async def actor_state(self, actor_id: str) -> dict[str, Any]:
+        """``/actors/{id}/state``: the actor's states as the store holds them, with its
+        epoch and their etags (``epoch`` 0: never activated with persistent state)."""
+        actor_id = check_actor_id(actor_id)
+        store = await self._runtime.store.get()
+        found = await store.read(actor_id)
+        return {
+            "actor": actor_id,
+            "store": store.url,
+            "epoch": found.epoch,
+            "states": {
+                name: {"etag": stored.etag, "value": codec.loads(stored.value)}
+                for name, stored in sorted(found.states.items())
+            },
+        }
 
     async def rungc(self) -> dict[str, int]:
         """``/rungc``: run the collector now."""

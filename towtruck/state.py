@@ -1,0 +1,346 @@
+"""An actor's context and its persistent states: what a factory's third parameter gives.
+
+``create_actor(id, client, context)`` may call ``context.persistent(...)`` for each
+named state the actor keeps. Before ``activate`` runs, the activation *claims* the
+actor in the store (:mod:`towtruck.storage`): its epoch goes up by one and its states
+are loaded. Every write names that epoch and the state's etag, so once a newer
+activation has claimed the actor (on another node, after a partition or a stall), no
+write of this one lands: it fails with :class:`~towtruck.errors.StateConflict`, and the
+activation is dropped at once, without ``deactivate``, so the next call claims afresh.
+
+If the store fails (:class:`~towtruck.errors.StoreUnavailable`), nothing was written,
+and the state's value goes back to what the store holds. A write whose outcome is not
+known (its call was cancelled while the store had it) drops the activation as a
+conflict does, so the next one reads what the store holds.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from . import codec
+from .errors import StateConflict, StoreUnavailable, TowtruckError
+
+if TYPE_CHECKING:
+    from .client import Client
+    from .storage import Store, Stored
+
+__all__ = ["ActorContext", "PersistentState", "StoreOpener", "takes_context"]
+
+
+class StoreOpener:
+    """A node's state store, opened when an actor first needs it (so a node whose
+    actors keep no state never creates a file or a connection).
+
+    Args:
+        url: See :mod:`towtruck.storage`.
+        timeout: Seconds a store operation may take.
+    """
+
+    def __init__(self, url: str, *, timeout: float) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.opened: Store | None = None
+        self._lock = trio.Lock()
+
+    async def get(self) -> Store:
+        """The store, opening it on first use. A checkpoint.
+
+        Raises:
+            StoreUnavailable: it cannot be opened now (the next call tries again).
+        """
+        if self.opened is None:
+            async with self._lock:
+                if self.opened is None:
+                    from .storage import open_store
+
+                    self.opened = await open_store(self.url, timeout=self.timeout)
+        return self.opened
+
+    async def aclose(self) -> None:
+        """Close the store if it was opened."""
+        store, self.opened = self.opened, None
+        if store is not None:
+            await store.aclose()
+
+
+class ActorContext:
+    """What towtruck tells an actor about itself, beyond its id and client.
+
+    Attributes:
+        id: The actor's id.
+        client: Calls other actors (the same as the factory's second argument).
+        epoch: How many times the actor has been claimed in the store, this activation
+            included: it only ever grows, so it fences side effects the actor makes
+            elsewhere (send it along; refuse anything stamped with an older one).
+            0 until the activation has claimed, and for actors without persistent state.
+    """
+
+    __slots__ = ("_opener", "_states", "_trouble", "client", "epoch", "id")
+
+    def __init__(self, actor_id: str, client: Client, opener: StoreOpener) -> None:
+        self.id = actor_id
+        self.client = client
+        self.epoch = 0
+        self._opener = opener
+        self._states: list[PersistentState] = []
+        #: Why this activation must go (a conflict, a write of unknown outcome), or None.
+        self._trouble: TowtruckError | None = None
+
+    def __repr__(self) -> str:
+        return f"<ActorContext {self.id!r} epoch {self.epoch}>"
+
+    def persistent(
+        self, name: str = "state", default: Any = None, *, autosave: bool = False
+    ) -> PersistentState:
+        """A state the actor keeps in the store, loaded before ``activate`` runs.
+
+        Call it in the factory (or the actor's ``__init__``), once per name.
+
+        Args:
+            name: Several states per actor are allowed, each by its own name.
+            default: The value while nothing is stored: a callable (``dict``) is
+                called, anything else is deep-copied.
+            autosave: Write the state at the end of every turn that changed it (its
+                JSON compared with what was stored), and put back the stored value
+                after a turn that raised.
+
+        Raises:
+            RuntimeError: called after the actor was loaded, or twice for one name.
+        """
+        if self.epoch:
+            raise RuntimeError(
+                f"actor {self.id!r}: call context.persistent({name!r}) in create_actor or"
+                " __init__: states are loaded before activate() runs"
+            )
+        if any(state.name == name for state in self._states):
+            raise RuntimeError(f"actor {self.id!r} already has a persistent state {name!r}")
+        state = PersistentState(self, name, default, autosave)
+        self._states.append(state)
+        return state
+
+    # What the activation does with it.
+
+    @property
+    def keeps_state(self) -> bool:
+        """The actor asked for persistent state: activating it claims it."""
+        return bool(self._states)
+
+    @property
+    def autosaves(self) -> bool:
+        """A state is written at the end of turns (so turns may wait on the store)."""
+        return any(state.autosave for state in self._states)
+
+    @property
+    def trouble(self) -> TowtruckError | None:
+        """Why this activation must be dropped now, or None."""
+        return self._trouble
+
+    async def claim(self) -> None:
+        """Claim the actor and load its states. A checkpoint.
+
+        Raises:
+            StoreUnavailable: the store failed; nothing was claimed.
+            TypeError: a state's default cannot be stored as JSON.
+        """
+        store = await self._opener.get()
+        claim = await store.claim(self.id)
+        for state in self._states:
+            stored = claim.states.get(state.name)
+            state._load(stored)
+        self.epoch = claim.epoch
+
+    async def turn_ended(self) -> None:
+        """Save the autosaved states that changed. A checkpoint if any did.
+
+        Raises:
+            StateConflict, StoreUnavailable: see :meth:`PersistentState.write`.
+            TypeError: an autosaved value is no longer JSON-able.
+
+        On any of these, call :meth:`turn_failed`. States are written one by one: those
+        written before a failure stay written.
+        """
+        for state in self._states:
+            if state.autosave:
+                data = state._encode()
+                if data != state._stored:
+                    await state._save(data)
+
+    def turn_failed(self) -> None:
+        """Put back the stored values of the autosaved states after a turn that raised
+        (what the store holds: no round trip, as no other activation may have written)."""
+        for state in self._states:
+            if state.autosave:
+                state._restore()
+
+    def _fail(self, error: TowtruckError) -> None:
+        if self._trouble is None:
+            self._trouble = error
+
+    async def _store(self) -> Store:
+        if self._trouble is not None:
+            raise self._trouble
+        if not self.epoch:
+            raise RuntimeError(
+                f"actor {self.id!r}: persistent state is loaded after create_actor returns;"
+                " read or write it from activate() or a method"
+            )
+        return await self._opener.get()
+
+
+class PersistentState:
+    """One named state of an actor, kept in the store (see :meth:`ActorContext.persistent`).
+
+    Attributes:
+        name: Its name among the actor's states.
+        value: The value: change it in place or assign it, then :meth:`write`.
+        etag: What the store holds now, by version; None while nothing is stored.
+        autosave: Written at the end of every turn that changed it.
+    """
+
+    __slots__ = ("_context", "_default", "_stored", "autosave", "etag", "name", "value")
+
+    def __init__(self, context: ActorContext, name: str, default: Any, autosave: bool) -> None:
+        self._context = context
+        self.name = name
+        self.autosave = autosave
+        self._default = default
+        self.value: Any = self._fresh()
+        self.etag: str | None = None
+        self._stored: bytes | None = None  # what the store holds (the default's JSON if none)
+
+    def __repr__(self) -> str:
+        return f"<PersistentState {self._context.id!r}/{self.name!r} etag={self.etag!r}>"
+
+    @property
+    def exists(self) -> bool:
+        """Something is stored (it was written, and not cleared since)."""
+        return self.etag is not None
+
+    async def write(self) -> None:
+        """Store :attr:`value`; once this returns, it is durable. A checkpoint.
+
+        Raises:
+            TypeError: the value is not JSON-able (nothing is stored; the message says
+                which part, and what to use instead).
+            StateConflict: a newer activation has claimed the actor: nothing was stored,
+                and this activation is dropped when the turn ends.
+            StoreUnavailable: the store failed: nothing was stored, and :attr:`value`
+                is put back to what the store holds.
+        """
+        store = await self._context._store()
+        await self._save(self._encode(), store)
+
+    async def read(self) -> None:
+        """Load the value the store holds now (dropping changes not written).
+
+        Raises:
+            StateConflict: a newer activation has claimed the actor.
+            StoreUnavailable: the store failed; the value is unchanged.
+        """
+        context = self._context
+        found = await (await context._store()).read(context.id)
+        if found.epoch != context.epoch:
+            error = StateConflict(
+                f"actor {context.id!r} was claimed by a newer activation (epoch"
+                f" {found.epoch}, this one {context.epoch}); this one is dropped",
+                actor=context.id,
+                state=self.name,
+                epoch=context.epoch,
+            )
+            context._fail(error)
+            raise error
+        stored = found.states.get(self.name)
+        self._load(stored)
+
+    async def clear(self) -> None:
+        """Remove the state from the store; :attr:`value` becomes the default again.
+
+        Raises:
+            StateConflict, StoreUnavailable: as :meth:`write`.
+        """
+        context = self._context
+        store = await context._store()
+        await self._guarded(store.clear(context.id, self.name, epoch=context.epoch, etag=self.etag))
+        self.etag = None
+        self.value = self._fresh()
+        self._stored = codec.dumps(self.value)
+
+    # Inside towtruck.
+
+    def _fresh(self) -> Any:
+        default = self._default
+        return default() if callable(default) else copy.deepcopy(default)
+
+    def _encode(self) -> bytes:
+        try:
+            return codec.dumps(self.value)
+        except TypeError:
+            name = f"state {self.name!r} of actor {self._context.id!r}"
+            raise TypeError(
+                f"{name} cannot be stored as JSON: {codec.why_not_json(self.value, 'value')}"
+            ) from None
+
+    def _load(self, stored: Stored | None) -> None:
+        if stored is None:
+            self.etag, self.value = None, self._fresh()
+            self._stored = self._encode()
+        else:
+            self.etag, self.value, self._stored = (
+                stored.etag,
+                codec.loads(stored.value),
+                stored.value,
+            )
+
+    def _restore(self) -> None:
+        self.value = self._fresh() if self._stored is None else codec.loads(self._stored)
+
+    async def _save(self, data: bytes, store: Store | None = None) -> None:
+        context = self._context
+        if store is None:
+            store = await context._store()
+        self.etag = await self._guarded(
+            store.write(context.id, self.name, data, epoch=context.epoch, etag=self.etag)
+        )
+        self._stored = data
+
+    async def _guarded(self, operation: Any) -> Any:
+        """Run a store operation; note what its failure means for the activation."""
+        try:
+            return await operation
+        except StateConflict as exc:
+            self._context._fail(exc)
+            raise
+        except StoreUnavailable:
+            self._restore()
+            raise
+        except trio.Cancelled:
+            # It may have committed or not: only a fresh claim knows.
+            self._context._fail(
+                StoreUnavailable(
+                    f"a write of actor {self._context.id!r} was cut off; the next call"
+                    " reloads its state",
+                    actor=self._context.id,
+                )
+            )
+            raise
+
+
+def takes_context(factory: Callable[..., object]) -> bool:
+    """Whether ``create_actor`` takes a third parameter, the :class:`ActorContext`."""
+    try:
+        parameters = list(inspect.signature(factory).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = [
+        p
+        for p in parameters
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    variadic = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters)
+    return len(positional) >= 3 or (variadic and len(positional) < 3)

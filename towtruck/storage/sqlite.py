@@ -1,0 +1,285 @@
+"""Actors' states in an SQLite file: the default store of a node.
+
+One worker thread of the store's own owns the connection (WAL, ``synchronous=NORMAL``)
+and commits in groups: whatever operations wait when it finishes a transaction all go
+into the next one, so a hundred actors writing at once cost one commit, not a hundred
+thread hops and a hundred commits. Each operation's checks (epoch, etag) run inside
+that transaction, one after the other, so fencing holds as if each ran alone; a failed
+statement rolls back its own savepoint only.
+
+Several processes may share the file (the workers of ``--workers``): each
+transaction begins ``IMMEDIATE``, taking SQLite's write lock, and waits for it up to
+the store's timeout.
+
+An operation waits on an event the thread sets through trio's token. If the waiting
+task is cancelled before the thread has taken the operation, the thread skips it (it
+did not happen); once taken, the task waits for its outcome, shielded and bounded, so
+a cancelled write either committed or did not, and nothing is torn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar, Final
+
+import trio
+
+from .base import Claim, Store, Stored, conflict
+
+__all__ = ["SQLiteStore"]
+
+#: Most operations committed in one transaction.
+_GROUP: Final = 1000
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS towtruck_actors (
+    id TEXT PRIMARY KEY,
+    epoch INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS towtruck_states (
+    actor TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (actor, name)
+) WITHOUT ROWID;
+"""
+
+
+class _Operation:
+    """One call of the store, handed to its thread."""
+
+    __slots__ = ("abandoned", "args", "done", "error", "result", "run", "taken")
+
+    def __init__(self, run: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.run = run
+        self.args = args
+        self.done = trio.Event()
+        self.taken = False  # the thread has begun it: it will finish
+        self.abandoned = False  # its task gave up before that: the thread skips it
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class SQLiteStore(Store):
+    """Actors' states in one SQLite file (see the module)."""
+
+    failures: ClassVar[tuple[type[BaseException], ...]] = (sqlite3.Error, OSError)
+
+    def __init__(self, path: str, *, timeout: float) -> None:
+        super().__init__(timeout=timeout)
+        self.path = path
+        self.url = f"sqlite:///{path}"
+        self._queue: queue.SimpleQueue[_Operation | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # guards taken/abandoned between the two sides
+        self._token = trio.lowlevel.current_trio_token()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    async def open(cls, path: str, *, timeout: float) -> SQLiteStore:  # noqa: ASYNC109 (per operation)
+        """Open (creating if need be) the file at ``path`` and start the store's thread."""
+        store = cls(path, timeout=timeout)
+        ready: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
+        store._thread = threading.Thread(
+            target=store._serve, args=(ready,), name=f"towtruck-sqlite {path}", daemon=True
+        )
+        store._thread.start()
+        failed = await trio.to_thread.run_sync(ready.get)
+        if failed is not None:
+            store._thread.join()
+            raise store._unavailable("open", "", failed) from failed
+        return store
+
+    async def aclose(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            await trio.to_thread.run_sync(self._thread.join)
+            self._thread = None
+
+    # The trio side.
+
+    async def _claim(self, actor_id: str) -> Claim:
+        result: Claim = await self._submit(_claim, actor_id)
+        return result
+
+    async def _read(self, actor_id: str) -> Claim:
+        result: Claim = await self._submit(_read, actor_id)
+        return result
+
+    async def _write(
+        self, actor_id: str, name: str, value: bytes, epoch: int, etag: str | None
+    ) -> str:
+        result: str = await self._submit(_write, actor_id, name, value, epoch, etag)
+        return result
+
+    async def _clear(self, actor_id: str, name: str, epoch: int, etag: str | None) -> None:
+        await self._submit(_clear, actor_id, name, epoch, etag)
+
+    async def _ids(self, after: str | None, limit: int) -> list[str]:
+        result: list[str] = await self._submit(_ids, after, limit)
+        return result
+
+    async def _submit(self, run: Callable[..., Any], *args: Any) -> Any:
+        if self._thread is None:
+            raise sqlite3.ProgrammingError("the store is closed")
+        operation = _Operation(run, args)
+        self._queue.put(operation)
+        try:
+            with trio.move_on_after(self.timeout):
+                await operation.done.wait()
+        except trio.Cancelled:
+            if not self._abandon(operation):
+                await self._outcome(operation)
+            raise
+        if not operation.done.is_set() and not self._abandon(operation):
+            await self._outcome(operation)
+        if not operation.done.is_set():
+            raise TimeoutError(f"no answer within {self.timeout} s")
+        if operation.error is not None:
+            raise operation.error
+        return operation.result
+
+    def _abandon(self, operation: _Operation) -> bool:
+        """Give up an operation the thread has not begun (it will skip it); False if
+        it has begun."""
+        with self._lock:
+            operation.abandoned = not operation.taken
+            return operation.abandoned
+
+    async def _outcome(self, operation: _Operation) -> None:
+        """Wait, shielded, for an operation the thread has begun: it commits or not
+        within SQLite's lock wait."""
+        with trio.CancelScope(shield=True), trio.move_on_after(self.timeout + 1):
+            await operation.done.wait()
+
+    # The thread's side.
+
+    def _serve(self, ready: queue.SimpleQueue[BaseException | None]) -> None:
+        try:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(
+                self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+            )
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+        except BaseException as exc:
+            ready.put(exc)
+            return
+        ready.put(None)
+        try:
+            while (first := self._queue.get()) is not None:
+                group = [first]
+                stopping = False
+                while len(group) < _GROUP:
+                    try:
+                        more = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        stopping = True
+                        break
+                    group.append(more)
+                self._commit(db, group)
+                if stopping:
+                    break
+        finally:
+            db.close()
+
+    def _commit(self, db: sqlite3.Connection, group: list[_Operation]) -> None:
+        with self._lock:
+            group = [op for op in group if not op.abandoned]
+            for op in group:
+                op.taken = True
+        if not group:
+            return
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for op in group:
+                db.execute("SAVEPOINT op")
+                try:
+                    op.result = op.run(db, *op.args)
+                except Exception as exc:
+                    op.error = exc
+                    db.execute("ROLLBACK TO op")
+                db.execute("RELEASE op")
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            for op in group:
+                op.result, op.error = None, exc
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(_deliver, group)
+
+
+def _deliver(group: list[_Operation]) -> None:
+    for op in group:
+        op.done.set()
+
+
+# The operations, run in the store's thread inside a transaction.
+
+
+def _claim(db: sqlite3.Connection, actor_id: str) -> Claim:
+    db.execute(
+        "INSERT INTO towtruck_actors (id, epoch) VALUES (?, 1)"
+        " ON CONFLICT (id) DO UPDATE SET epoch = epoch + 1",
+        (actor_id,),
+    )
+    return _read(db, actor_id)
+
+
+def _read(db: sqlite3.Connection, actor_id: str) -> Claim:
+    row = db.execute("SELECT epoch FROM towtruck_actors WHERE id = ?", (actor_id,)).fetchone()
+    rows = db.execute(
+        "SELECT name, version, value FROM towtruck_states WHERE actor = ?", (actor_id,)
+    )
+    return Claim(
+        0 if row is None else row[0],
+        {name: Stored(str(version), bytes(value)) for name, version, value in rows},
+    )
+
+
+def _fence(db: sqlite3.Connection, actor_id: str, name: str, epoch: int, etag: str | None) -> int:
+    """The state's version (0 if absent), if ``epoch`` and ``etag`` are current."""
+    row = db.execute("SELECT epoch FROM towtruck_actors WHERE id = ?", (actor_id,)).fetchone()
+    current = 0 if row is None else row[0]
+    if current != epoch:
+        raise conflict(actor_id, name, epoch, f"the actor's epoch is {current}, not {epoch}")
+    row = db.execute(
+        "SELECT version FROM towtruck_states WHERE actor = ? AND name = ?", (actor_id, name)
+    ).fetchone()
+    if (None if row is None else str(row[0])) != etag:
+        raise conflict(actor_id, name, epoch, f"its etag is not {etag!r}")
+    return 0 if row is None else int(row[0])
+
+
+def _write(
+    db: sqlite3.Connection, actor_id: str, name: str, value: bytes, epoch: int, etag: str | None
+) -> str:
+    version = _fence(db, actor_id, name, epoch, etag) + 1
+    db.execute(
+        "INSERT INTO towtruck_states (actor, name, version, value) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (actor, name) DO UPDATE SET version = excluded.version,"
+        " value = excluded.value",
+        (actor_id, name, version, value),
+    )
+    return str(version)
+
+
+def _clear(db: sqlite3.Connection, actor_id: str, name: str, epoch: int, etag: str | None) -> None:
+    _fence(db, actor_id, name, epoch, etag)
+    db.execute("DELETE FROM towtruck_states WHERE actor = ? AND name = ?", (actor_id, name))
+
+
+def _ids(db: sqlite3.Connection, after: str | None, limit: int) -> list[str]:
+    rows = db.execute(
+        "SELECT id FROM towtruck_actors WHERE id > ? ORDER BY id LIMIT ?", (after or "", limit)
+    )
+    return [row[0] for row in rows]
