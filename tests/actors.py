@@ -139,6 +139,28 @@ def create_stored_counter(id: str, client: towtruck.Client) -> StoredCounter:
     return StoredCounter(id, client)
 
 
+class LedgerCounter:
+    """A counter kept in the state store: each increment names its operation, and the
+    stored state keeps the operations applied, so a test can tell exactly which
+    increments landed (and that none landed twice)."""
+
+    def __init__(self, id: str, client: towtruck.Client, context: towtruck.ActorContext):
+        self.state = context.persistent(default=lambda: {"count": 0, "ops": []})
+
+    async def increment(self, data: Any) -> int:
+        value = self.state.value
+        value["count"] += 1
+        value["ops"].append(data["op"])
+        await self.state.write()
+        return int(value["count"])
+
+
+def create_ledger_counter(
+    id: str, client: towtruck.Client, context: towtruck.ActorContext
+) -> LedgerCounter:
+    return LedgerCounter(id, client, context)
+
+
 class Blocker:
     """Blocks the event loop, as actor code calling blocking functions does."""
 

@@ -57,10 +57,11 @@ class Node:
         argv = [
             *towtruck_command(),
             "serve",
-            "tests.actors:create_stored_counter",
+            self._processes.factory,
             "--port",
             str(self.port),
             *NODE_FLAGS,
+            *self._processes.flags,
             *(["--peer", peer.address] if peer else []),
         ]
         self.output = Output()
@@ -94,9 +95,11 @@ class Node:
 class Processes:
     """The nodes of a test, all killed on the way out."""
 
-    def __init__(self, nursery: trio.Nursery, store: Path) -> None:
+    def __init__(self, nursery: trio.Nursery, store: Path, factory: str, flags: list[str]) -> None:
         self.nursery = nursery
         self.store = store
+        self.factory = factory
+        self.flags = flags
         self.nodes: list[Node] = []
 
     async def add(self, peer: Node | None) -> Node:
@@ -107,9 +110,13 @@ class Processes:
 
 
 @asynccontextmanager
-async def processes(store: Path) -> AsyncIterator[Processes]:
+async def processes(
+    store: Path, factory: str = "tests.actors:create_stored_counter", flags: tuple[str, ...] = ()
+) -> AsyncIterator[Processes]:
+    """Nodes serving ``factory`` with ``flags`` (beside the quick timeouts), killed on
+    the way out; ``store`` is their ``$STORE_DIR``."""
     async with trio.open_nursery() as nursery:
-        cluster = Processes(nursery, store)
+        cluster = Processes(nursery, store, factory, list(flags))
         try:
             yield cluster
         finally:
@@ -183,23 +190,36 @@ class Load:
                 elif outcome != "gave up":
                     self.failures.append(f"{actor_id}: {outcome}")
 
+    #: Answers retried once, on another node.
+    retried: tuple[int, ...] = (503,)
+
+    def body(self, actor_id: str) -> Any:
+        """The data of one increment."""
+        return None
+
+    def answered(self, actor_id: str, data: Any, outcome: str) -> None:
+        """What one attempt came to (for subclasses that follow each one)."""
+
     async def _call(self, http: httpx.AsyncClient, pick: random.Random, actor_id: str) -> str:
         first = None
-        for attempt in range(2):
+        for _ in range(2):
             node = pick.choice(self.up)
+            data = self.body(actor_id)
             try:
-                response = await http.post(f"{node.url}/invoke/{actor_id}/increment")
+                response = await http.post(f"{node.url}/invoke/{actor_id}/increment", json=data)
             except httpx.TimeoutException:
+                self.answered(actor_id, data, "hung")
                 return f"no answer in {CLIENT_TIMEOUT} s (hung)"
             except httpx.TransportError as exc:
-                outcome: Any = f"transport {type(exc).__name__}"
+                outcome = f"transport {type(exc).__name__}"
             else:
-                if response.status_code == 200:
-                    return "200" if first is None else f"200 after {first}"
-                outcome = f"{response.status_code} {response.json()['error']['type']}"
-                if response.status_code != 503:
-                    return str(outcome)
+                outcome = str(response.status_code)
+                if response.status_code != 200:
+                    outcome += f" {response.json()['error']['type']}"
+            self.answered(actor_id, data, outcome)
+            if outcome == "200":
+                return "200" if first is None else f"200 after {first}"
+            if not outcome.startswith("transport") and response.status_code not in self.retried:
+                return outcome
             first = first or outcome
-            if attempt == 0:
-                continue
         return f"{first}, then {outcome}"
