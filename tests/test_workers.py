@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sqlite3
 from pathlib import Path
 
 import httpx
@@ -140,3 +141,33 @@ async def test_a_worker_that_dies_is_restarted() -> None:
             supervisor.send_signal(signal.SIGTERM)
             await supervisor.wait()
     assert supervisor.returncode == 0, output.text
+
+
+async def test_two_workers_share_one_sqlite_file(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'state.sqlite3'}"
+    argv = [*towtruck_command(), "serve", "examples.account:create_actor", "--workers", "2"]
+    argv += ["--port", "0", "--state-store", store]
+    with trio.fail_after(PROCESS_SECONDS):
+        async with running(argv, ready=READY) as (supervisor, match, output):
+            url = match.group(1)
+            nodes: set[str] = set()
+
+            async def deposit(i: int) -> None:
+                async with httpx.AsyncClient(timeout=10) as client:  # a connection each
+                    for _ in range(5):
+                        response = await client.post(
+                            f"{url}/invoke/acct{i}/deposit", json={"amount": 1}
+                        )
+                        assert response.status_code == 200, response.text
+                    nodes.add((await client.get(f"{url}/health")).json()["node"])
+
+            async with trio.open_nursery() as nursery:
+                for i in range(20):
+                    nursery.start_soon(deposit, i)
+            assert len(nodes) == 2, "both workers answered"
+            supervisor.send_signal(signal.SIGTERM)
+            await supervisor.wait()
+    assert supervisor.returncode == 0, output.text
+    with contextlib.closing(sqlite3.connect(tmp_path / "state.sqlite3")) as db:
+        rows = db.execute("SELECT actor, value FROM towtruck_states").fetchall()
+    assert sorted(rows) == sorted((f"acct{i}", b'{"balance":5}') for i in range(20))
