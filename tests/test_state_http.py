@@ -14,7 +14,7 @@ import trio
 import towtruck
 from examples import account
 
-from .helpers import NETWORK_TEST_SECONDS
+from .helpers import NETWORK_TEST_SECONDS, wait_until
 from .processes import PROCESS_SECONDS, running, towtruck_command
 from .stores import PostgresServer, RedisServer, postgres_server, redis_server
 
@@ -36,7 +36,9 @@ async def test_the_state_route_shows_what_the_store_holds(
 ) -> None:
     url = f"sqlite:///{tmp_path / 'state.sqlite3'}"
     with trio.fail_after(NETWORK_TEST_SECONDS):
-        async with towtruck.open_node(account.create_actor, port=0, state_store=url) as node:
+        async with towtruck.open_node(
+            account.create_actor, port=0, state_store=url, max_inactivity=0.01
+        ) as node:
             deposit = await http.post(f"{node.url}/invoke/alice/deposit", json={"amount": 5})
             assert deposit.json() == {"balance": 5}
             state = (await http.get(f"{node.url}/actors/alice/state")).json()
@@ -52,6 +54,51 @@ async def test_the_state_route_shows_what_the_store_holds(
             refused = await http.post(f"{node.url}/invoke/alice/deposit", json={"amount": "x"})
             assert refused.status_code == 500
             assert (await http.get(f"{node.url}/invoke/alice/balance")).json() == {"balance": 5}
+
+            async def collected() -> bool:
+                await http.get(f"{node.url}/rungc")
+                return "alice" not in node.runtime.catalog
+
+            await wait_until(collected)
+            assert (await http.get(f"{node.url}/invoke/alice/balance")).json() == {"balance": 5}
+            assert (await http.get(f"{node.url}/actors/alice/state")).json()["epoch"] == 2
+
+
+async def test_a_redis_server_stopped_mid_run_fails_writes_with_503_and_the_node_serves_on(
+    http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    server = RedisServer(tmp_path)
+    await trio.to_thread.run_sync(server.start)
+    try:
+        with trio.fail_after(NETWORK_TEST_SECONDS):
+            async with towtruck.open_node(
+                account.create_actor, port=0, state_store=server.url, store_timeout=2
+            ) as node:
+                alice = f"{node.url}/invoke/alice"
+                assert (await http.post(f"{alice}/deposit", json={"amount": 5})).status_code == 200
+                await trio.to_thread.run_sync(server.stop)
+
+                refused = await http.post(f"{alice}/deposit", json={"amount": 1})
+                assert refused.status_code == 503, refused.text
+                assert refused.json()["error"]["type"] == "StoreUnavailable"
+                assert refused.headers["retry-after"] == "1"
+                assert (await http.get(f"{alice}/balance")).json() == {"balance": 5}
+                unclaimed = await http.get(f"{node.url}/invoke/bob/balance")
+                assert unclaimed.json()["error"]["type"] == "StoreUnavailable"
+                assert (await http.get(f"{node.url}/health")).status_code == 200
+
+                await trio.to_thread.run_sync(server.start)  # same port; the AOF reloads
+
+                async def deposited() -> bool:
+                    answer = await http.post(f"{alice}/deposit", json={"amount": 1})
+                    assert answer.status_code in (200, 503), answer.text
+                    return answer.status_code == 200
+
+                await wait_until(deposited)
+                assert (await http.get(f"{alice}/balance")).json() == {"balance": 6}
+                assert (await http.get(f"{node.url}/invoke/bob/balance")).json() == {}
+    finally:
+        await trio.to_thread.run_sync(server.stop)
 
 
 async def test_the_state_route_needs_the_cluster_key(http: httpx.AsyncClient) -> None:

@@ -10,8 +10,9 @@ activation is dropped at once, without ``deactivate``, so the next call claims a
 
 If the store fails (:class:`~towtruck.errors.StoreUnavailable`), nothing was written,
 and the state's value goes back to what the store holds. A write whose outcome is not
-known (its call was cancelled while the store had it) drops the activation as a
-conflict does, so the next one reads what the store holds.
+known (its call was cancelled while the store had it, or the store had it and did not
+answer: :class:`~towtruck.errors.CallInterrupted`) drops the activation as a conflict
+does, so the next one reads what the store holds.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from . import codec
-from .errors import StateConflict, StoreUnavailable, TowtruckError
+from .errors import CallInterrupted, StateConflict, StoreUnavailable, TowtruckError
 
 if TYPE_CHECKING:
     from .client import Client
@@ -232,6 +233,8 @@ class PersistentState:
                 and this activation is dropped when the turn ends.
             StoreUnavailable: the store failed: nothing was stored, and :attr:`value`
                 is put back to what the store holds.
+            CallInterrupted: the store had it and did not answer in time: it may land
+                yet; this activation is dropped when the turn ends.
         """
         store = await self._context._store()
         await self._save(self._encode(), store)
@@ -319,8 +322,8 @@ class PersistentState:
         except StoreUnavailable:
             self._restore()
             raise
-        except trio.Cancelled:
-            # It may have committed or not: only a fresh claim knows.
+        except (trio.Cancelled, CallInterrupted):
+            # It may have landed or not (or may yet): only a fresh claim knows.
             self._context._fail(
                 StoreUnavailable(
                     f"a write of actor {self._context.id!r} was cut off; the next call"

@@ -11,9 +11,12 @@ that is the fence.
 
 Backends subclass :class:`Store` and implement the underscored methods; the public
 ones turn the backend's own failures (``failures``) into
-:class:`~towtruck.errors.StoreUnavailable`. Each backend bounds its own waits by
-``timeout`` (a lock, a connection, a statement), and an operation that reached the
-store is never abandoned half-way: a cancelled write either committed or did not.
+:class:`~towtruck.errors.StoreUnavailable`: nothing was written. Each backend bounds
+its own waits by ``timeout`` (a lock, a connection, a statement), and an operation
+that reached the store is never abandoned half-way: a cancelled write either
+committed or did not. Where a backend cannot tell which (the store had the write and
+did not answer in time), it raises ``uncertain``, and a write or clear fails with
+:class:`~towtruck.errors.CallInterrupted` instead: it may land yet.
 """
 
 from __future__ import annotations
@@ -23,12 +26,17 @@ import dataclasses
 from collections.abc import Mapping
 from typing import ClassVar, Final
 
-from ..errors import StateConflict, StoreUnavailable
+from ..errors import CallInterrupted, StateConflict, StoreUnavailable
 
-__all__ = ["DEFAULT_TIMEOUT", "Claim", "Store", "Stored", "conflict"]
+__all__ = ["DEFAULT_TIMEOUT", "Claim", "OutcomeUnknown", "Store", "Stored", "conflict"]
 
 #: How long one store operation may take by default, in seconds.
 DEFAULT_TIMEOUT: Final = 5.0
+
+
+class OutcomeUnknown(Exception):
+    """Raised by a backend when the store had an operation and did not say whether it
+    applied it (see the module)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -78,6 +86,8 @@ class Store(abc.ABC):
 
     #: The backend's exceptions that mean "the store failed" (not a conflict).
     failures: ClassVar[tuple[type[BaseException], ...]] = (OSError,)
+    #: The backend's exceptions that mean "the store may have done it, or may yet".
+    uncertain: ClassVar[tuple[type[BaseException], ...]] = (OutcomeUnknown,)
     #: How the store names itself in errors and logs (a URL without its password).
     url: str = ""
 
@@ -109,9 +119,12 @@ class Store(abc.ABC):
         Raises:
             StateConflict: the epoch or the etag has moved on; nothing was written.
             StoreUnavailable: the store failed; nothing was written.
+            CallInterrupted: the store had it but did not answer: it may land yet.
         """
         try:
             return await self._write(actor_id, name, value, epoch, etag)
+        except self.uncertain as exc:
+            raise self._interrupted("write", actor_id, exc) from exc
         except self.failures as exc:
             raise self._unavailable("write", actor_id, exc) from exc
 
@@ -125,6 +138,8 @@ class Store(abc.ABC):
         """
         try:
             await self._clear(actor_id, name, epoch, etag)
+        except self.uncertain as exc:
+            raise self._interrupted("clear", actor_id, exc) from exc
         except self.failures as exc:
             raise self._unavailable("clear", actor_id, exc) from exc
 
@@ -155,6 +170,15 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def _ids(self, after: str | None, limit: int) -> list[str]: ...
+
+    def _interrupted(self, operation: str, actor_id: str, exc: BaseException) -> CallInterrupted:
+        return CallInterrupted(
+            f"the state store {self.url} did not answer a {operation} for actor"
+            f" {actor_id!r} in time ({type(exc).__name__}): it may have been applied, or"
+            " may yet be; the actor's next call reloads its state",
+            actor=actor_id,
+            store=self.url,
+        )
 
     def _unavailable(self, operation: str, actor_id: str, exc: BaseException) -> StoreUnavailable:
         what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Final
 
 import trio
 
-from .base import Claim, Store, Stored, conflict
+from .base import Claim, OutcomeUnknown, Store, Stored, conflict
 
 __all__ = ["SQLiteStore"]
 
@@ -136,10 +136,12 @@ class SQLiteStore(Store):
             if not self._abandon(operation):
                 await self._outcome(operation)
             raise
-        if not operation.done.is_set() and not self._abandon(operation):
-            await self._outcome(operation)
         if not operation.done.is_set():
-            raise TimeoutError(f"no answer within {self.timeout} s")
+            if self._abandon(operation):
+                raise TimeoutError(f"not begun within {self.timeout} s")
+            await self._outcome(operation)
+            if not operation.done.is_set():
+                raise OutcomeUnknown(f"begun, and no outcome within {2 * self.timeout + 1} s")
         if operation.error is not None:
             raise operation.error
         return operation.result

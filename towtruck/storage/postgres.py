@@ -1,0 +1,252 @@
+"""A store in PostgreSQL: ``postgresql://user:password@host:port/db``.
+
+Two tables, created on the first operation that reaches the server::
+
+    towtruck_actors (id, epoch)                   one row per claimed actor
+    towtruck_states (actor, name, version, value)  one row per state; etag = version
+
+Values are ``bytea``, so a JSON document keeps every byte (``jsonb`` would reorder
+keys and round big integers). Ids are ``COLLATE "C"``: :meth:`~Store.ids` pages in
+code point order, as Python sorts ``str``, whatever the database's locale.
+
+psycopg's async API runs only on asyncio, so this store uses its sync API in worker
+threads, at most one per pooled connection. Every wait is bounded by ``timeout``: a
+free connection, connecting (``connect_timeout``), a statement and a row lock
+(``statement_timeout``, ``lock_timeout``), and a dead peer (``tcp_user_timeout``). A
+thread that reached the database is never abandoned: a cancelled call waits for it, so
+its transaction has committed or rolled back before the cancellation is delivered.
+Opening connects nothing; a server that is down makes each operation fail with
+:class:`~towtruck.errors.StoreUnavailable`, and the pool keeps trying to reconnect.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, TypeAlias, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+import trio
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from ..errors import SettingsError
+from .base import Claim, Store, Stored, conflict
+
+__all__ = ["PostgresStore"]
+
+_T = TypeVar("_T")
+_Connection: TypeAlias = psycopg.Connection[tuple[Any, ...]]
+
+# Created only if missing, so a role without the right to create tables can use tables
+# made for it. An advisory lock serialises creating them: concurrent CREATE TABLE IF
+# NOT EXISTS can fail on PostgreSQL's catalog when several nodes start at once.
+_MISSING = "SELECT to_regclass('towtruck_actors') IS NULL OR to_regclass('towtruck_states') IS NULL"
+_SCHEMA = """
+SELECT pg_advisory_xact_lock(hashtext('towtruck_schema'));
+CREATE TABLE IF NOT EXISTS towtruck_actors (
+    id text COLLATE "C" PRIMARY KEY,
+    epoch bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS towtruck_states (
+    actor text COLLATE "C" NOT NULL,
+    name text NOT NULL,
+    version bigint NOT NULL,
+    value bytea NOT NULL,
+    PRIMARY KEY (actor, name)
+);
+"""
+_CLAIM = """
+INSERT INTO towtruck_actors (id, epoch) VALUES (%s, 1)
+ON CONFLICT (id) DO UPDATE SET epoch = towtruck_actors.epoch + 1
+"""
+_READ = """
+SELECT a.epoch, s.name, s.version, s.value FROM towtruck_actors a
+LEFT JOIN towtruck_states s ON s.actor = a.id WHERE a.id = %s
+"""
+_FENCE = "SELECT epoch FROM towtruck_actors WHERE id = %s FOR SHARE"
+_CREATE = """
+INSERT INTO towtruck_states (actor, name, version, value) VALUES (%s, %s, 1, %s)
+ON CONFLICT (actor, name) DO NOTHING RETURNING version
+"""
+_REPLACE = """
+UPDATE towtruck_states SET version = version + 1, value = %s
+WHERE actor = %s AND name = %s AND version::text = %s RETURNING version
+"""
+_EXISTS = "SELECT 1 FROM towtruck_states WHERE actor = %s AND name = %s"
+_DELETE = "DELETE FROM towtruck_states WHERE actor = %s AND name = %s AND version::text = %s"
+_FIRST_IDS = "SELECT id FROM towtruck_actors ORDER BY id LIMIT %s"
+_NEXT_IDS = "SELECT id FROM towtruck_actors WHERE id > %s ORDER BY id LIMIT %s"
+
+
+class PostgresStore(Store):
+    """Actors' states in PostgreSQL tables, fenced by a row lock on the actor's epoch.
+
+    Open one with :meth:`open` (or :func:`~towtruck.storage.open_store`).
+    """
+
+    failures: ClassVar[tuple[type[BaseException], ...]] = (psycopg.Error, OSError)
+
+    def __init__(self, url: str, *, timeout: float, connections: int) -> None:
+        super().__init__(timeout=timeout)
+        self.url = _without_password(url)
+        milliseconds = max(1, round(timeout * 1000))
+        params = conninfo_to_dict(url)
+        waits = " ".join(
+            f"-c {setting}={milliseconds}"
+            for setting in (
+                "statement_timeout",
+                "lock_timeout",
+                "idle_in_transaction_session_timeout",
+            )
+        )
+        self._pool = ConnectionPool(
+            url,
+            kwargs={
+                "autocommit": True,  # transactions are explicit; a read is one round trip
+                "application_name": params.get("application_name", "towtruck"),
+                "options": f"{params.get('options', '')} {waits}".strip(),
+                "connect_timeout": max(2, math.ceil(timeout)),  # libpq's minimum is 2 s
+                "tcp_user_timeout": milliseconds,
+                "keepalives_idle": max(1, math.ceil(timeout)),
+                "keepalives_interval": 1,
+            },
+            min_size=1,
+            max_size=connections,
+            timeout=timeout,
+            open=False,
+            name="towtruck",
+        )
+        # One worker thread per connection: callers beyond that wait in trio, where a
+        # cancellation or the timeout can still reach them, rather than in threads.
+        self._threads = trio.CapacityLimiter(connections)
+        self._ready = False  # the tables exist (checked once per store)
+
+    @classmethod
+    async def open(cls, url: str, *, timeout: float, connections: int = 10) -> PostgresStore:  # noqa: ASYNC109 (per operation)
+        """A store for the database ``url`` names, with a pool of up to ``connections``
+        connections. Connects in the background: a server that is down fails the
+        operations, not the opening. A checkpoint.
+
+        Raises:
+            SettingsError: ``url`` is not a URL psycopg can read.
+        """
+        try:
+            store = cls(url, timeout=timeout, connections=connections)
+        except psycopg.ProgrammingError as exc:  # from conninfo_to_dict
+            raise SettingsError(f"{_without_password(url)}: {exc}") from None
+        await trio.to_thread.run_sync(store._pool.open)  # starts the pool's threads
+        return store
+
+    async def _claim(self, actor_id: str) -> Claim:
+        # Two statements, not one: the SELECT's snapshot is taken after the INSERT has
+        # the actor's row lock, so it sees every write that held the lock before (a
+        # single statement reads with the snapshot it started with, before waiting).
+        def claim(conn: _Connection) -> Claim:
+            with conn.transaction():
+                conn.execute(_CLAIM, (actor_id,))
+                return _found(conn.execute(_READ, (actor_id,), binary=True).fetchall())
+
+        return await self._run(claim)
+
+    async def _read(self, actor_id: str) -> Claim:
+        def read(conn: _Connection) -> Claim:
+            return _found(conn.execute(_READ, (actor_id,), binary=True).fetchall())
+
+        return await self._run(read)
+
+    async def _write(
+        self, actor_id: str, name: str, value: bytes, epoch: int, etag: str | None
+    ) -> str:
+        def write(conn: _Connection) -> str:
+            with conn.transaction():
+                _fence(conn, actor_id, name, epoch)
+                if etag is None:
+                    row = conn.execute(_CREATE, (actor_id, name, value)).fetchone()
+                else:
+                    row = conn.execute(_REPLACE, (value, actor_id, name, etag)).fetchone()
+                if row is None:
+                    raise conflict(actor_id, name, epoch, f"its etag is not {etag!r}")
+                return str(row[0])
+
+        return await self._run(write)
+
+    async def _clear(self, actor_id: str, name: str, epoch: int, etag: str | None) -> None:
+        def clear(conn: _Connection) -> None:
+            with conn.transaction():
+                _fence(conn, actor_id, name, epoch)
+                if etag is None:  # nothing to remove, if indeed it does not exist
+                    refused = conn.execute(_EXISTS, (actor_id, name)).fetchone() is not None
+                else:
+                    refused = conn.execute(_DELETE, (actor_id, name, etag)).rowcount == 0
+                if refused:
+                    raise conflict(actor_id, name, epoch, f"its etag is not {etag!r}")
+
+        await self._run(clear)
+
+    async def _ids(self, after: str | None, limit: int) -> list[str]:
+        def ids(conn: _Connection) -> list[str]:
+            if after is None:
+                rows = conn.execute(_FIRST_IDS, (limit,)).fetchall()
+            else:
+                rows = conn.execute(_NEXT_IDS, (after, limit)).fetchall()
+            return [row[0] for row in rows]
+
+        return await self._run(ids)
+
+    async def aclose(self) -> None:
+        """Close the pool's connections and stop its threads. A checkpoint; if
+        cancelled, the closing still finishes first."""
+        await trio.to_thread.run_sync(lambda: self._pool.close(timeout=self.timeout))
+
+    async def _run(self, work: Callable[[_Connection], _T]) -> _T:
+        """``work`` done with a pooled connection in a worker thread. Cancelled or out
+        of time only while waiting for a thread: once it runs, it runs to the end."""
+        with trio.move_on_after(self.timeout):
+            return await trio.to_thread.run_sync(self._connected, work, limiter=self._threads)
+        raise PoolTimeout(f"no connection was free within {self.timeout} s")
+
+    def _connected(self, work: Callable[[_Connection], _T]) -> _T:
+        # On an exception the pool rolls back any transaction still open, and replaces
+        # a connection that broke, so each connection goes back clean.
+        with self._pool.connection() as conn:
+            if not self._ready:
+                if conn.execute(_MISSING).fetchone() != (False,):
+                    conn.execute(_SCHEMA)
+                self._ready = True
+            return work(conn)
+
+
+# Why a write locks the actor's row first: under READ COMMITTED, a plain SELECT of the
+# epoch reads the last committed one, and a claim committing between that SELECT and
+# this write's COMMIT would not stop the write, which would land after the claim had
+# read the states: a write from an old activation past the fence. FOR SHARE makes the
+# two wait for each other instead. A claim (an UPDATE of the row) waits until this
+# transaction ends, so its states include this write; a write that comes while a claim
+# holds the row waits for the claim to commit, then reads the new epoch and is refused.
+def _fence(conn: _Connection, actor_id: str, name: str, epoch: int) -> None:
+    """Lock the actor's epoch until the transaction ends, and check it is ``epoch``."""
+    row = conn.execute(_FENCE, (actor_id,)).fetchone()
+    current = 0 if row is None else row[0]
+    if current != epoch:
+        raise conflict(actor_id, name, epoch, f"the actor's epoch is {current}, not {epoch}")
+
+
+def _found(rows: Sequence[tuple[Any, ...]]) -> Claim:
+    """The claim that rows of ``_READ`` describe (none: an actor never claimed)."""
+    if not rows:
+        return Claim(0, {})
+    states = {
+        name: Stored(str(version), value) for _, name, version, value in rows if name is not None
+    }
+    return Claim(rows[0][0], states)
+
+
+def _without_password(url: str) -> str:
+    """``url`` with no password, in its user part or its query, to show in errors."""
+    parts = urlsplit(url)
+    user, at, host = parts.netloc.rpartition("@")
+    netloc = f"{user.partition(':')[0]}@{host}" if at else host
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "password"])
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
