@@ -4,8 +4,8 @@ One worker thread of the store's own owns the connection (WAL, ``synchronous=NOR
 and commits in groups: whatever operations wait when it finishes a transaction all go
 into the next one, so a hundred actors writing at once cost one commit, not a hundred
 thread hops and a hundred commits. Each operation's checks (epoch, etag) run inside
-that transaction, one after the other, so fencing holds as if each ran alone; a failed
-statement rolls back its own savepoint only.
+that transaction, one after the other, so fencing holds as if each ran alone; an
+operation refused changes nothing, and an error of SQLite's fails the whole group.
 
 Several processes may share the file (the workers of ``--workers``): each
 transaction begins ``IMMEDIATE``, taking SQLite's write lock, and waits for it up to
@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Final
 
 import trio
 
+from ..errors import StateConflict
 from .base import Claim, OutcomeUnknown, Store, Stored, conflict
 
 __all__ = ["SQLiteStore"]
@@ -48,6 +49,13 @@ CREATE TABLE IF NOT EXISTS towtruck_states (
     value BLOB NOT NULL,
     PRIMARY KEY (actor, name)
 ) WITHOUT ROWID;
+"""
+
+
+_FENCE: Final = """
+SELECT a.epoch, s.version FROM towtruck_actors a
+LEFT JOIN towtruck_states s ON s.actor = a.id AND s.name = ?
+WHERE a.id = ?
 """
 
 
@@ -203,15 +211,12 @@ class SQLiteStore(Store):
         try:
             db.execute("BEGIN IMMEDIATE")
             for op in group:
-                db.execute("SAVEPOINT op")
                 try:
                     op.result = op.run(db, *op.args)
-                except Exception as exc:
+                except StateConflict as exc:  # refused before it changed anything
                     op.error = exc
-                    db.execute("ROLLBACK TO op")
-                db.execute("RELEASE op")
             db.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except Exception as exc:  # every operation of the group fails with it
             if db.in_transaction:
                 db.execute("ROLLBACK")
             for op in group:
@@ -250,16 +255,13 @@ def _read(db: sqlite3.Connection, actor_id: str) -> Claim:
 
 def _fence(db: sqlite3.Connection, actor_id: str, name: str, epoch: int, etag: str | None) -> int:
     """The state's version (0 if absent), if ``epoch`` and ``etag`` are current."""
-    row = db.execute("SELECT epoch FROM towtruck_actors WHERE id = ?", (actor_id,)).fetchone()
-    current = 0 if row is None else row[0]
+    row = db.execute(_FENCE, (name, actor_id)).fetchone()
+    current, version = (0, None) if row is None else row
     if current != epoch:
         raise conflict(actor_id, name, epoch, f"the actor's epoch is {current}, not {epoch}")
-    row = db.execute(
-        "SELECT version FROM towtruck_states WHERE actor = ? AND name = ?", (actor_id, name)
-    ).fetchone()
-    if (None if row is None else str(row[0])) != etag:
+    if (None if version is None else str(version)) != etag:
         raise conflict(actor_id, name, epoch, f"its etag is not {etag!r}")
-    return 0 if row is None else int(row[0])
+    return 0 if version is None else int(version)
 
 
 def _write(
