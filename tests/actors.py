@@ -150,7 +150,7 @@ class LedgerCounter:
     async def increment(self, data: Any) -> int:
         value = self.state.value
         value["count"] += 1
-        value["ops"].append(data["op"])
+        value["ops"].append(data[0])  # GET .../increment/{op}
         await self.state.write()
         return int(value["count"])
 

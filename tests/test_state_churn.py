@@ -9,7 +9,6 @@ import itertools
 import signal
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -29,21 +28,23 @@ UNKNOWN = ("hung", "transport", "502", "504")
 
 
 class LedgerLoad(Load):
-    """Increments that name their operation, retried once on 503 and 409; the outcome
-    of every attempt is kept."""
+    """Increments that name their operation (``GET .../increment/{op}``), retried once
+    on 503 and 409; the outcome of every attempt is kept."""
 
     retried = (503, 409)
 
     def __init__(self, ids: list[str], up: list[Node]) -> None:
         super().__init__(ids, up)
         self._numbers = itertools.count()
+        self._sent: dict[object, str] = {}  # the operation each client's call carries
         self.outcome_of: dict[str, str] = {}
 
-    def body(self, actor_id: str) -> Any:
-        return {"op": f"{actor_id}/{next(self._numbers)}"}
+    async def send(self, http: httpx.AsyncClient, node: Node, actor_id: str) -> httpx.Response:
+        op = self._sent[trio.lowlevel.current_task()] = f"{actor_id}.{next(self._numbers)}"
+        return await http.get(f"{node.url}/invoke/{actor_id}/increment/{op}")
 
-    def answered(self, actor_id: str, data: Any, outcome: str) -> None:
-        self.outcome_of[data["op"]] = outcome
+    def answered(self, actor_id: str, outcome: str) -> None:
+        self.outcome_of[self._sent[trio.lowlevel.current_task()]] = outcome
 
 
 async def test_persistent_counters_survive_kill_and_stall_exactly(tmp_path: Path) -> None:
@@ -108,7 +109,7 @@ async def test_persistent_counters_survive_kill_and_stall_exactly(tmp_path: Path
         ops = value["ops"]
         assert value["count"] == len(ops)
         assert len(set(ops)) == len(ops), f"{actor_id}: an increment landed twice"
-        mine = {op: o for op, o in load.outcome_of.items() if op.startswith(f"{actor_id}/")}
+        mine = {op: o for op, o in load.outcome_of.items() if op.startswith(f"{actor_id}.")}
         answered_200 = {op for op, o in mine.items() if o == "200"}
         assert answered_200 <= set(ops), f"{actor_id}: lost {answered_200 - set(ops)}"
         refused = {op for op, o in mine.items() if o.startswith(("409", "503"))}
