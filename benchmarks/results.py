@@ -6,7 +6,9 @@ A target compares the median of a figure over the repetitions with a bound. Figu
 are found by name, with ``*`` for any word (the load generator, ``wrk`` or
 ``python``; a count); a target whose figures were not measured (``--only``) says so.
 Every bound of issue 10 is a ratio of figures measured in the same run; the absolute
-figures shown beside them are for reading, not for comparing across machines.
+figures shown beside them are for reading, not for comparing across machines. Issue 12
+(durable state) adds one absolute bound, SQLite writes/s, beside a ratio to the
+thread-hop reference measured in the same rounds.
 """
 
 from __future__ import annotations
@@ -85,6 +87,16 @@ CPU_RATIO = ", CPU per request / yardstick's"
 ALONE_CPU_RATIO = ", CPU per request / one node alone's"
 ALONE_RPS_RATIO = ", total / one node alone's"
 COLD_CHECK = "single activation, new ids"
+WRITES = "persistent writes, sqlite store, * callers, each to its own actor"
+READ = "read-only call, persistent state, * actors, * callers"
+PLAIN_CALL = "call, no state, * actors, * callers"
+#: The stores whose activations ``state.py`` measures, as the figures name them.
+STATE_STORES = {
+    "memory": "memory",
+    "sqlite": "SQLite",
+    "redis": "Redis",
+    "postgresql": "PostgreSQL",
+}
 
 #: Issue 10's targets. The bounds of 4 ("no regression") are the figures of the last
 #: run before issue 10 (RESULTS.md of 2026-11-24) with a 10% margin, as ratios to the
@@ -200,6 +212,44 @@ TARGETS: list[Target] = [
         ),
         (f"{COLD}, activations",),
     ),
+    Target(
+        "issue 12: persistent writes, SQLite store, 100 actors each writing once per call"
+        " >= 20,000 writes/s and >= 10x one statement per thread hop (same rounds)",
+        (
+            Bound(WRITES, ">=", 20_000),
+            Bound("persistent writes / thread-hop writes", ">=", 10),
+        ),
+        (
+            "thread-hop writes, * tasks",
+            "persistent writes, CPU per write",
+            "thread-hop writes, CPU per write",
+            "persistent writes / calls without state",
+            "the same, awaiting once, without state, * callers, each to its own actor",
+            "persistent writes / calls awaiting once without state",
+            "the same, awaiting once, CPU per call",
+        ),
+    ),
+    Target(
+        "issue 12: a call that reads persistent state without writing it <= 1.1x the time"
+        " of a call to an actor without state (1,000 actors, 100 callers, same rounds)",
+        (Bound("read-only call / call without state, time per call", "<=", 1.1),),
+        (
+            READ,
+            PLAIN_CALL,
+            "read-only call, persistent state, CPU per call",
+            "call, no state, CPU per call",
+        ),
+    ),
+    Target(
+        "issue 12: (reported, no bound) activations of actors with persistent state, by"
+        " store, and of the same actors without state",
+        (),
+        (
+            "activations, no state, * callers",
+            *(f"activations, {store} store, * callers" for store in STATE_STORES),
+            *(f"activations, {store} store, CPU per activation" for store in STATE_STORES),
+        ),
+    ),
 ]
 
 
@@ -297,6 +347,40 @@ def how_fast(figures: list[Figure]) -> list[str]:
             f"{m('activations, 100 callers')} actors/s",
         )
 
+    def writes() -> tuple[str, str]:
+        return (
+            f"{m('persistent writes / thread-hop writes')}x one SQLite statement per thread"
+            f" hop; {m('persistent writes / calls without state')}x the same calls to actors"
+            " without state",
+            f"{m(WRITES)} writes/s, {m('persistent writes, CPU per write')} µs CPU per write"
+            f" (thread hop: {m('thread-hop writes, * tasks')} writes/s,"
+            f" {m('thread-hop writes, CPU per write')} µs)",
+        )
+
+    def reads() -> tuple[str, str]:
+        return (
+            f"{m('read-only call / call without state, time per call')}x the time of a call"
+            " to an actor without state",
+            f"{m(READ)} calls/s, {m('read-only call, persistent state, CPU per call')} µs CPU"
+            f" per call (without state: {m(PLAIN_CALL)} calls/s,"
+            f" {m('call, no state, CPU per call')} µs)",
+        )
+
+    def claims() -> tuple[str, str]:
+        ratios, rates = [], []
+        for store, label in STATE_STORES.items():
+            with contextlib.suppress(LookupError):  # not measured in this run
+                rate = m(f"activations, {store} store, * callers")
+                ratios.append(f"{label} {m(f'activations, {store} store / no state')}x")
+                rates.append(f"{label} {rate}")
+        if not ratios:
+            raise LookupError("activations with state")
+        return (
+            ", ".join(ratios) + " the activations/s of the same actors without state",
+            ", ".join(rates)
+            + f" actors/s (without state: {m('activations, no state, * callers')})",
+        )
+
     def memory() -> tuple[str, str]:
         return (
             f"memory at the end of a stream of new ids through max_actors:"
@@ -319,6 +403,9 @@ def how_fast(figures: list[Figure]) -> list[str]:
         ("calls from Python, 1,000 actors, 100 concurrent callers", local),
         ("first calls (activations), in one process", activations),
         ("an idle actor in memory", memory),
+        ("persistent writes (SQLite), 100 actors each writing once per call", writes),
+        ("a call reading persistent state (1,000 actors, 100 callers)", reads),
+        ("first calls to actors with persistent state (each claims the actor)", claims),
     ]
     lines = []
     for what, row in rows:
@@ -389,6 +476,13 @@ def notes(figures: list[Figure]) -> list[str]:
             f" are forwarded: a forward costs about {forward:.0f} µs of CPU on top of"
             " the call. At that cost, 2 workers with a whole core each would give at"
             f" most {2 * local / mixed:.2f}x the throughput of 1 worker with one."
+        )
+    if _find(by_name, "thread-hop writes, * tasks"):
+        lines.append(
+            "- Issue 12's thread-hop reference is the same 100 tasks each writing through"
+            " `trio.to_thread.run_sync`: one upsert on a shared `sqlite3` connection (WAL,"
+            " `synchronous=NORMAL`, a lock, autocommit), one statement and one commit per"
+            " hop. CPU per write is the whole process's, every thread (`state.py`)."
         )
     if _find(by_name, f"{SPREAD}, one node alone: total"):
         lines.append(

@@ -1,17 +1,18 @@
 """Run every benchmark and print one table.
 
-    python benchmarks/run.py                  # full: about nine minutes
+    python benchmarks/run.py                  # full: about eleven minutes
     python benchmarks/run.py --quick          # smoke test for CI: seconds per benchmark
     python benchmarks/run.py --only cluster   # just that one (repeatable)
     python benchmarks/run.py --results benchmarks/RESULTS.md  # also write a report
 
 Each benchmark also runs alone: ``python benchmarks/local_invoke.py``,
-``python benchmarks/http_invoke.py``, ``python benchmarks/workers.py``,
-``python benchmarks/cluster.py``. Figures are medians (with min and max) over the
-repetitions; on a shared machine, trust the ratios, measured in the same run, more
-than the absolute rates. The report (``--results``) adds the command, the date, the
-machine, whether each of the performance issue's targets was met, and a short table of
-ratios for the README's "How fast" (``results.py``).
+``python benchmarks/state.py``, ``python benchmarks/http_invoke.py``,
+``python benchmarks/workers.py``, ``python benchmarks/cluster.py``. Figures are medians
+(with min and max) over the repetitions; on a shared machine, trust the ratios,
+measured in the same run, more than the absolute rates. The report (``--results``)
+adds the command, the date, the machine, whether each of the performance issues'
+targets was met, and a short table of ratios for the README's "How fast"
+(``results.py``).
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ import cluster
 import http_invoke
 import local_invoke
 import results
+import state
 import trio
 import workers
 from _common import common_arguments, table
 
-BENCHMARKS = ("local", "http", "workers", "cluster")
+BENCHMARKS = ("local", "state", "http", "workers", "cluster")
 
 
 def main() -> None:
@@ -39,6 +41,7 @@ def main() -> None:
     local_invoke.arguments(parser)
     http_invoke.arguments(parser)
     cluster.arguments(parser)
+    state.arguments(parser)
     parser.add_argument("--only", choices=BENCHMARKS, action="append", help="run just this one")
     parser.add_argument("--results", type=Path, help="also write a Markdown report to this file")
     args = parser.parse_args()
@@ -46,6 +49,8 @@ def main() -> None:
     figures = []
     if "local" in only:  # first: its memory figure wants a fresh process
         figures += trio.run(partial(local_invoke.run, **local_invoke.options(args)))
+    if "state" in only:
+        figures += trio.run(partial(state.run, **state.options(args)))
     if "http" in only:
         figures += http_invoke.run(**http_invoke.options(args))
     if "workers" in only:

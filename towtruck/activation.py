@@ -370,7 +370,9 @@ class Activation:
         """Run one method (see :meth:`_run_method`), and for an actor that keeps
         persistent state, end its turn: save what autosaves, drop the activation if a
         newer one has claimed the actor."""
-        if self.context is None:
+        states = self.context
+        if states is None or (method.is_async and not method.may_suspend and not states.autosaves):
+            # (an async def that cannot wait cannot have written: nothing to end)
             return await self._run_method(method, data, context, here)
         return await self._run_persistent(method, data, context, here)
 
@@ -385,6 +387,9 @@ class Activation:
             states.turn_failed()
             self._drop_if_superseded(states, exc)
             raise
+        if not states.autosaves:
+            self._drop_if_superseded(states)  # (the method wrote, and was refused)
+            return answer
         try:
             with trio.CancelScope(deadline=context.deadline, shield=here) as scope:
                 await states.turn_ended()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -82,7 +82,7 @@ class ActorContext:
             0 until the activation has claimed, and for actors without persistent state.
     """
 
-    __slots__ = ("_opener", "_states", "_trouble", "client", "epoch", "id")
+    __slots__ = ("_opener", "_states", "_trouble", "autosaves", "client", "epoch", "id")
 
     def __init__(self, actor_id: str, client: Client, opener: StoreOpener) -> None:
         self.id = actor_id
@@ -90,6 +90,8 @@ class ActorContext:
         self.epoch = 0
         self._opener = opener
         self._states: list[PersistentState] = []
+        #: A state is written at the end of turns (so turns may wait on the store).
+        self.autosaves = False
         #: Why this activation must go (a conflict, a write of unknown outcome), or None.
         self._trouble: TowtruckError | None = None
 
@@ -123,6 +125,7 @@ class ActorContext:
             raise RuntimeError(f"actor {self.id!r} already has a persistent state {name!r}")
         state = PersistentState(self, name, default, autosave)
         self._states.append(state)
+        self.autosaves = self.autosaves or autosave
         return state
 
     # What the activation does with it.
@@ -131,11 +134,6 @@ class ActorContext:
     def keeps_state(self) -> bool:
         """The actor asked for persistent state: activating it claims it."""
         return bool(self._states)
-
-    @property
-    def autosaves(self) -> bool:
-        """A state is written at the end of turns (so turns may wait on the store)."""
-        return any(state.autosave for state in self._states)
 
     @property
     def trouble(self) -> TowtruckError | None:
@@ -183,15 +181,16 @@ class ActorContext:
         if self._trouble is None:
             self._trouble = error
 
-    async def _store(self) -> Store:
+    def _store(self) -> Store:
         if self._trouble is not None:
             raise self._trouble
-        if not self.epoch:
+        store = self._opener.opened
+        if not self.epoch or store is None:
             raise RuntimeError(
                 f"actor {self.id!r}: persistent state is loaded after create_actor returns;"
                 " read or write it from activate() or a method"
             )
-        return await self._opener.get()
+        return store
 
 
 class PersistentState:
@@ -236,8 +235,7 @@ class PersistentState:
             CallInterrupted: the store had it and did not answer in time: it may land
                 yet; this activation is dropped when the turn ends.
         """
-        store = await self._context._store()
-        await self._save(self._encode(), store)
+        await self._save(self._encode())
 
     async def read(self) -> None:
         """Load the value the store holds now (dropping changes not written).
@@ -247,7 +245,7 @@ class PersistentState:
             StoreUnavailable: the store failed; the value is unchanged.
         """
         context = self._context
-        found = await (await context._store()).read(context.id)
+        found = await context._store().read(context.id)
         if found.epoch != context.epoch:
             error = StateConflict(
                 f"actor {context.id!r} was claimed by a newer activation (epoch"
@@ -268,7 +266,7 @@ class PersistentState:
             StateConflict, StoreUnavailable: as :meth:`write`.
         """
         context = self._context
-        store = await context._store()
+        store = context._store()
         await self._guarded(store.clear(context.id, self.name, epoch=context.epoch, etag=self.etag))
         self.etag = None
         self.value = self._fresh()
@@ -303,26 +301,33 @@ class PersistentState:
     def _restore(self) -> None:
         self.value = self._fresh() if self._stored is None else codec.loads(self._stored)
 
-    async def _save(self, data: bytes, store: Store | None = None) -> None:
+    async def _save(self, data: bytes) -> None:
         context = self._context
-        if store is None:
-            store = await context._store()
-        self.etag = await self._guarded(
-            store.write(context.id, self.name, data, epoch=context.epoch, etag=self.etag)
-        )
-        self._stored = data
+        store = context._store()
+        try:
+            etag = await store.write(
+                context.id, self.name, data, epoch=context.epoch, etag=self.etag
+            )
+        except BaseException as exc:
+            self._failed(exc)
+            raise
+        self.etag, self._stored = etag, data
 
-    async def _guarded(self, operation: Any) -> Any:
+    async def _guarded(self, operation: Awaitable[Any]) -> Any:
         """Run a store operation; note what its failure means for the activation."""
         try:
             return await operation
-        except StateConflict as exc:
+        except BaseException as exc:
+            self._failed(exc)
+            raise
+
+    def _failed(self, exc: BaseException) -> None:
+        """Note what a store operation's failure means for the activation."""
+        if isinstance(exc, StateConflict):
             self._context._fail(exc)
-            raise
-        except StoreUnavailable:
+        elif isinstance(exc, StoreUnavailable):
             self._restore()
-            raise
-        except (trio.Cancelled, CallInterrupted):
+        elif isinstance(exc, (trio.Cancelled, CallInterrupted)):
             # It may have landed or not (or may yet): only a fresh claim knows.
             self._context._fail(
                 StoreUnavailable(
@@ -331,7 +336,6 @@ class PersistentState:
                     actor=self._context.id,
                 )
             )
-            raise
 
 
 def takes_context(factory: Callable[..., object]) -> bool:

@@ -11,10 +11,12 @@ Several processes may share the file (the workers of ``--workers``): each
 transaction begins ``IMMEDIATE``, taking SQLite's write lock, and waits for it up to
 the store's timeout.
 
-An operation waits on an event the thread sets through trio's token. If the waiting
-task is cancelled before the thread has taken the operation, the thread skips it (it
-did not happen); once taken, the task waits for its outcome, shielded and bounded, so
-a cancelled write either committed or did not, and nothing is torn.
+A task waiting on an operation sleeps until the thread wakes it through trio's
+token. If it is cancelled before the thread has taken the operation, the thread skips
+it (it did not happen); once taken, the cancellation waits until the operation is done
+(SQLite's lock wait bounds it), so a cancelled write either committed or did not, the
+task knows which, and nothing is torn. An operation that waited longer than the
+store's timeout for the thread fails unbegun.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import contextlib
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Final
@@ -30,7 +33,7 @@ from typing import Any, ClassVar, Final
 import trio
 
 from ..errors import StateConflict
-from .base import Claim, OutcomeUnknown, Store, Stored, conflict
+from .base import Claim, Store, Stored, conflict
 
 __all__ = ["SQLiteStore"]
 
@@ -52,6 +55,16 @@ CREATE TABLE IF NOT EXISTS towtruck_states (
 """
 
 
+_CREATE: Final = """
+INSERT INTO towtruck_states (actor, name, version, value)
+SELECT ?, ?, 1, ? WHERE (SELECT epoch FROM towtruck_actors WHERE id = ?) = ?
+ON CONFLICT (actor, name) DO NOTHING
+"""
+_REPLACE: Final = """
+UPDATE towtruck_states SET version = version + 1, value = ?
+WHERE actor = ? AND name = ? AND version = ?
+AND (SELECT epoch FROM towtruck_actors WHERE id = ?) = ?
+"""
 _FENCE: Final = """
 SELECT a.epoch, s.version FROM towtruck_actors a
 LEFT JOIN towtruck_states s ON s.actor = a.id AND s.name = ?
@@ -62,13 +75,14 @@ WHERE a.id = ?
 class _Operation:
     """One call of the store, handed to its thread."""
 
-    __slots__ = ("abandoned", "args", "done", "error", "result", "run", "taken")
+    __slots__ = ("abandoned", "args", "error", "queued", "result", "run", "taken", "task")
 
     def __init__(self, run: Callable[..., Any], args: tuple[Any, ...]) -> None:
         self.run = run
         self.args = args
-        self.done = trio.Event()
-        self.taken = False  # the thread has begun it: it will finish
+        self.task = trio.lowlevel.current_task()  # woken when it is done
+        self.queued = time.monotonic()
+        self.taken = False  # the thread has it: it will finish, and wake the task
         self.abandoned = False  # its task gave up before that: the thread skips it
         self.result: Any = None
         self.error: BaseException | None = None
@@ -137,35 +151,18 @@ class SQLiteStore(Store):
             raise sqlite3.ProgrammingError("the store is closed")
         operation = _Operation(run, args)
         self._queue.put(operation)
-        try:
-            with trio.move_on_after(self.timeout):
-                await operation.done.wait()
-        except trio.Cancelled:
-            if not self._abandon(operation):
-                await self._outcome(operation)
-            raise
-        if not operation.done.is_set():
-            if self._abandon(operation):
-                raise TimeoutError(f"not begun within {self.timeout} s")
-            await self._outcome(operation)
-            if not operation.done.is_set():
-                raise OutcomeUnknown(f"begun, and no outcome within {2 * self.timeout + 1} s")
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            with self._lock:  # skipped if the thread has not taken it; else finished
+                if operation.taken:
+                    return trio.lowlevel.Abort.FAILED
+                operation.abandoned = True
+                return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
         if operation.error is not None:
             raise operation.error
         return operation.result
-
-    def _abandon(self, operation: _Operation) -> bool:
-        """Give up an operation the thread has not begun (it will skip it); False if
-        it has begun."""
-        with self._lock:
-            operation.abandoned = not operation.taken
-            return operation.abandoned
-
-    async def _outcome(self, operation: _Operation) -> None:
-        """Wait, shielded, for an operation the thread has begun: it commits or not
-        within SQLite's lock wait."""
-        with trio.CancelScope(shield=True), trio.move_on_after(self.timeout + 1):
-            await operation.done.wait()
 
     # The thread's side.
 
@@ -202,6 +199,7 @@ class SQLiteStore(Store):
             db.close()
 
     def _commit(self, db: sqlite3.Connection, group: list[_Operation]) -> None:
+        stale = time.monotonic() - self.timeout
         with self._lock:
             group = [op for op in group if not op.abandoned]
             for op in group:
@@ -211,6 +209,9 @@ class SQLiteStore(Store):
         try:
             db.execute("BEGIN IMMEDIATE")
             for op in group:
+                if op.queued < stale:  # waited too long for its turn: not begun
+                    op.error = TimeoutError(f"not begun within {self.timeout} s")
+                    continue
                 try:
                     op.result = op.run(db, *op.args)
                 except StateConflict as exc:  # refused before it changed anything
@@ -227,7 +228,7 @@ class SQLiteStore(Store):
 
 def _deliver(group: list[_Operation]) -> None:
     for op in group:
-        op.done.set()
+        trio.lowlevel.reschedule(op.task)
 
 
 # The operations, run in the store's thread inside a transaction.
@@ -267,13 +268,19 @@ def _fence(db: sqlite3.Connection, actor_id: str, name: str, epoch: int, etag: s
 def _write(
     db: sqlite3.Connection, actor_id: str, name: str, value: bytes, epoch: int, etag: str | None
 ) -> str:
-    version = _fence(db, actor_id, name, epoch, etag) + 1
-    db.execute(
-        "INSERT INTO towtruck_states (actor, name, version, value) VALUES (?, ?, ?, ?)"
-        " ON CONFLICT (actor, name) DO UPDATE SET version = excluded.version,"
-        " value = excluded.value",
-        (actor_id, name, version, value),
-    )
+    # One statement when the fence holds (the usual case); when it changes nothing,
+    # _fence says why.
+    if etag is None:
+        version = 1
+        changed = db.execute(_CREATE, (actor_id, name, value, actor_id, epoch)).rowcount
+    elif etag.isdigit():
+        version = int(etag) + 1
+        changed = db.execute(_REPLACE, (value, actor_id, name, int(etag), actor_id, epoch)).rowcount
+    else:
+        changed = 0
+    if changed != 1:
+        _fence(db, actor_id, name, epoch, etag)
+        raise conflict(actor_id, name, epoch, "the store changed under it")  # pragma: no cover
     return str(version)
 
 
