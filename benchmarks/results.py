@@ -227,6 +227,9 @@ TARGETS: list[Target] = [
             "the same, awaiting once, without state, * callers, each to its own actor",
             "persistent writes / calls awaiting once without state",
             "the same, awaiting once, CPU per call",
+            "store writes alone, sqlite store, * tasks",
+            "store writes alone / thread-hop writes",
+            "store writes alone, CPU per write",
         ),
     ),
     Target(

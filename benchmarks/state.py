@@ -50,6 +50,7 @@ from _common import Figure, Figures, common_arguments, cpu_seconds, descendants,
 from local_invoke import CALLERS, SPREAD, rate
 
 import towtruck
+from towtruck.storage import open_store
 
 STORES = ("memory", "sqlite", "redis", "postgresql")
 #: Stores that need a server (started by the benchmark, stopped at its end).
@@ -204,12 +205,14 @@ def thread_hop_writer(path: Path) -> Iterator[Call]:
 
 async def writes(
     directory: Path, duration: float, flip: bool
-) -> tuple[Sample, Sample, Sample, Sample]:
+) -> tuple[Sample, Sample, Sample, Sample, Sample]:
     """Caller ``i`` calling ``deposit`` on its own actor with persistent state in the
     SQLite store (a write per call); writing through the thread-hop reference; calling
     ``deposit`` on its own actor without state (what the call itself costs), and a
     ``deposit`` that awaits once, as a write does (what a writing call cannot cost less
-    than: a turn that waits is a task switch and a cancel scope more)."""
+    than: a turn that waits is a task switch and a cancel scope more); and the store's
+    writes alone, caller ``i`` writing its own actor's state with no actor in between
+    (what group commit does by itself)."""
     url = f"sqlite:///{directory}/bench.sqlite3"
     accounts = [f"account-w{i}" for i in range(CALLERS)]
     plain = [f"plain-w{i}" for i in range(CALLERS)]
@@ -217,20 +220,32 @@ async def writes(
         invoke = runtime.client.invoke
         for actor_id in accounts + plain:  # activate (claim) each, and write once
             await invoke(actor_id, "deposit")
-        with thread_hop_writer(directory / "thread-hop.sqlite3") as hop:
-            for i in range(CALLERS):
-                await hop(i, 0)
-            written, hopped, called, awaited = await alternate(
-                [
-                    lambda i, n: invoke(accounts[i], "deposit"),
-                    hop,
-                    lambda i, n: invoke(plain[i], "deposit"),
-                    lambda i, n: invoke(plain[i], "deposit_awaiting"),
-                ],
-                duration,
-                flip,
-            )
-    return written, hopped, called, awaited
+        store = await open_store(f"sqlite:///{directory}/alone.sqlite3")
+        etags: list[str | None] = [None] * CALLERS
+        for i in range(CALLERS):
+            await store.claim(f"alone-{i}")
+
+        async def alone(i: int, n: int) -> None:
+            etags[i] = await store.write(f"alone-{i}", "state", b"1", epoch=1, etag=etags[i])
+
+        try:
+            with thread_hop_writer(directory / "thread-hop.sqlite3") as hop:
+                for i in range(CALLERS):
+                    await hop(i, 0)
+                written, hopped, called, awaited, stored = await alternate(
+                    [
+                        lambda i, n: invoke(accounts[i], "deposit"),
+                        hop,
+                        lambda i, n: invoke(plain[i], "deposit"),
+                        lambda i, n: invoke(plain[i], "deposit_awaiting"),
+                        alone,
+                    ],
+                    duration,
+                    flip,
+                )
+        finally:
+            await store.aclose()
+    return written, hopped, called, awaited, stored
 
 
 # Reads.
@@ -368,7 +383,7 @@ async def run(*, duration: float, repeat: int, stores: list[str]) -> list[Figure
                     print(f"state: {kind} left out: {exc}", file=sys.stderr)
         for repetition in range(repeat):
             flip = repetition % 2 == 1
-            written, hopped, called, awaited = await writes(directory, duration, flip)
+            written, hopped, called, awaited, stored = await writes(directory, duration, flip)
             name = f"{CALLERS} callers, each to its own actor"
             figures.add(f"persistent writes, sqlite store, {name}", "writes/s", written.rate)
             figures.add(f"thread-hop writes, {CALLERS} tasks", "writes/s", hopped.rate)
@@ -382,6 +397,11 @@ async def run(*, duration: float, repeat: int, stores: list[str]) -> list[Figure
                 written.rate / awaited.rate,
             )
             figures.add("persistent writes, CPU per write", "µs", written.cpu_us)
+            figures.add(
+                f"store writes alone, sqlite store, {CALLERS} tasks", "writes/s", stored.rate
+            )
+            figures.add("store writes alone / thread-hop writes", "x", stored.rate / hopped.rate)
+            figures.add("store writes alone, CPU per write", "µs", stored.cpu_us)
             figures.add("thread-hop writes, CPU per write", "µs", hopped.cpu_us)
             figures.add("the same calls without state, CPU per call", "µs", called.cpu_us)
             figures.add("the same, awaiting once, CPU per call", "µs", awaited.cpu_us)
