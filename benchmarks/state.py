@@ -221,12 +221,14 @@ async def writes(
         for actor_id in accounts + plain:  # activate (claim) each, and write once
             await invoke(actor_id, "deposit")
         store = await open_store(f"sqlite:///{directory}/alone.sqlite3")
-        etags: list[str | None] = [None] * CALLERS
-        for i in range(CALLERS):
-            await store.claim(f"alone-{i}")
+        claims = [await store.claim(f"alone-{i}") for i in range(CALLERS)]
+        epochs = [claim.epoch for claim in claims]
+        etags = [claim.states["state"].etag if claim.states else None for claim in claims]
 
         async def alone(i: int, n: int) -> None:
-            etags[i] = await store.write(f"alone-{i}", "state", b"1", epoch=1, etag=etags[i])
+            etags[i] = await store.write(
+                f"alone-{i}", "state", b"1", epoch=epochs[i], etag=etags[i]
+            )
 
         try:
             with thread_hop_writer(directory / "thread-hop.sqlite3") as hop:

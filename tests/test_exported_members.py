@@ -56,6 +56,7 @@ def test_public_api() -> None:
         "SettingsError",
         "StateConflict",
         "StoreUnavailable",
+        "Timer",
         "TowtruckError",
         "Unauthorized",
         "Unavailable",

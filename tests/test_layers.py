@@ -23,6 +23,7 @@ LAYERS = [
         "failures",
         "watchdog",
         "state",
+        "timers",
     },
     {"cluster"},
     {"transport"},

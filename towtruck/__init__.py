@@ -57,6 +57,7 @@ from .server.app import App as App
 from .settings import Settings as Settings
 from .state import ActorContext as ActorContext
 from .state import PersistentState as PersistentState
+from .timers import Timer as Timer
 from .testing import Cluster as Cluster
 from .testing import ClusterClient as ClusterClient
 from .testing import cluster as cluster
@@ -103,6 +104,7 @@ __all__ = [
     "SettingsError",
     "StateConflict",
     "StoreUnavailable",
+    "Timer",
     "TowtruckError",
     "Unauthorized",
     "Unavailable",

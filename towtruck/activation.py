@@ -69,12 +69,14 @@ from .errors import (
     TowtruckError,
 )
 from .methods import Method, hook
+from .timers import Tick
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from .catalog import Catalog
     from .state import ActorContext
+    from .timers import Timer
 
 __all__ = ["Activation", "ActivationState", "DeactivationReason"]
 
@@ -143,7 +145,7 @@ class Activation:
         self.mailbox: Mailbox | None = None
         self._catalog = catalog
         self._gone: trio.Event | None = None
-        #: The actor's context, if it keeps persistent state (see :mod:`towtruck.state`).
+        #: The actor's context, if its factory takes one (see :mod:`towtruck.state`).
         self.context: ActorContext | None = None
 
     def __repr__(self) -> str:
@@ -263,6 +265,26 @@ class Activation:
         already running for the same call chain (it would deadlock in the mailbox)."""
         return await self._execute(method, data, context)
 
+    def arm(self, timer: Timer) -> None:
+        """Start ``timer`` on the node's scheduler. Not a checkpoint."""
+        timer._arm(self, self._catalog.timers)
+
+    def tick(self, timer: Timer) -> bool:
+        """Put a tick of ``timer`` in the mailbox, as a call nobody waits for; False if
+        the actor is not serving or its mailbox is full. Not a checkpoint."""
+        if self.state is not ActivationState.VALID:
+            return False
+        mailbox = self.mailbox
+        if mailbox is None:
+            mailbox = self.mailbox = Mailbox()
+        elif len(mailbox) >= self._catalog.mailbox_size:
+            return False
+        mailbox.append(Tick(timer, self._catalog.now() + self._catalog.call_timeout))
+        self._catalog.call_queued()
+        if not self.running:
+            self._start()
+        return True
+
     def request_deactivation(self, reason: DeactivationReason) -> None:
         """Start deactivating: finish the mailbox, run ``deactivate``, leave the table.
 
@@ -312,11 +334,14 @@ class Activation:
             if mailbox is not None:
                 turns = 0
                 begun: float | None = None  # when the turn just run began
+                called = False  # a call ran (not a tick): the actor is in use
                 while mailbox:
                     call = mailbox.popleft()
                     self._catalog.call_unqueued()
                     if call.reply.abandoned:
                         continue
+                    if type(call) is not Tick or call.timer.keep_alive:
+                        called = True
                     now = self._catalog.now()
                     if begun is not None:
                         mailbox.measured(now - begun)
@@ -341,7 +366,8 @@ class Activation:
                     turns += 1
                     if turns % _TURNS_PER_YIELD == 0:
                         await trio.lowlevel.checkpoint()
-                self.touched = trio.current_time()
+                if called:
+                    self.touched = trio.current_time()
             if self.state is ActivationState.DEACTIVATING:
                 await self._deactivate()
         finally:
@@ -371,7 +397,11 @@ class Activation:
         persistent state, end its turn: save what autosaves, drop the activation if a
         newer one has claimed the actor."""
         states = self.context
-        if states is None or (method.is_async and not method.may_suspend and not states.autosaves):
+        if (
+            states is None
+            or not states.keeps_state
+            or (method.is_async and not method.may_suspend and not states.autosaves)
+        ):
             # (an async def that cannot wait cannot have written: nothing to end)
             return await self._run_method(method, data, context, here)
         return await self._run_persistent(method, data, context, here)
@@ -476,7 +506,7 @@ class Activation:
         token = current_context.set(CallContext((self.id,), deadline))
         try:
             with trio.fail_after(self._catalog.call_timeout):
-                if self.context is not None:
+                if self.context is not None and self.context.keeps_state:
                     await self.context.claim()
                 if activate is not None:
                     result = activate()
@@ -539,6 +569,8 @@ class Activation:
         if self.state is ActivationState.DEACTIVATING:
             self._catalog.leaving_ended()
         self.state = ActivationState.INVALID
+        if self.context is not None:
+            self.context.ended()
         self._catalog.forget(self)
         if self._gone is not None:
             self._gone.set()

@@ -30,6 +30,7 @@ from .failures import FailureLog
 from .methods import hook, is_public, methods_of
 from .settings import Settings
 from .state import ActorContext, StoreOpener, takes_context
+from .timers import TimerScheduler
 
 if TYPE_CHECKING:
     from .calls import CallContext
@@ -114,6 +115,8 @@ class Catalog:
         self.observer: CatalogObserver | None = None
         #: Logs what the actors' code raises (``create_actor`` included), rate-limited.
         self.failures = FailureLog(logging.getLogger("towtruck.actor"))
+        #: The timers of every actor in the table (see :mod:`towtruck.timers`).
+        self.timers = TimerScheduler()
         #: Cancel scopes of the turns running in their callers' tasks (see
         #: ``Activation._turn_here``), to cancel them when the node stops.
         self.turns_here: set[trio.CancelScope] = set()
@@ -155,7 +158,7 @@ class Catalog:
         self._nursery = nursery
         # The run's clock, read directly: trio.current_time() finds it anew on every
         # call, a good part of a local call's cost, and a call reads it twice.
-        self.now = trio.lowlevel.current_clock().current_time
+        self.now = self.timers.now = trio.lowlevel.current_clock().current_time
 
     def spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
         """Start an actor's task in the node's nursery."""
@@ -275,13 +278,14 @@ class Catalog:
             )
             raise error from exc
         activation = Activation(actor_id, instance, methods, self)
-        if context is not None and context.keeps_state:
-            activation.context = context
         self._table[actor_id] = activation
         self._activations += 1
         if self.observer is not None:
             self.observer.activated(actor_id)
-        if activation.context is not None or hook(instance, "activate") is not None:
+        if context is not None:
+            activation.context = context
+            context.attach(activation)
+        if (context is not None and context.keeps_state) or hook(instance, "activate") is not None:
             activation.state = ActivationState.ACTIVATING
             activation._start()
         return activation

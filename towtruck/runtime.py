@@ -96,6 +96,7 @@ class Runtime:
         self._services: list[Callable[[], Awaitable[None]]] = [
             self._collect_periodically,
             self.catalog.failures.flush_periodically,
+            self.catalog.timers.run,
         ]
         self.node_id = f"{socket.gethostname()}:{os.getpid()}"
         self.calls = 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -26,8 +27,10 @@ import trio
 
 from . import codec
 from .errors import CallInterrupted, StateConflict, StoreUnavailable, TowtruckError
+from .timers import MIN_PERIOD, Timer
 
 if TYPE_CHECKING:
+    from .activation import Activation
     from .client import Client
     from .storage import Store, Stored
 
@@ -82,7 +85,18 @@ class ActorContext:
             0 until the activation has claimed, and for actors without persistent state.
     """
 
-    __slots__ = ("_opener", "_states", "_trouble", "autosaves", "client", "epoch", "id")
+    __slots__ = (
+        "_activation",
+        "_opener",
+        "_states",
+        "_timers",
+        "_trouble",
+        "autosaves",
+        "client",
+        "epoch",
+        "id",
+        "keeps_state",
+    )
 
     def __init__(self, actor_id: str, client: Client, opener: StoreOpener) -> None:
         self.id = actor_id
@@ -90,8 +104,12 @@ class ActorContext:
         self.epoch = 0
         self._opener = opener
         self._states: list[PersistentState] = []
+        #: The actor asked for persistent state: activating it claims it.
+        self.keeps_state = False
         #: A state is written at the end of turns (so turns may wait on the store).
         self.autosaves = False
+        self._timers: dict[str, Timer] | None = None
+        self._activation: Activation | None = None
         #: Why this activation must go (a conflict, a write of unknown outcome), or None.
         self._trouble: TowtruckError | None = None
 
@@ -125,15 +143,71 @@ class ActorContext:
             raise RuntimeError(f"actor {self.id!r} already has a persistent state {name!r}")
         state = PersistentState(self, name, default, autosave)
         self._states.append(state)
+        self.keeps_state = True
         self.autosaves = self.autosaves or autosave
         return state
 
-    # What the activation does with it.
+    def timer(
+        self,
+        name: str,
+        callback: Callable[..., Any],
+        *,
+        every: float | None = None,
+        after: float | None = None,
+        keep_alive: bool = False,
+    ) -> Timer:
+        """Run ``callback`` as a turn of the actor after ``after`` seconds (default:
+        ``every``), then every ``every`` seconds, while this activation lives.
+
+        A tick is a turn like a call's, never interleaved with one; ``callback`` takes
+        no argument and may be ``async``. A tick that raises is logged and the timer
+        goes on; a tick due while the previous one has not run yet is skipped. Ticks do
+        not keep an idle actor in memory unless ``keep_alive``. A timer of the same
+        name is replaced. Returns the timer: ``timer.cancel()`` stops it.
+
+        Raises:
+            ValueError: neither ``every`` nor ``after``, or one that is not positive.
+        """
+        if every is None and after is None:
+            raise ValueError("a timer needs every= (seconds between ticks) or after=")
+        for what, seconds in (("every", every), ("after", after)):
+            if seconds is not None and not (seconds >= MIN_PERIOD and math.isfinite(seconds)):
+                raise ValueError(f"{what} must be at least {MIN_PERIOD} s, not {seconds!r}")
+        first = after if after is not None else every
+        assert first is not None
+        timer = Timer(name, callback, every=every, after=first, keep_alive=keep_alive)
+        timers = self._timers
+        if timers is None:
+            timers = self._timers = {}
+        replaced = timers.pop(name, None)
+        if replaced is not None:
+            replaced.cancel()
+        timers[name] = timer
+        if self._activation is not None:
+            self._activation.arm(timer)
+        return timer
 
     @property
-    def keeps_state(self) -> bool:
-        """The actor asked for persistent state: activating it claims it."""
-        return bool(self._states)
+    def timers(self) -> dict[str, Timer]:
+        """The actor's timers that have not ended, by name."""
+        return {
+            n: t for n, t in (self._timers or {}).items() if not t.cancelled and t.due != math.inf
+        }
+
+    # What the activation does with it.
+
+    def attach(self, activation: Activation) -> None:
+        """The activation is in the table: arm the timers the factory asked for."""
+        self._activation = activation
+        for timer in (self._timers or {}).values():
+            activation.arm(timer)
+
+    def ended(self) -> None:
+        """The activation has ended: its timers with it."""
+        self._activation = None
+        for timer in (self._timers or {}).values():
+            timer.cancel()
+        self._timers = None
 
     @property
     def trouble(self) -> TowtruckError | None:
