@@ -12,6 +12,7 @@ import trio
 
 from towtruck.errors import SettingsError, StateConflict, StoreUnavailable
 from towtruck.storage import Claim, Store, check_url, open_store
+from towtruck.storage.base import bucket_of
 
 from .stores import PostgresServer, RedisServer, postgres_server, redis_server
 
@@ -242,3 +243,65 @@ async def test_a_store_that_cannot_be_reached_answers_store_unavailable(
                 assert caught.value.status == 503
             finally:
                 await store.aclose()
+
+
+# Reminders.
+
+
+async def test_reminders_are_set_listed_replaced_and_forgotten(store: Store) -> None:
+    with trio.fail_after(STORE_SECONDS):
+        actor = unique()
+        first = await store.set_reminder(actor, "b", due=1000.5, period=60.0, data=b'{"x":1}')
+        await store.set_reminder(actor, "a", due=2000.0, period=None, data=b"null")
+        assert [row.name for row in await store.reminders(actor)] == ["a", "b"]
+        assert await store.reminder(actor, "b") == first
+        assert first.bucket == bucket_of(actor)
+        again = await store.set_reminder(actor, "b", due=1500.25, period=None, data=b"[]")
+        assert again.generation != first.generation
+        assert again.tick_id != first.tick_id
+        assert await store.reminder(actor, "b") == again
+        assert await store.forget_reminder(actor, "b")
+        assert not await store.forget_reminder(actor, "b")
+        assert await store.reminder(actor, "b") is None
+        assert [row.name for row in await store.reminders(actor)] == ["a"]
+        assert await store.reminders(unique()) == []
+
+
+async def test_due_reminders_come_from_the_buckets_asked_soonest_first(store: Store) -> None:
+    with trio.fail_after(STORE_SECONDS):
+        base = 1e9 + uuid.uuid4().int % 10**6  # apart from other tests' reminders
+        actors = [unique() for _ in range(30)]
+        for n, actor in enumerate(actors):
+            await store.set_reminder(actor, "r", due=base + n, period=None, data=b"1")
+        mine = {bucket_of(a) for a in actors[:10]}
+        found = await store.due_reminders(sorted(mine), before=base + 20, limit=100)
+        found = [row for row in found if row.actor in actors]
+        expected = [a for a in actors[:20] if bucket_of(a) in mine]
+        assert [row.actor for row in found] == expected
+        assert [row.due for row in found] == sorted(row.due for row in found)
+        limited = await store.due_reminders(sorted(mine), before=base + 20, limit=2)
+        assert len(limited) <= 2
+
+
+async def test_a_tick_is_marked_done_once_and_only_for_its_generation(store: Store) -> None:
+    with trio.fail_after(STORE_SECONDS):
+        actor = unique()
+        row = await store.set_reminder(actor, "r", due=100.125, period=10.0, data=b"{}")
+        done = dict(generation=row.generation, due=row.due, next_due=110.125)
+        assert await store.reminder_done(actor, "r", **done)  # type: ignore[arg-type]
+        assert not await store.reminder_done(actor, "r", **done)  # type: ignore[arg-type]
+        moved = await store.reminder(actor, "r")
+        assert moved is not None
+        assert (moved.due, moved.generation, moved.data) == (110.125, row.generation, b"{}")
+        replaced = await store.set_reminder(actor, "r", due=200.0, period=None, data=b"1")
+        assert not await store.reminder_done(
+            actor, "r", generation=row.generation, due=110.125, next_due=120.125
+        )
+        assert await store.reminder(actor, "r") == replaced
+        assert await store.reminder_done(
+            actor, "r", generation=replaced.generation, due=200.0, next_due=None
+        )
+        assert await store.reminder(actor, "r") is None
+        assert not await store.reminder_done(
+            actor, "r", generation=replaced.generation, due=200.0, next_due=None
+        )

@@ -57,10 +57,10 @@ from .server.app import App as App
 from .settings import Settings as Settings
 from .state import ActorContext as ActorContext
 from .state import PersistentState as PersistentState
-from .timers import Timer as Timer
 from .testing import Cluster as Cluster
 from .testing import ClusterClient as ClusterClient
 from .testing import cluster as cluster
+from .timers import Timer as Timer
 
 __all__ = [
     "ActivationState",

@@ -9,6 +9,10 @@ refuses it with :class:`~towtruck.errors.StateConflict` otherwise. So once a new
 activation has claimed, no write from an older one can land, whatever it read before:
 that is the fence.
 
+It also keeps actors' durable **reminders** (:class:`ReminderRow`), in
+:data:`BUCKETS` buckets by a hash of the actor's id, so that each node of a cluster
+loads only the due reminders of its own buckets.
+
 Backends subclass :class:`Store` and implement the underscored methods; the public
 ones turn the backend's own failures (``failures``) into
 :class:`~towtruck.errors.StoreUnavailable`: nothing was written. Each backend bounds
@@ -23,15 +27,35 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Mapping
+import secrets
+import zlib
+from collections.abc import Mapping, Sequence
 from typing import ClassVar, Final
 
 from ..errors import CallInterrupted, StateConflict, StoreUnavailable
 
-__all__ = ["DEFAULT_TIMEOUT", "Claim", "OutcomeUnknown", "Store", "Stored", "conflict"]
+__all__ = [
+    "BUCKETS",
+    "DEFAULT_TIMEOUT",
+    "Claim",
+    "OutcomeUnknown",
+    "ReminderRow",
+    "Store",
+    "Stored",
+    "bucket_of",
+    "conflict",
+]
 
 #: How long one store operation may take by default, in seconds.
 DEFAULT_TIMEOUT: Final = 5.0
+#: Reminders are kept in this many buckets, by a hash of their actor's id; each node
+#: of a cluster loads the due reminders of the buckets placement gives it.
+BUCKETS: Final = 256
+
+
+def bucket_of(actor_id: str) -> int:
+    """The bucket of an actor's reminders (the same in every process)."""
+    return zlib.crc32(actor_id.encode("utf-8", "surrogatepass")) % BUCKETS
 
 
 class OutcomeUnknown(Exception):
@@ -63,6 +87,37 @@ class Claim:
 
     epoch: int
     states: Mapping[str, Stored]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReminderRow:
+    """A durable reminder as the store holds it.
+
+    Attributes:
+        actor: The actor it reminds.
+        name: Its name among the actor's reminders.
+        due: When it is due next, in seconds since the Unix epoch.
+        period: Seconds between ticks; None for a reminder that fires once.
+        data: JSON handed to the actor with each tick.
+        generation: Drawn anew each time the reminder is set, so a tick of a reminder
+            replaced (or forgotten and set again) is never taken for one of the new.
+    """
+
+    actor: str
+    name: str
+    due: float
+    period: float | None
+    data: bytes
+    generation: int
+
+    @property
+    def tick_id(self) -> str:
+        """The same for every delivery of one tick, different for every tick."""
+        return f"{self.generation:x}-{round(self.due * 1000)}"
+
+    @property
+    def bucket(self) -> int:
+        return bucket_of(self.actor)
 
 
 def conflict(actor_id: str, name: str, epoch: int, why: str) -> StateConflict:
@@ -151,6 +206,61 @@ class Store(abc.ABC):
         except self.failures as exc:
             raise self._unavailable("list", "", exc) from exc
 
+    async def set_reminder(
+        self, actor_id: str, name: str, *, due: float, period: float | None, data: bytes
+    ) -> ReminderRow:
+        """Create or replace the reminder ``name`` of an actor (a new generation)."""
+        row = ReminderRow(actor_id, name, due, period, data, secrets.randbits(48))
+        try:
+            await self._set_reminder(row)
+        except self.failures as exc:
+            raise self._unavailable("set a reminder", actor_id, exc) from exc
+        return row
+
+    async def forget_reminder(self, actor_id: str, name: str) -> bool:
+        """Remove a reminder; whether there was one. Once this returns, no tick of it
+        is taken by :meth:`reminder_done` or found by :meth:`reminder`."""
+        try:
+            return await self._forget_reminder(actor_id, name)
+        except self.failures as exc:
+            raise self._unavailable("forget a reminder", actor_id, exc) from exc
+
+    async def reminders(self, actor_id: str) -> list[ReminderRow]:
+        """An actor's reminders, by name."""
+        try:
+            return sorted(await self._reminders(actor_id), key=lambda row: row.name)
+        except self.failures as exc:
+            raise self._unavailable("list reminders", actor_id, exc) from exc
+
+    async def reminder(self, actor_id: str, name: str) -> ReminderRow | None:
+        """One reminder of an actor, or None."""
+        try:
+            return await self._reminder(actor_id, name)
+        except self.failures as exc:
+            raise self._unavailable("read a reminder", actor_id, exc) from exc
+
+    async def due_reminders(
+        self, buckets: Sequence[int], before: float, limit: int
+    ) -> list[ReminderRow]:
+        """Up to ``limit`` reminders of ``buckets`` due before ``before``, soonest first."""
+        try:
+            rows = await self._due_reminders(sorted(set(buckets)), before, limit)
+        except self.failures as exc:
+            raise self._unavailable("find due reminders", "", exc) from exc
+        return sorted(rows, key=lambda row: row.due)[:limit]
+
+    async def reminder_done(
+        self, actor_id: str, name: str, *, generation: int, due: float, next_due: float | None
+    ) -> bool:
+        """Mark the tick due at ``due`` delivered: the reminder is due next at
+        ``next_due`` (None: removed), if it is still of ``generation`` and due at
+        ``due``; False (and nothing changed) if not: it was replaced, forgotten, or
+        that tick was marked already."""
+        try:
+            return await self._reminder_done(actor_id, name, generation, due, next_due)
+        except self.failures as exc:
+            raise self._unavailable("mark a reminder done", actor_id, exc) from exc
+
     async def aclose(self) -> None:  # noqa: B027 (most backends have something to close)
         """Close connections and threads. The store is not used afterwards."""
 
@@ -170,6 +280,28 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def _ids(self, after: str | None, limit: int) -> list[str]: ...
+
+    @abc.abstractmethod
+    async def _set_reminder(self, row: ReminderRow) -> None: ...
+
+    @abc.abstractmethod
+    async def _forget_reminder(self, actor_id: str, name: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def _reminders(self, actor_id: str) -> list[ReminderRow]: ...
+
+    @abc.abstractmethod
+    async def _reminder(self, actor_id: str, name: str) -> ReminderRow | None: ...
+
+    @abc.abstractmethod
+    async def _due_reminders(
+        self, buckets: list[int], before: float, limit: int
+    ) -> list[ReminderRow]: ...
+
+    @abc.abstractmethod
+    async def _reminder_done(
+        self, actor_id: str, name: str, generation: int, due: float, next_due: float | None
+    ) -> bool: ...
 
     def _interrupted(self, operation: str, actor_id: str, exc: BaseException) -> CallInterrupted:
         return CallInterrupted(

@@ -9,12 +9,13 @@ the process.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import weakref
 from typing import Final
 
 import trio
 
-from .base import Claim, Store, Stored, conflict
+from .base import Claim, ReminderRow, Store, Stored, conflict
 
 __all__ = ["MemoryStore", "memory_store"]
 
@@ -43,6 +44,7 @@ class MemoryStore(Store):
         self._epochs: dict[str, int] = {}
         self._states: dict[str, dict[str, tuple[int, bytes]]] = {}
         self._sorted: list[str] = []  # sorted, for paging
+        self._reminders_by_actor: dict[str, dict[str, ReminderRow]] = {}
         #: Set to make every operation fail as a store that is down would (tests).
         self.down = False
 
@@ -101,3 +103,52 @@ class MemoryStore(Store):
         self._check()
         start = 0 if after is None else bisect.bisect_right(self._sorted, after)
         return self._sorted[start : start + limit]
+
+    async def _set_reminder(self, row: ReminderRow) -> None:
+        await trio.lowlevel.checkpoint()
+        self._check()
+        self._reminders_by_actor.setdefault(row.actor, {})[row.name] = row
+
+    async def _forget_reminder(self, actor_id: str, name: str) -> bool:
+        await trio.lowlevel.checkpoint()
+        self._check()
+        return self._reminders_by_actor.get(actor_id, {}).pop(name, None) is not None
+
+    async def _reminders(self, actor_id: str) -> list[ReminderRow]:
+        await trio.lowlevel.checkpoint()
+        self._check()
+        return list(self._reminders_by_actor.get(actor_id, {}).values())
+
+    async def _reminder(self, actor_id: str, name: str) -> ReminderRow | None:
+        await trio.lowlevel.checkpoint()
+        self._check()
+        return self._reminders_by_actor.get(actor_id, {}).get(name)
+
+    async def _due_reminders(
+        self, buckets: list[int], before: float, limit: int
+    ) -> list[ReminderRow]:
+        await trio.lowlevel.checkpoint()
+        self._check()
+        wanted = set(buckets)
+        due = [
+            row
+            for rows in self._reminders_by_actor.values()
+            for row in rows.values()
+            if row.due < before and row.bucket in wanted
+        ]
+        return sorted(due, key=lambda row: row.due)[:limit]
+
+    async def _reminder_done(
+        self, actor_id: str, name: str, generation: int, due: float, next_due: float | None
+    ) -> bool:
+        await trio.lowlevel.checkpoint()
+        self._check()
+        rows = self._reminders_by_actor.get(actor_id, {})
+        row = rows.get(name)
+        if row is None or row.generation != generation or row.due != due:
+            return False
+        if next_due is None:
+            del rows[name]
+        else:
+            rows[name] = dataclasses.replace(row, due=next_due)
+        return True

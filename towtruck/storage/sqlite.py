@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Final
 import trio
 
 from ..errors import StateConflict
-from .base import Claim, Store, Stored, conflict
+from .base import Claim, ReminderRow, Store, Stored, conflict
 
 __all__ = ["SQLiteStore"]
 
@@ -45,6 +45,17 @@ CREATE TABLE IF NOT EXISTS towtruck_actors (
     id TEXT PRIMARY KEY,
     epoch INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS towtruck_reminders (
+    actor TEXT NOT NULL,
+    name TEXT NOT NULL,
+    bucket INTEGER NOT NULL,
+    due REAL NOT NULL,
+    period REAL,
+    data BLOB NOT NULL,
+    generation INTEGER NOT NULL,
+    PRIMARY KEY (actor, name)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS towtruck_reminders_due ON towtruck_reminders (bucket, due);
 CREATE TABLE IF NOT EXISTS towtruck_states (
     actor TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -144,6 +155,33 @@ class SQLiteStore(Store):
 
     async def _ids(self, after: str | None, limit: int) -> list[str]:
         result: list[str] = await self._submit(_ids, after, limit)
+        return result
+
+    async def _set_reminder(self, row: ReminderRow) -> None:
+        await self._submit(_set_reminder, row)
+
+    async def _forget_reminder(self, actor_id: str, name: str) -> bool:
+        result: bool = await self._submit(_forget_reminder, actor_id, name)
+        return result
+
+    async def _reminders(self, actor_id: str) -> list[ReminderRow]:
+        result: list[ReminderRow] = await self._submit(_reminders, actor_id, None)
+        return result
+
+    async def _reminder(self, actor_id: str, name: str) -> ReminderRow | None:
+        found: list[ReminderRow] = await self._submit(_reminders, actor_id, name)
+        return found[0] if found else None
+
+    async def _due_reminders(
+        self, buckets: list[int], before: float, limit: int
+    ) -> list[ReminderRow]:
+        result: list[ReminderRow] = await self._submit(_due_reminders, buckets, before, limit)
+        return result
+
+    async def _reminder_done(
+        self, actor_id: str, name: str, generation: int, due: float, next_due: float | None
+    ) -> bool:
+        result: bool = await self._submit(_reminder_done, actor_id, name, generation, due, next_due)
         return result
 
     async def _submit(self, run: Callable[..., Any], *args: Any) -> Any:
@@ -294,3 +332,70 @@ def _ids(db: sqlite3.Connection, after: str | None, limit: int) -> list[str]:
         "SELECT id FROM towtruck_actors WHERE id > ? ORDER BY id LIMIT ?", (after or "", limit)
     )
     return [row[0] for row in rows]
+
+
+_REMINDER_COLUMNS: Final = "actor, name, due, period, data, generation"
+
+
+def _row(found: tuple[Any, ...]) -> ReminderRow:
+    actor, name, due, period, data, generation = found
+    return ReminderRow(actor, name, due, period, bytes(data), generation)
+
+
+def _set_reminder(db: sqlite3.Connection, row: ReminderRow) -> None:
+    db.execute(
+        "INSERT OR REPLACE INTO towtruck_reminders"
+        " (actor, name, bucket, due, period, data, generation) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (row.actor, row.name, row.bucket, row.due, row.period, row.data, row.generation),
+    )
+
+
+def _forget_reminder(db: sqlite3.Connection, actor_id: str, name: str) -> bool:
+    deleted = db.execute(
+        "DELETE FROM towtruck_reminders WHERE actor = ? AND name = ?", (actor_id, name)
+    )
+    return deleted.rowcount == 1
+
+
+def _reminders(db: sqlite3.Connection, actor_id: str, name: str | None) -> list[ReminderRow]:
+    if name is None:
+        rows = db.execute(
+            f"SELECT {_REMINDER_COLUMNS} FROM towtruck_reminders WHERE actor = ?", (actor_id,)
+        )
+    else:
+        rows = db.execute(
+            f"SELECT {_REMINDER_COLUMNS} FROM towtruck_reminders WHERE actor = ? AND name = ?",
+            (actor_id, name),
+        )
+    return [_row(found) for found in rows]
+
+
+def _due_reminders(
+    db: sqlite3.Connection, buckets: list[int], before: float, limit: int
+) -> list[ReminderRow]:
+    due: list[ReminderRow] = []
+    for bucket in buckets:  # one index range each
+        rows = db.execute(
+            f"SELECT {_REMINDER_COLUMNS} FROM towtruck_reminders"
+            " WHERE bucket = ? AND due < ? ORDER BY due LIMIT ?",
+            (bucket, before, limit),
+        )
+        due += (_row(found) for found in rows)
+    return due
+
+
+def _reminder_done(
+    db: sqlite3.Connection,
+    actor_id: str,
+    name: str,
+    generation: int,
+    due: float,
+    next_due: float | None,
+) -> bool:
+    where = " WHERE actor = ? AND name = ? AND generation = ? AND due = ?"
+    key = (actor_id, name, generation, due)
+    if next_due is None:
+        done = db.execute("DELETE FROM towtruck_reminders" + where, key)
+    else:
+        done = db.execute("UPDATE towtruck_reminders SET due = ?" + where, (next_due, *key))
+    return done.rowcount == 1
