@@ -47,6 +47,7 @@ def test_public_api() -> None:
         "PayloadTooLarge",
         "PeerUnavailable",
         "PersistentState",
+        "Reminder",
         "ResultNotJSON",
         "ResultTooLarge",
         "RouteNotFound",

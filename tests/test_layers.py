@@ -24,6 +24,7 @@ LAYERS = [
         "watchdog",
         "state",
         "timers",
+        "reminders",
     },
     {"cluster"},
     {"transport"},

@@ -50,6 +50,7 @@ from .node import Node as Node
 from .node import open_node as open_node
 from .node import run as run
 from .node import serve_node as serve_node
+from .reminders import Reminder as Reminder
 from .runtime import Runtime as Runtime
 from .runtime import RuntimeStatistics as RuntimeStatistics
 from .runtime import open_runtime as open_runtime
@@ -95,6 +96,7 @@ __all__ = [
     "PayloadTooLarge",
     "PeerUnavailable",
     "PersistentState",
+    "Reminder",
     "ResultNotJSON",
     "ResultTooLarge",
     "RouteNotFound",

@@ -50,9 +50,11 @@ class CallContext:
         caller_yields: The caller yields to trio's scheduler as soon as the call
             returns (a lane's task waiting for its next call), so a call that ran
             without yielding need not yield once more before it returns.
+        hook: towtruck's own call of a hook (a reminder's tick), which no call from
+            outside the cluster can make.
     """
 
-    __slots__ = ("caller_yields", "chain", "deadline", "hops")
+    __slots__ = ("caller_yields", "chain", "deadline", "hook", "hops")
 
     def __init__(
         self,
@@ -61,11 +63,13 @@ class CallContext:
         hops: int = 0,
         *,
         caller_yields: bool = False,
+        hook: bool = False,
     ) -> None:
         self.chain = chain
         self.deadline = deadline
         self.hops = hops
         self.caller_yields = caller_yields
+        self.hook = hook
 
     def __repr__(self) -> str:
         return f"CallContext(chain={self.chain!r}, deadline={self.deadline!r}, hops={self.hops})"

@@ -35,6 +35,7 @@ from .timers import TimerScheduler
 if TYPE_CHECKING:
     from .calls import CallContext
     from .client import Client
+    from .reminders import ReminderService
 
 __all__ = ["Catalog", "CatalogObserver", "CatalogStatistics", "Factory"]
 
@@ -117,6 +118,8 @@ class Catalog:
         self.failures = FailureLog(logging.getLogger("towtruck.actor"))
         #: The timers of every actor in the table (see :mod:`towtruck.timers`).
         self.timers = TimerScheduler()
+        #: The node's reminders (see :mod:`towtruck.reminders`), set by the runtime.
+        self.reminders: ReminderService | None = None
         #: Cancel scopes of the turns running in their callers' tasks (see
         #: ``Activation._turn_here``), to cancel them when the node stops.
         self.turns_here: set[trio.CancelScope] = set()
@@ -224,6 +227,8 @@ class Catalog:
                 :class:`Overloaded` and :class:`NodeStopping` from activation.
         """
         activation = self._table.get(actor_id)
+        if context.hook:
+            return await self._hook(actor_id, method, data, context)
         if activation is not None and actor_id in context.chain:
             return await activation.call_inline(activation.lookup(method), data, context)
         while activation is None or activation.state is ActivationState.DEACTIVATING:
@@ -247,6 +252,18 @@ class Catalog:
         self._table.move_to_end(actor_id)
         return await activation.call(activation.lookup(method), data, context)
 
+    async def _hook(self, actor_id: str, method: str, data: Any, context: CallContext) -> bytes:
+        """towtruck's own call of a hook (a reminder's tick): a turn like a call's."""
+        reminders = self.reminders
+        if reminders is None or method != reminders.method.name:
+            raise MethodNotFound(f"{method[:100]!r} is not a hook", actor=actor_id)
+        activation = self._table.get(actor_id)
+        while activation is None or activation.state is ActivationState.DEACTIVATING:
+            if activation is not None:
+                await activation.wait_gone(context.deadline)
+            activation = self._table.get(actor_id) or self._activate(actor_id)
+        return await activation.call(reminders.method, data, context)
+
     def _activate(self, actor_id: str) -> Activation:
         if not self._accepting:
             raise NodeStopping("the node is stopping and activates no new actors", actor=actor_id)
@@ -255,7 +272,7 @@ class Catalog:
         context = None
         try:
             if self._takes_context:
-                context = ActorContext(actor_id, self._client, self.store)
+                context = ActorContext(actor_id, self._client, self.store, self.reminders)
                 instance = self._factory(actor_id, self._client, context)
             else:
                 instance = self._factory(actor_id, self._client)

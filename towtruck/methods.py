@@ -2,8 +2,8 @@
 
 An actor is whatever ``create_actor(id, client)`` returns: an object, whose public
 methods are callable, or a mapping of names to callables (the Node project's style).
-Only public names are callable: nothing starting with ``_``, never the lifecycle hooks
-``activate`` and ``deactivate``, and for objects only functions defined on the class,
+Only public names are callable: nothing starting with ``_``, never the hooks
+``activate``, ``deactivate`` and ``receive_reminder``, and for objects only functions defined on the class,
 so instance attributes, properties and inherited dunders never answer a call. Tables
 of class methods are built once per class and shared by its actors.
 """
@@ -18,8 +18,8 @@ from typing import Any, Final
 
 __all__ = ["HOOKS", "Method", "hook", "is_public", "methods_of"]
 
-#: Lifecycle hooks: called by towtruck, never callable from outside.
-HOOKS: Final = frozenset({"activate", "deactivate"})
+#: Hooks: called by towtruck, never callable from outside.
+HOOKS: Final = frozenset({"activate", "deactivate", "receive_reminder"})
 
 _POSITIONAL: Final = (
     inspect.Parameter.POSITIONAL_ONLY,

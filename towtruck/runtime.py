@@ -23,6 +23,7 @@ from .calls import CallContext
 from .catalog import Catalog, CatalogStatistics, Factory
 from .client import Client
 from .errors import NodeStopping, Overloaded, ResultTooLarge, TowtruckError
+from .reminders import ReminderService
 from .settings import MIB, Settings
 from .state import StoreOpener
 from .watchdog import watch_event_loop
@@ -91,12 +92,22 @@ class Runtime:
         #: Where actors keep persistent state: opened when one first asks for it.
         self.store = StoreOpener(settings.state_store, timeout=settings.store_timeout)
         self.catalog = Catalog(create_actor, self.client, settings, self.store)
+        #: The node's part of the durable reminders (see :mod:`towtruck.reminders`).
+        self.reminders = self.catalog.reminders = ReminderService(
+            self.catalog,
+            self.store,
+            self._tick,
+            refresh=settings.reminder_refresh,
+            call_timeout=settings.call_timeout,
+            min_period=settings.min_reminder_period,
+        )
         #: Where calls go; a clustered node replaces it.
         self.router: CallPath = self.catalog
         self._services: list[Callable[[], Awaitable[None]]] = [
             self._collect_periodically,
             self.catalog.failures.flush_periodically,
             self.catalog.timers.run,
+            self.reminders.run,
         ]
         self.node_id = f"{socket.gethostname()}:{os.getpid()}"
         self.calls = 0
@@ -288,6 +299,13 @@ class Runtime:
             self.in_flight -= 1
             if self._idle is not None and not self.in_flight:
                 self._idle.set()
+
+    async def _tick(self, actor_id: str, method: str, data: Any, context: CallContext) -> bytes:
+        """A reminder's tick, on its way to the actor wherever it lives (a stopping
+        node takes none)."""
+        if not self._taking_calls:
+            raise NodeStopping("the node is shutting down", node=self.node_id)
+        return await self.router.invoke(actor_id, method, data, context)
 
     async def collect(self) -> int:
         """Run the collector now; returns how many actors it deactivated."""

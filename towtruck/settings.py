@@ -180,6 +180,16 @@ class Settings:
         "How long one read or write of the state store may take; past it, the call fails"
         " with 503 StoreUnavailable and nothing is written.",
     )
+    reminder_refresh: float = _setting(
+        1 * SECONDS,
+        "seconds",
+        "How often each node loads the reminders of its buckets that fall due soon (a"
+        " reminder whose node was lost fires from its new owner within the failure"
+        " detector's time and this).",
+    )
+    min_reminder_period: float = _setting(
+        1 * SECONDS, "seconds", "The shortest period a durable reminder may have."
+    )
     access_log: bool = _setting(False, "flag", "Log every HTTP request (costs throughput).")
     http_parser: str = _setting(
         "auto",

@@ -20,18 +20,21 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import os
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import trio
 
 from . import codec
 from .errors import CallInterrupted, StateConflict, StoreUnavailable, TowtruckError
+from .reminders import Reminder
 from .timers import MIN_PERIOD, Timer
 
 if TYPE_CHECKING:
     from .activation import Activation
     from .client import Client
+    from .reminders import ReminderService
     from .storage import Store, Stored
 
 __all__ = ["ActorContext", "PersistentState", "StoreOpener", "takes_context"]
@@ -52,12 +55,25 @@ class StoreOpener:
         self.opened: Store | None = None
         self._lock = trio.Lock()
 
-    async def get(self) -> Store:
+    @overload
+    async def get(self) -> Store: ...
+
+    @overload
+    async def get(self, *, create: bool) -> Store | None: ...
+
+    async def get(self, *, create: bool = True) -> Store | None:
         """The store, opening it on first use. A checkpoint.
+
+        Args:
+            create: False: if opening the store would create it (an SQLite file that
+                does not exist yet), do not: answer None.
 
         Raises:
             StoreUnavailable: it cannot be opened now (the next call tries again).
         """
+        if self.opened is None and not create and self._would_create():
+            await trio.lowlevel.checkpoint()
+            return None
         if self.opened is None:
             async with self._lock:
                 if self.opened is None:
@@ -65,6 +81,12 @@ class StoreOpener:
 
                     self.opened = await open_store(self.url, timeout=self.timeout)
         return self.opened
+
+    def _would_create(self) -> bool:
+        if not self.url.startswith("sqlite:"):
+            return False
+        path = self.url.removeprefix("sqlite://").removeprefix("/")
+        return not os.path.exists(path)
 
     async def aclose(self) -> None:
         """Close the store if it was opened."""
@@ -88,6 +110,7 @@ class ActorContext:
     __slots__ = (
         "_activation",
         "_opener",
+        "_reminders",
         "_states",
         "_timers",
         "_trouble",
@@ -98,11 +121,18 @@ class ActorContext:
         "keeps_state",
     )
 
-    def __init__(self, actor_id: str, client: Client, opener: StoreOpener) -> None:
+    def __init__(
+        self,
+        actor_id: str,
+        client: Client,
+        opener: StoreOpener,
+        reminders: ReminderService | None = None,
+    ) -> None:
         self.id = actor_id
         self.client = client
         self.epoch = 0
         self._opener = opener
+        self._reminders = reminders
         self._states: list[PersistentState] = []
         #: The actor asked for persistent state: activating it claims it.
         self.keeps_state = False
@@ -186,6 +216,80 @@ class ActorContext:
         if self._activation is not None:
             self._activation.arm(timer)
         return timer
+
+    async def remind(
+        self,
+        name: str,
+        *,
+        after: float | None = None,
+        every: float | None = None,
+        at: float | None = None,
+        data: Any = None,
+    ) -> Reminder:
+        """Create or replace the durable reminder ``name``: the actor's
+        ``receive_reminder(reminder)`` is called when it falls due (``at`` seconds
+        since the Unix epoch, or ``after`` seconds from now, or else ``every``), then
+        every ``every`` seconds if given, wherever the actor lives then, activating it
+        if need be, across collection, restarts and the loss of nodes, until
+        :meth:`forget`. A checkpoint; once it returns, the reminder is stored.
+
+        Raises:
+            ValueError: no time, or a period under ``min_reminder_period``.
+            TypeError: ``data`` is not JSON-able.
+            StoreUnavailable: the store failed; nothing was stored.
+        """
+        service = self._service()
+        if every is not None and not (every >= service.min_period and math.isfinite(every)):
+            raise ValueError(
+                f"every must be at least {service.min_period} s (min_reminder_period), not {every!r}"
+            )
+        now = service.clock()
+        if at is not None:
+            due = float(at)
+        elif after is not None:
+            if not (after >= 0 and math.isfinite(after)):
+                raise ValueError(f"after must be a number of seconds from now, not {after!r}")
+            due = now + after
+        elif every is not None:
+            due = now + every
+        else:
+            raise ValueError("a reminder needs at=, after= or every=")
+        try:
+            payload = codec.dumps(data)
+        except TypeError:
+            raise TypeError(
+                f"data of reminder {name!r} cannot be stored as JSON:"
+                f" {codec.why_not_json(data, 'data')}"
+            ) from None
+        store = await self._opener.get()
+        row = await store.set_reminder(self.id, name, due=due, period=every, data=payload)
+        service.schedule(row)
+        return Reminder.of(row)
+
+    async def forget(self, name: str) -> bool:
+        """Remove the reminder ``name``; whether there was one. Once this returns, no
+        tick of it starts anywhere. A checkpoint.
+
+        Raises:
+            StoreUnavailable: the store failed; the reminder may still fire.
+        """
+        service = self._service()
+        store = await self._opener.get()
+        forgotten = await store.forget_reminder(self.id, name)
+        service.unschedule(self.id, name)
+        return forgotten
+
+    async def reminders(self) -> list[Reminder]:
+        """The actor's reminders, by name, each with its next due time as
+        ``scheduled_at``. A checkpoint."""
+        self._service()
+        store = await self._opener.get()
+        return [Reminder.of(row) for row in await store.reminders(self.id)]
+
+    def _service(self) -> ReminderService:
+        if self._reminders is None:
+            raise RuntimeError("reminders need a node's runtime")
+        return self._reminders
 
     @property
     def timers(self) -> dict[str, Timer]:

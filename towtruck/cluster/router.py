@@ -129,6 +129,7 @@ class Router:
             context.deadline - trio.current_time(),
             context.hops + 1,
             existing=existing,
+            hook=context.hook,
         )
         self.forwarded += 1
         try:

@@ -10,7 +10,8 @@ A forwarded call's envelope is JSON (what ``POST /cluster/forward`` takes and a 
 call frame carries)::
 
     {"id": actor id, "method": name, "data": JSON, "chain": [actor ids],
-     "timeout": seconds left, "hops": times forwarded, "existing": bool}
+     "timeout": seconds left, "hops": times forwarded, "existing": bool,
+     "hook": true (only for towtruck's own call of a hook: a reminder's tick)}
 
 A heartbeat (``POST /cluster/heartbeat``), and the answer to one::
 
@@ -104,6 +105,8 @@ class Call(NamedTuple):
     hops: int
     #: Whether the sender found the actor active here (do not activate it afresh).
     existing: bool
+    #: towtruck's own call of a hook (see ``CallContext.hook``).
+    hook: bool = False
 
 
 def encode_call(
@@ -115,19 +118,21 @@ def encode_call(
     hops: int,
     *,
     existing: bool,
+    hook: bool = False,
 ) -> bytes:
     """The envelope of a call being forwarded (``hops`` counts this forward)."""
-    return codec.dumps(
-        {
-            "id": actor_id,
-            "method": method,
-            "data": data,
-            "chain": chain,
-            "timeout": timeout,
-            "hops": hops,
-            "existing": existing,
-        }
-    )
+    envelope = {
+        "id": actor_id,
+        "method": method,
+        "data": data,
+        "chain": chain,
+        "timeout": timeout,
+        "hops": hops,
+        "existing": existing,
+    }
+    if hook:
+        envelope["hook"] = True
+    return codec.dumps(envelope)
 
 
 def decode_call(envelope: bytes) -> Call:
@@ -150,7 +155,8 @@ def decode_call(envelope: bytes) -> Call:
             raise TypeError
     except (KeyError, TypeError, ValueError):
         raise BadRequest("not a forwarded call's envelope") from None
-    return Call(actor_id, method, call.get("data"), chain, timeout, hops, existing)
+    hook = call.get("hook") is True
+    return Call(actor_id, method, call.get("data"), chain, timeout, hops, existing, hook)
 
 
 def call_target(envelope: bytes) -> tuple[str, str] | None:

@@ -246,7 +246,7 @@ class App:
         call = wire.decode_call(body)
         timeout = min(call.timeout, self._call_timeout)
         context = CallContext(
-            call.chain, trio.current_time() + timeout, call.hops, caller_yields=True
+            call.chain, trio.current_time() + timeout, call.hops, caller_yields=True, hook=call.hook
         )
         return await self.runtime.invoke(
             call.actor_id, call.method, call.data, context, existing=call.existing

@@ -1,9 +1,16 @@
 """A store in PostgreSQL: ``postgresql://user:password@host:port/db``.
 
-Two tables, created on the first operation that reaches the server::
+Three tables, created on the first operation that reaches the server (and the one a
+database made by an older version lacks, then)::
 
     towtruck_actors (id, epoch)                   one row per claimed actor
     towtruck_states (actor, name, version, value)  one row per state; etag = version
+    towtruck_reminders (actor, name, bucket, due, period, data, generation)
+                                                   one row per reminder, indexed by
+                                                   (bucket, due) for the due ones
+
+Times are ``double precision``, so a reminder's ``due`` comes back the very float it
+was, and marking a tick done compares it for equality.
 
 Values are ``bytea``, so a JSON document keeps every byte (``jsonb`` would reorder
 keys and round big integers). Ids are ``COLLATE "C"``: :meth:`~Store.ids` pages in
@@ -32,7 +39,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..errors import SettingsError
-from .base import Claim, Store, Stored, conflict
+from .base import Claim, ReminderRow, Store, Stored, conflict
 
 __all__ = ["PostgresStore"]
 
@@ -42,7 +49,10 @@ _Connection: TypeAlias = psycopg.Connection[tuple[Any, ...]]
 # Created only if missing, so a role without the right to create tables can use tables
 # made for it. An advisory lock serialises creating them: concurrent CREATE TABLE IF
 # NOT EXISTS can fail on PostgreSQL's catalog when several nodes start at once.
-_MISSING = "SELECT to_regclass('towtruck_actors') IS NULL OR to_regclass('towtruck_states') IS NULL"
+_MISSING = """
+SELECT to_regclass('towtruck_actors') IS NULL OR to_regclass('towtruck_states') IS NULL
+    OR to_regclass('towtruck_reminders') IS NULL
+"""
 _SCHEMA = """
 SELECT pg_advisory_xact_lock(hashtext('towtruck_schema'));
 CREATE TABLE IF NOT EXISTS towtruck_actors (
@@ -56,6 +66,17 @@ CREATE TABLE IF NOT EXISTS towtruck_states (
     value bytea NOT NULL,
     PRIMARY KEY (actor, name)
 );
+CREATE TABLE IF NOT EXISTS towtruck_reminders (
+    actor text COLLATE "C" NOT NULL,
+    name text NOT NULL,
+    bucket int NOT NULL,
+    due double precision NOT NULL,
+    period double precision,
+    data bytea NOT NULL,
+    generation bigint NOT NULL,
+    PRIMARY KEY (actor, name)
+);
+CREATE INDEX IF NOT EXISTS towtruck_reminders_due ON towtruck_reminders (bucket, due);
 """
 _CLAIM = """
 INSERT INTO towtruck_actors (id, epoch) VALUES (%s, 1)
@@ -78,6 +99,28 @@ _EXISTS = "SELECT 1 FROM towtruck_states WHERE actor = %s AND name = %s"
 _DELETE = "DELETE FROM towtruck_states WHERE actor = %s AND name = %s AND version::text = %s"
 _FIRST_IDS = "SELECT id FROM towtruck_actors ORDER BY id LIMIT %s"
 _NEXT_IDS = "SELECT id FROM towtruck_actors WHERE id > %s ORDER BY id LIMIT %s"
+_REMINDER_COLUMNS = "actor, name, due, period, data, generation"
+_SET_REMINDER = """
+INSERT INTO towtruck_reminders (actor, name, bucket, due, period, data, generation)
+VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (actor, name) DO UPDATE SET
+bucket = excluded.bucket, due = excluded.due, period = excluded.period,
+data = excluded.data, generation = excluded.generation
+"""
+_FORGET_REMINDER = "DELETE FROM towtruck_reminders WHERE actor = %s AND name = %s"
+_REMINDERS = f"SELECT {_REMINDER_COLUMNS} FROM towtruck_reminders WHERE actor = %s"
+_REMINDER = _REMINDERS + " AND name = %s"
+# One index range per bucket, each cut to the limit (the planner cannot merge the
+# ranges of `bucket = ANY(...)` in order of due, so it would read and sort every due
+# row of the buckets).
+_DUE_REMINDERS = f"""
+SELECT {_REMINDER_COLUMNS} FROM unnest(%s::int[]) AS b (bucket) CROSS JOIN LATERAL (
+    SELECT {_REMINDER_COLUMNS} FROM towtruck_reminders t
+    WHERE t.bucket = b.bucket AND t.due < %s ORDER BY t.due LIMIT %s
+) AS r ORDER BY r.due LIMIT %s
+"""
+_TICK = " WHERE actor = %s AND name = %s AND generation = %s AND due = %s"
+_TICK_LAST = "DELETE FROM towtruck_reminders" + _TICK
+_TICK_NEXT = "UPDATE towtruck_reminders SET due = %s" + _TICK
 
 
 class PostgresStore(Store):
@@ -195,6 +238,52 @@ class PostgresStore(Store):
 
         return await self._run(ids)
 
+    async def _set_reminder(self, row: ReminderRow) -> None:
+        def set_reminder(conn: _Connection) -> None:
+            values = (row.actor, row.name, row.bucket, row.due, row.period, row.data)
+            conn.execute(_SET_REMINDER, (*values, row.generation))
+
+        await self._run(set_reminder)
+
+    async def _forget_reminder(self, actor_id: str, name: str) -> bool:
+        def forget(conn: _Connection) -> bool:
+            return conn.execute(_FORGET_REMINDER, (actor_id, name)).rowcount == 1
+
+        return await self._run(forget)
+
+    async def _reminders(self, actor_id: str) -> list[ReminderRow]:
+        def reminders(conn: _Connection) -> list[ReminderRow]:
+            return _rows(conn.execute(_REMINDERS, (actor_id,), binary=True).fetchall())
+
+        return await self._run(reminders)
+
+    async def _reminder(self, actor_id: str, name: str) -> ReminderRow | None:
+        def reminder(conn: _Connection) -> list[ReminderRow]:
+            return _rows(conn.execute(_REMINDER, (actor_id, name), binary=True).fetchall())
+
+        found = await self._run(reminder)
+        return found[0] if found else None
+
+    async def _due_reminders(
+        self, buckets: list[int], before: float, limit: int
+    ) -> list[ReminderRow]:
+        def due(conn: _Connection) -> list[ReminderRow]:
+            params = (buckets, before, limit, limit)
+            return _rows(conn.execute(_DUE_REMINDERS, params, binary=True).fetchall())
+
+        return await self._run(due)
+
+    async def _reminder_done(
+        self, actor_id: str, name: str, generation: int, due: float, next_due: float | None
+    ) -> bool:
+        def done(conn: _Connection) -> bool:
+            key = (actor_id, name, generation, due)
+            if next_due is None:
+                return conn.execute(_TICK_LAST, key).rowcount == 1
+            return conn.execute(_TICK_NEXT, (next_due, *key)).rowcount == 1
+
+        return await self._run(done)
+
     async def aclose(self) -> None:
         """Close the pool's connections and stop its threads. A checkpoint; if
         cancelled, the closing still finishes first."""
@@ -241,6 +330,14 @@ def _found(rows: Sequence[tuple[Any, ...]]) -> Claim:
         name: Stored(str(version), value) for _, name, version, value in rows if name is not None
     }
     return Claim(rows[0][0], states)
+
+
+def _rows(rows: Sequence[tuple[Any, ...]]) -> list[ReminderRow]:
+    """The reminders that rows of ``_REMINDER_COLUMNS`` describe."""
+    return [
+        ReminderRow(actor, name, due, period, bytes(data), generation)
+        for actor, name, due, period, data, generation in rows
+    ]
 
 
 def _without_password(url: str) -> str:

@@ -4,8 +4,22 @@ Each actor is a hash, ``towtruck:actor:{id}``: the field ``epoch``, and for each
 ``v:{name}`` (its JSON document) and ``n:{name}`` (its version, the etag). Every claimed
 id is also in the sorted set ``towtruck:ids``, all at score 0, so ``ZRANGE ... BYLEX``
 pages through them in order. Claim, write and clear are Lua scripts, so each check and
-its change are one atomic step on the server; a read is one ``HGETALL``. A claim
-touches two keys, so the store needs a single Redis (or a primary), not Redis Cluster.
+its change are one atomic step on the server; a read is one ``HGETALL``.
+
+An actor's reminders are the hash ``towtruck:reminders:{id}``: for each reminder
+``d:{name}`` (when it is due), ``p:{name}`` (its period, empty for none),
+``g:{name}`` (its generation) and ``x:{name}`` (its JSON data). It is also a member of
+the sorted set of its bucket, ``towtruck:due:{bucket}``, scored by when it is due, so
+the due ones of a bucket are one ``ZRANGE ... BYSCORE``; the member is
+``{n}:{id}{name}``, ``n`` the length of the id in UTF-8 bytes. Setting, forgetting and
+marking done are Lua scripts that change the hash and the sorted set together; the due
+ones of several buckets are found, and read, by one script. Times are written as
+Python's ``repr`` of the float, which reads back as the same float (Redis parses the
+score from it exactly too); marking a tick done compares that text, so it matches only
+the very float the reminder was due at.
+
+A claim touches two keys, and the reminders' scripts keys they are not given, so the
+store needs a single Redis (or a primary), not Redis Cluster.
 
 Needs Redis 6.2 or newer. For ``rediss://`` without ``ssl_*`` options in the URL, the
 server's certificate and host name are checked against the system's CAs.
@@ -15,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, ClassVar, Final, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -31,7 +45,7 @@ from coredis.retry import NoRetryPolicy
 from coredis.tokens import PureToken
 
 from ..errors import SettingsError
-from .base import Claim, OutcomeUnknown, Store, Stored, conflict
+from .base import Claim, OutcomeUnknown, ReminderRow, Store, Stored, bucket_of, conflict
 
 __all__ = ["RedisStore"]
 
@@ -40,6 +54,8 @@ logger = logging.getLogger("towtruck")
 T = TypeVar("T")
 
 _IDS: Final = "towtruck:ids"
+_REMINDERS: Final = "towtruck:reminders:"
+_FIELDS: Final = (b"d:", b"p:", b"g:", b"x:")  # due, period, generation, data
 
 # KEYS: the actor's hash, the id set. ARGV: the actor's id.
 _CLAIM: Final = """
@@ -72,6 +88,59 @@ return {0, 0}
 """
 )
 
+# The reminders' scripts change the sorted set first: ZADD is what refuses a bad score,
+# and a script that fails must fail before its first change (see RedisStore.failures).
+# KEYS: the actor's reminders, its bucket's sorted set. ARGV: the name, the member, the
+# due time, the period, the generation, the data.
+_SET_REMINDER: Final = """
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+redis.call('HSET', KEYS[1], 'd:' .. ARGV[1], ARGV[3], 'p:' .. ARGV[1], ARGV[4],
+    'g:' .. ARGV[1], ARGV[5], 'x:' .. ARGV[1], ARGV[6])
+"""
+# KEYS and ARGV: as above, up to the member. Returns how many fields it removed.
+_FORGET_REMINDER: Final = """
+redis.call('ZREM', KEYS[2], ARGV[2])
+return redis.call('HDEL', KEYS[1], 'd:' .. ARGV[1], 'p:' .. ARGV[1], 'g:' .. ARGV[1],
+    'x:' .. ARGV[1])
+"""
+# KEYS: as above. ARGV: the name, the member, the generation, the due time, the next
+# ('' to remove the reminder). Returns 1 if the reminder was of that generation and
+# due then, and is changed; 0 if not, and nothing is.
+_REMINDER_DONE: Final = """
+local found = redis.call('HMGET', KEYS[1], 'g:' .. ARGV[1], 'd:' .. ARGV[1])
+if found[1] ~= ARGV[3] or found[2] ~= ARGV[4] then return 0 end
+if ARGV[5] == '' then
+    redis.call('ZREM', KEYS[2], ARGV[2])
+    redis.call('HDEL', KEYS[1], 'd:' .. ARGV[1], 'p:' .. ARGV[1], 'g:' .. ARGV[1],
+        'x:' .. ARGV[1])
+else
+    redis.call('ZADD', KEYS[2], ARGV[5], ARGV[2])
+    redis.call('HSET', KEYS[1], 'd:' .. ARGV[1], ARGV[5])
+end
+return 1
+"""
+# KEYS: the buckets' sorted sets. ARGV: the exclusive bound ('(' and a time), the limit
+# per bucket. Returns the id, name, due time, period, generation and data of each due
+# reminder, one after the other (it reads hashes it is not given: see the module).
+_DUE_REMINDERS: Final = f"""
+local found = {{}}
+for _, key in ipairs(KEYS) do
+    local due = redis.call('ZRANGE', key, '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, ARGV[2])
+    for _, member in ipairs(due) do
+        local colon = string.find(member, ':', 1, true)
+        local last = colon + tonumber(string.sub(member, 1, colon - 1))
+        local actor = string.sub(member, colon + 1, last)
+        local name = string.sub(member, last + 1)
+        local row = redis.call('HMGET', '{_REMINDERS}' .. actor, 'd:' .. name,
+            'p:' .. name, 'g:' .. name, 'x:' .. name)
+        table.insert(found, actor)
+        table.insert(found, name)
+        for i = 1, 4 do table.insert(found, row[i]) end
+    end
+end
+return found
+"""
+
 
 class RedisStore(Store):
     """Actors' states in Redis (see the module). Open it with :meth:`open`.
@@ -100,6 +169,10 @@ class RedisStore(Store):
         self._claim_script = client.register_script(_CLAIM)
         self._write_script = client.register_script(_WRITE)
         self._clear_script = client.register_script(_CLEAR)
+        self._set_reminder_script = client.register_script(_SET_REMINDER)
+        self._forget_reminder_script = client.register_script(_FORGET_REMINDER)
+        self._reminder_done_script = client.register_script(_REMINDER_DONE)
+        self._due_reminders_script = client.register_script(_DUE_REMINDERS)
         self._closing = trio.Event()
         self._closed = trio.Event()
 
@@ -214,6 +287,50 @@ class RedisStore(Store):
         request = self._client.zrange(_IDS, low, "+", PureToken.BYLEX, offset=0, count=limit)
         return [member.decode() for member in await self._run(request)]
 
+    async def _set_reminder(self, row: ReminderRow) -> None:
+        keys, (name, member) = _reminder_keys(row.actor, row.name)
+        period = "" if row.period is None else _time(row.period)
+        args = [name, member, _time(row.due), period, str(row.generation), row.data]
+        await self._run(self._set_reminder_script(keys=keys, args=args))
+
+    async def _forget_reminder(self, actor_id: str, name: str) -> bool:
+        keys, args = _reminder_keys(actor_id, name)
+        removed: int = await self._run(self._forget_reminder_script(keys=keys, args=args))
+        return removed > 0
+
+    async def _reminders(self, actor_id: str) -> list[ReminderRow]:
+        fields = await self._run(self._client.hgetall(_REMINDERS + actor_id))
+        names = (field[2:] for field in fields if field.startswith(b"g:"))
+        return [
+            _reminder(actor_id, name, [fields.get(kind + name) for kind in _FIELDS])
+            for name in names
+        ]
+
+    async def _reminder(self, actor_id: str, name: str) -> ReminderRow | None:
+        wanted = [kind + name.encode() for kind in _FIELDS]
+        found = await self._run(self._client.hmget(_REMINDERS + actor_id, wanted))
+        return None if found[2] is None else _reminder(actor_id, name.encode(), found)
+
+    async def _due_reminders(
+        self, buckets: list[int], before: float, limit: int
+    ) -> list[ReminderRow]:
+        keys = [_due_key(bucket) for bucket in buckets]
+        args = ["(" + _time(before), str(limit)]
+        found: list[Any] = await self._run(self._due_reminders_script(keys=keys, args=args))
+        return [
+            _reminder(found[i].decode(), found[i + 1], found[i + 2 : i + 6])
+            for i in range(0, len(found), 6)
+            if found[i + 4] is not None  # no hash fields: the scripts never leave a member so
+        ]
+
+    async def _reminder_done(
+        self, actor_id: str, name: str, generation: int, due: float, next_due: float | None
+    ) -> bool:
+        keys, args = _reminder_keys(actor_id, name)
+        args += [str(generation), _time(due), "" if next_due is None else _time(next_due)]
+        done: int = await self._run(self._reminder_done_script(keys=keys, args=args))
+        return done == 1
+
 
 # coredis sends each command on a connection of its pool and matches the answers in
 # order, releasing the connection as soon as the command is queued, so one connection
@@ -273,6 +390,37 @@ class _SharedConnection(ConnectionPool[TCPConnection]):
 
 def _key(actor_id: str) -> str:
     return f"towtruck:actor:{actor_id}"
+
+
+def _due_key(bucket: int) -> str:
+    return f"towtruck:due:{bucket}"
+
+
+def _reminder_keys(actor_id: str, name: str) -> tuple[list[str], list[str | bytes]]:
+    """The keys of a reminder (its actor's hash, its bucket's sorted set), and the first
+    arguments of its scripts (its name, its member in the sorted set)."""
+    actor = actor_id.encode()
+    member = b"%d:%b%b" % (len(actor), actor, name.encode())
+    return [_REMINDERS + actor_id, _due_key(bucket_of(actor_id))], [name, member]
+
+
+def _time(seconds: float) -> str:
+    """A time as the scripts store and compare it: one text for each float (+ 0.0 makes
+    -0.0 the 0.0 it equals, and float() an int the float it equals)."""
+    return repr(float(seconds) + 0.0)
+
+
+def _reminder(actor_id: str, name: bytes, found: Sequence[Any]) -> ReminderRow:
+    """The reminder that its four fields (as ``_FIELDS`` lists them) describe."""
+    due, period, generation, data = found
+    return ReminderRow(
+        actor_id,
+        name.decode(),
+        float(due),
+        float(period) if period else None,
+        data,
+        int(generation),
+    )
 
 
 def _found(fields: Mapping[bytes, bytes]) -> Claim:

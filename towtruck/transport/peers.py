@@ -219,6 +219,8 @@ def assemble(runtime: Runtime, me: str, peers: PeerClient) -> Router:
     gossip = Gossip(me, settings, runtime.catalog, membership, directory, peers)
     router = Router(me, runtime.catalog, membership, directory, gossip, peers)
     runtime.router = router
+    # Reminders' buckets are placed as actors are: each node loads its own.
+    runtime.reminders.owns = lambda bucket: membership.owner(f"reminders/{bucket}") == me
     for service in gossip.services():
         runtime.add_service(service)
     return router
