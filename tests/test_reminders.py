@@ -208,3 +208,36 @@ async def test_periods_below_the_minimum_are_refused(
                 await runtime.client.invoke("h", "remind", {})
             with pytest.raises(towtruck.ActorError, match="cannot be stored as JSON"):
                 await runtime.client.invoke("h", "remind_set")
+
+
+async def test_forget_during_a_tick_lets_it_finish_and_starts_no_other(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    started = trio.Event()
+    release = trio.Event()
+    runs = 0
+
+    def create(id: str, client: towtruck.Client, context: towtruck.ActorContext) -> object:
+        async def receive_reminder(reminder: towtruck.Reminder) -> None:
+            nonlocal runs
+            runs += 1
+            started.set()
+            await release.wait()
+
+        async def start() -> None:
+            await context.remind("r", every=5)
+
+        return {"start": start, "receive_reminder": receive_reminder}
+
+    with trio.fail_after(SECONDS):
+        async with towtruck.open_runtime(create) as runtime:
+            follow_trio(runtime)
+            await runtime.client.invoke("i", "start")
+            await started.wait()
+            store = await runtime.store.get()
+            assert await store.forget_reminder("i", "r")  # as DELETE .../reminders/r does
+            runtime.reminders.unschedule("i", "r")
+            release.set()
+            await trio.sleep(60)
+            assert runs == 1
+            assert await store.reminders("i") == []

@@ -141,6 +141,14 @@ def build_routes(runtime: Runtime) -> QuartTrio:
     async def actor_state(actor_id: str) -> Response:
         return json_response(await handlers.actor_state(actor_id))
 
+    @app.route("/actors/<path:actor_id>/reminders", methods=_READ)
+    async def actor_reminders(actor_id: str) -> Response:
+        return json_response(await handlers.reminders(actor_id))
+
+    @app.route("/actors/<path:actor_id>/reminders/<name>", methods=["DELETE"])
+    async def forget_reminder(actor_id: str, name: str) -> Response:
+        return json_response(await handlers.forget_reminder(actor_id, name))
+
     @app.route("/rungc", methods=_ACT)
     async def rungc() -> Response:
         return json_response(await handlers.rungc())
@@ -245,6 +253,11 @@ class Routes:
             "in_flight": stats.in_flight,
             "forwarded": router.forwarded if router is not None else 0,
             "catalog": dataclasses.asdict(stats.actors),
+            "timers": {
+                "scheduled": len(runtime.catalog.timers),
+                "fired": runtime.catalog.timers.fired,
+            },
+            "reminders": runtime.reminders.statistics(),
         }
 
     def query(self, actor_id: str) -> dict[str, bool]:
@@ -266,6 +279,29 @@ class Routes:
                 for name, stored in sorted(found.states.items())
             },
         }
+
+    async def reminders(self, actor_id: str) -> list[dict[str, Any]]:
+        """``/actors/{id}/reminders``: the actor's durable reminders, as the store holds
+        them: name, next due time (seconds since the Unix epoch), period, data."""
+        store = await self._runtime.store.get()
+        return [
+            {
+                "name": row.name,
+                "due": row.due,
+                "period": row.period,
+                "data": codec.loads(row.data),
+            }
+            for row in await store.reminders(check_actor_id(actor_id))
+        ]
+
+    async def forget_reminder(self, actor_id: str, name: str) -> dict[str, bool]:
+        """``DELETE /actors/{id}/reminders/{name}``: forget one; once answered, no tick
+        of it starts anywhere."""
+        actor_id = check_actor_id(actor_id)
+        store = await self._runtime.store.get()
+        forgotten = await store.forget_reminder(actor_id, name)
+        self._runtime.reminders.unschedule(actor_id, name)
+        return {"forgotten": forgotten}
 
     async def rungc(self) -> dict[str, int]:
         """``/rungc``: run the collector now."""
