@@ -246,6 +246,8 @@ class ActorContext:
         now = service.clock()
         if at is not None:
             due = float(at)
+            if not math.isfinite(due):
+                raise ValueError(f"at must be seconds since the Unix epoch, not {at!r}")
         elif after is not None:
             if not (after >= 0 and math.isfinite(after)):
                 raise ValueError(f"after must be a number of seconds from now, not {after!r}")
