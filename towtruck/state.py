@@ -138,7 +138,7 @@ class ActorContext:
         self.keeps_state = False
         #: A state is written at the end of turns (so turns may wait on the store).
         self.autosaves = False
-        self._timers: dict[str, Timer] | None = None
+        self._timers: list[Timer] | None = None  # (a list: smaller than a dict)
         self._activation: Activation | None = None
         #: Why this activation must go (a conflict, a write of unknown outcome), or None.
         self._trouble: TowtruckError | None = None
@@ -208,11 +208,12 @@ class ActorContext:
         timer = Timer(name, callback, every=every, after=first, keep_alive=keep_alive)
         timers = self._timers
         if timers is None:
-            timers = self._timers = {}
-        replaced = timers.pop(name, None)
-        if replaced is not None:
-            replaced.cancel()
-        timers[name] = timer
+            timers = self._timers = []
+        for old in timers:
+            if old.name == name:
+                old.cancel()
+        timers[:] = [t for t in timers if t.name != name and not t.ended]
+        timers.append(timer)
         if self._activation is not None:
             self._activation.arm(timer)
         return timer
@@ -296,22 +297,20 @@ class ActorContext:
     @property
     def timers(self) -> dict[str, Timer]:
         """The actor's timers that have not ended, by name."""
-        return {
-            n: t for n, t in (self._timers or {}).items() if not t.cancelled and t.due != math.inf
-        }
+        return {t.name: t for t in self._timers or () if not t.ended}
 
     # What the activation does with it.
 
     def attach(self, activation: Activation) -> None:
         """The activation is in the table: arm the timers the factory asked for."""
         self._activation = activation
-        for timer in (self._timers or {}).values():
+        for timer in self._timers or ():
             activation.arm(timer)
 
     def ended(self) -> None:
         """The activation has ended: its timers with it."""
         self._activation = None
-        for timer in (self._timers or {}).values():
+        for timer in self._timers or ():
             timer.cancel()
         self._timers = None
 

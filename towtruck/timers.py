@@ -16,9 +16,9 @@ never piles up ticks.
 from __future__ import annotations
 
 import heapq
-import itertools
 import logging
 import math
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -45,23 +45,13 @@ class Timer:
         name: Its name among the actor's timers (a new timer of the same name
             replaces it).
         every: Seconds between ticks; None for a timer that ticks once.
-        due: When it ticks next, on trio's clock (``inf`` once it is done).
+        due: When it ticks next, on trio's clock (``inf`` once it has ended).
         keep_alive: Its ticks count as calls, keeping an idle actor from collection.
         ticks: How many ticks have run.
     """
 
-    __slots__ = (
-        "_activation",
-        "_pending",
-        "_scheduler",
-        "cancelled",
-        "due",
-        "every",
-        "keep_alive",
-        "method",
-        "name",
-        "ticks",
-    )
+    # Kept small: an idle actor with a timer should stay within a kilobyte.
+    __slots__ = ("_activation", "_pending", "due", "every", "keep_alive", "method", "name", "ticks")
 
     def __init__(
         self,
@@ -73,36 +63,43 @@ class Timer:
         keep_alive: bool,
     ) -> None:
         self.name = name
-        self.method = Method(name, callback, bound=False)
+        self.method: Method | Callable[..., Any] = callback  # a Method once armed
         self.every = every
         self.due = after  # relative until armed
         self.keep_alive = keep_alive
-        self.cancelled = False
         self.ticks = 0
         self._pending = False  # a tick waits in the mailbox or runs
         self._activation: Activation | None = None
-        self._scheduler: TimerScheduler | None = None
 
     def __repr__(self) -> str:
-        state = "cancelled" if self.cancelled else f"due {self.due:.3f}"
-        return f"<Timer {self.name!r} every={self.every!r} {state}>"
+        return f"<Timer {self.name!r} every={self.every!r} due={self.due!r}>"
+
+    def __lt__(self, other: Timer) -> bool:  # (heap entries of equal times)
+        return id(self) < id(other)
+
+    @property
+    def ended(self) -> bool:
+        """It was cancelled, its activation ended, or it ticked its once."""
+        return self.due == math.inf
 
     def cancel(self) -> None:
         """Stop it: no tick starts after this returns (one running finishes)."""
-        self.cancelled = True
         self.due = math.inf
+        self._activation = None
 
     def _arm(self, activation: Activation, scheduler: TimerScheduler) -> None:
         self._activation = activation
-        self._scheduler = scheduler
+        callback = self.method
+        if not isinstance(callback, Method):
+            self.method = _method(self.name, callback, activation.instance)
         self.due += scheduler.now()
         scheduler.schedule(self)
 
-    def _fire(self, now: float) -> None:
+    def _fire(self, now: float, scheduler: TimerScheduler) -> None:
         """Drop a tick into the actor's mailbox (unless the last one has not run),
         and schedule the next."""
         activation = self._activation
-        if self.cancelled or activation is None:
+        if activation is None:
             return
         if not self._pending:
             self._pending = activation.tick(self)
@@ -111,12 +108,26 @@ class Timer:
         else:
             # The next tick on the timer's own beat; beats missed while late are skipped.
             self.due = max(self.due + self.every, now + self.every * 0.5)
-            assert self._scheduler is not None
-            self._scheduler.schedule(self)
+            scheduler.schedule(self)
 
     def _ran(self) -> None:
         self._pending = False
         self.ticks += 1
+
+
+def _method(name: str, callback: Callable[..., Any], instance: object) -> Method:
+    """The :class:`Method` a timer's ticks call: for a method of the actor itself
+    (``self.flush``), one shared by every actor of its class; else one of its own."""
+    function = getattr(callback, "__func__", None)
+    if function is None or getattr(callback, "__self__", None) is not instance:
+        return Method(name, callback, bound=False)
+    method = _SHARED.get(function)
+    if method is None:
+        method = _SHARED[function] = Method(function.__name__, function, bound=True)
+    return method
+
+
+_SHARED: weakref.WeakKeyDictionary[Callable[..., Any], Method] = weakref.WeakKeyDictionary()
 
 
 class Tick(Call):
@@ -126,7 +137,9 @@ class Tick(Call):
     __slots__ = ("timer",)
 
     def __init__(self, timer: Timer, deadline: float) -> None:
-        super().__init__(timer.method, None, CallContext((), deadline))
+        method = timer.method
+        assert isinstance(method, Method)  # (armed)
+        super().__init__(method, None, CallContext((), deadline))
         self.timer = timer
         self.reply = _Ended(timer)  # type: ignore[assignment]
 
@@ -150,8 +163,7 @@ class TimerScheduler:
     fires them (:meth:`run`, a service of the node's runtime)."""
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Timer]] = []
-        self._order = itertools.count()
+        self._heap: list[tuple[float, Timer]] = []
         self._sleeping: trio.CancelScope | None = None
         #: The time on trio's clock (the catalog's, read directly once attached).
         self.now: Callable[[], float] = trio.current_time
@@ -164,7 +176,7 @@ class TimerScheduler:
     def schedule(self, timer: Timer) -> None:
         """Put ``timer`` in the heap at its ``due`` time; wake the task if it is the
         first. Not a checkpoint."""
-        heapq.heappush(self._heap, (timer.due, next(self._order), timer))
+        heapq.heappush(self._heap, (timer.due, timer))
         sleeping = self._sleeping
         if sleeping is not None and timer.due < sleeping.deadline:
             sleeping.deadline = timer.due
@@ -175,10 +187,10 @@ class TimerScheduler:
         while True:
             now = self.now()
             while heap and heap[0][0] <= now:
-                due, _, timer = heapq.heappop(heap)
-                if timer.due == due and not timer.cancelled:
+                due, timer = heapq.heappop(heap)
+                if timer.due == due:
                     self.fired += 1
-                    timer._fire(now)
+                    timer._fire(now, self)
             with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as sleeping:
                 self._sleeping = sleeping
                 await trio.sleep_forever()
