@@ -8,7 +8,8 @@ are found by name, with ``*`` for any word (the load generator, ``wrk`` or
 Every bound of issue 10 is a ratio of figures measured in the same run; the absolute
 figures shown beside them are for reading, not for comparing across machines. Issue 12
 (durable state) adds one absolute bound, SQLite writes/s, beside a ratio to the
-thread-hop reference measured in the same rounds.
+thread-hop reference measured in the same rounds; issue 13 (timers and reminders)
+another, the memory of an idle actor with a timer, beside the same actor's without.
 """
 
 from __future__ import annotations
@@ -90,6 +91,17 @@ COLD_CHECK = "single activation, new ids"
 WRITES = "persistent writes, sqlite store, * callers, each to its own actor"
 READ = "read-only call, persistent state, * actors, * callers"
 PLAIN_CALL = "call, no state, * actors, * callers"
+#: ``timers.py``'s reminder cases, as the figures name them, and as the tables do.
+REMINDER_CASES = {
+    "memory store": "memory store",
+    "sqlite store": "SQLite",
+    "sqlite store, after a restart": "SQLite after a restart",
+}
+IDLE_TIMER = "idle actor with a timer, memory (* actors)"
+TICKS = "timers, * actors every * s"
+#: Reminder triggers per second Dapr publishes for its Scheduler service: a reference
+#: for the notes, measured elsewhere, not a bound.
+DAPR_SCHEDULER = 15_000
 #: The stores whose activations ``state.py`` measures, as the figures name them.
 STATE_STORES = {
     "memory": "memory",
@@ -253,6 +265,43 @@ TARGETS: list[Target] = [
             *(f"activations, {store} store, CPU per activation" for store in STATE_STORES),
         ),
     ),
+    Target(
+        "issue 13: memory per idle actor with one timer registered <= 1 KB (1,024 bytes)",
+        (Bound(IDLE_TIMER, "<=", 1024),),
+        (
+            "idle actor without a timer, memory (* actors)",
+            "idle actor memory, with a timer - without",
+            "idle actor with a timer, traced allocations (* more actors)",
+            "idle actor without a timer, traced allocations (* more actors)",
+        ),
+    ),
+    Target(
+        "issue 13: (reported, no bound) reminder ticks delivered per second on one node,"
+        " all due at once, with their lateness and CPU per tick",
+        (),
+        tuple(
+            f"reminder ticks, {case}{what}"
+            for case in REMINDER_CASES
+            for what in (
+                ", * due at once",
+                ", first tick late",
+                ", lateness p50",
+                ", lateness p99",
+                ", CPU per tick",
+                ", over a second late",
+            )
+        ),
+    ),
+    Target(
+        "issue 13: (reported, no bound) timer ticks on one node, actors each with a timer",
+        (),
+        (
+            f"{TICKS}: ticks asked",
+            f"{TICKS}: ticks fired",
+            f"{TICKS}: ticks run",
+            f"{TICKS}: CPU per tick run",
+        ),
+    ),
 ]
 
 
@@ -384,6 +433,24 @@ def how_fast(figures: list[Figure]) -> list[str]:
             + f" actors/s (without state: {m('activations, no state, * callers')})",
         )
 
+    def reminders() -> tuple[str, str]:
+        burst = _find(by_name, "reminder ticks, memory store, * due at once")
+        if burst is None:
+            raise LookupError("reminder ticks")
+        rates = []
+        for case, label in REMINDER_CASES.items():
+            rates.append(
+                f"{label}: {m(f'reminder ticks, {case}, * due at once')} ticks/s,"
+                f" p99 {m(f'reminder ticks, {case}, lateness p99')} ms late,"
+                f" {m(f'reminder ticks, {case}, CPU per tick')} µs CPU per tick"
+            )
+        return (
+            f"SQLite {m('reminder ticks, sqlite store / memory store')}x the memory store's"
+            " ticks/s; after a restart (ticks loaded from the store)"
+            f" {m('reminder ticks, sqlite store, after a restart / memory store')}x",
+            "; ".join(rates) + f" ({burst.name.rpartition(', ')[2]})",
+        )
+
     def memory() -> tuple[str, str]:
         return (
             f"memory at the end of a stream of new ids through max_actors:"
@@ -409,6 +476,7 @@ def how_fast(figures: list[Figure]) -> list[str]:
         ("persistent writes (SQLite), 100 actors each writing once per call", writes),
         ("a call reading persistent state (1,000 actors, 100 callers)", reads),
         ("first calls to actors with persistent state (each claims the actor)", claims),
+        ("reminder ticks delivered, one node", reminders),
     ]
     lines = []
     for what, row in rows:
@@ -492,6 +560,27 @@ def notes(figures: list[Figure]) -> list[str]:
             "- The lone node of the cluster benchmark has node 1's flags and no peers; it"
             " takes the same three loads as the cluster (all on it), next to the cluster's"
             " in each repetition."
+        )
+    memory = _find(by_name, "reminder ticks, memory store, * due at once")
+    sqlite = _find(by_name, "reminder ticks, sqlite store, * due at once")
+    if memory and sqlite:
+        lines.append(
+            f"- Reference, not a bound: Dapr publishes about {DAPR_SCHEDULER:,} reminder"
+            " triggers/s for its Scheduler service (a service of its own, other hardware)."
+            f" One towtruck node here delivered {num(memory.median)} ticks/s with the"
+            f" memory store ({memory.median / DAPR_SCHEDULER:.2f}x that) and"
+            f" {num(sqlite.median)} with SQLite ({sqlite.median / DAPR_SCHEDULER:.2f}x)."
+        )
+    if _find(by_name, "reminder ticks, sqlite store, after a restart, * due at once"):
+        lines.append(
+            "- Reminder ticks (`timers.py`): in the memory and SQLite cases the node that"
+            " registered the reminders delivers them, each scheduled by its `remind`; after"
+            " a restart, a second node on the same file knows them only from its loads of"
+            " the due rows, each `reminder_refresh` (1 s) the 10,000 (`_LOAD`) soonest not"
+            " yet marked done (those it holds already among them), and activates each"
+            " actor for its tick. Lateness is from `scheduled_at` to `receive_reminder`;"
+            " the first tick's is how long the node takes to start on the burst. CPU per"
+            " tick is the whole process's, every thread."
         )
     return lines
 

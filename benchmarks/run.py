@@ -1,18 +1,18 @@
 """Run every benchmark and print one table.
 
-    python benchmarks/run.py                  # full: about eleven minutes
+    python benchmarks/run.py                  # full: about fourteen minutes
     python benchmarks/run.py --quick          # smoke test for CI: seconds per benchmark
     python benchmarks/run.py --only cluster   # just that one (repeatable)
     python benchmarks/run.py --results benchmarks/RESULTS.md  # also write a report
 
 Each benchmark also runs alone: ``python benchmarks/local_invoke.py``,
-``python benchmarks/state.py``, ``python benchmarks/http_invoke.py``,
-``python benchmarks/workers.py``, ``python benchmarks/cluster.py``. Figures are medians
-(with min and max) over the repetitions; on a shared machine, trust the ratios,
-measured in the same run, more than the absolute rates. The report (``--results``)
-adds the command, the date, the machine, whether each of the performance issues'
-targets was met, and a short table of ratios for the README's "How fast"
-(``results.py``).
+``python benchmarks/state.py``, ``python benchmarks/timers.py``,
+``python benchmarks/http_invoke.py``, ``python benchmarks/workers.py``,
+``python benchmarks/cluster.py``. Figures are medians (with min and max) over the
+repetitions; on a shared machine, trust the ratios, measured in the same run, more
+than the absolute rates. The report (``--results``) adds the command, the date, the
+machine, whether each of the performance issues' targets was met, and a short table
+of ratios for the README's "How fast" (``results.py``).
 """
 
 from __future__ import annotations
@@ -28,11 +28,12 @@ import http_invoke
 import local_invoke
 import results
 import state
+import timers
 import trio
 import workers
 from _common import common_arguments, table
 
-BENCHMARKS = ("local", "state", "http", "workers", "cluster")
+BENCHMARKS = ("local", "state", "timers", "http", "workers", "cluster")
 
 
 def main() -> None:
@@ -42,6 +43,7 @@ def main() -> None:
     http_invoke.arguments(parser)
     cluster.arguments(parser)
     state.arguments(parser)
+    timers.arguments(parser)
     parser.add_argument("--only", choices=BENCHMARKS, action="append", help="run just this one")
     parser.add_argument("--results", type=Path, help="also write a Markdown report to this file")
     args = parser.parse_args()
@@ -51,6 +53,8 @@ def main() -> None:
         figures += trio.run(partial(local_invoke.run, **local_invoke.options(args)))
     if "state" in only:
         figures += trio.run(partial(state.run, **state.options(args)))
+    if "timers" in only:
+        figures += trio.run(partial(timers.run, **timers.options(args)))
     if "http" in only:
         figures += http_invoke.run(**http_invoke.options(args))
     if "workers" in only:

@@ -54,6 +54,8 @@ logger = logging.getLogger("towtruck.reminders")
 HOOK: Final = "receive_reminder"
 #: Most due reminders a node loads from the store at each refresh.
 _LOAD: Final = 10_000
+#: Ticks a node delivers at once (each waits for its actor's turn).
+_DELIVERERS: Final = 100
 
 Invoke = Callable[[str, str, Any, CallContext], Awaitable[bytes]]
 
@@ -136,8 +138,7 @@ class ReminderService:
         self._in_flight: set[tuple[str, str]] = set()
         self._order = itertools.count()
         self._sleeping: trio.CancelScope | None = None
-        self._nursery: trio.Nursery | None = None
-        self._limit = trio.CapacityLimiter(100)
+        self._due, self._deliveries = trio.open_memory_channel[ReminderRow](math.inf)
         #: Ticks delivered (the actor's turn ran), and of those more than a second late.
         self.delivered = 0
         self.late = 0
@@ -183,8 +184,9 @@ class ReminderService:
     async def run(self) -> None:
         """Load the due rows every ``refresh`` and deliver them on time, until cancelled."""
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
             nursery.start_soon(self._load_periodically)
+            for _ in range(_DELIVERERS):
+                nursery.start_soon(self._deliver_each)
             heap = self._heap
             while True:
                 now = self.clock()
@@ -193,7 +195,7 @@ class ReminderService:
                     row = self._scheduled.get(key)
                     if row is not None and row.due == due and key not in self._in_flight:
                         self._in_flight.add(key)
-                        nursery.start_soon(self._deliver, row)
+                        self._due.send_nowait(row)
                 deadline = self._trio_time(heap[0][0]) if heap else math.inf
                 with trio.CancelScope(deadline=deadline) as sleeping:
                     self._sleeping = sleeping
@@ -217,31 +219,34 @@ class ReminderService:
         store = await self._store.get(create=False)
         if store is None:
             return  # no store yet (an SQLite file nobody created): nothing can be due
-        buckets = [b for b in range(BUCKETS) if self.owns(b)]
+        buckets = {b for b in range(BUCKETS) if self.owns(b)}
         for key, row in list(self._scheduled.items()):
             if row.bucket not in buckets:
                 del self._scheduled[key]
         if not buckets:
             return
-        rows = await store.due_reminders(buckets, self.clock() + 2 * self.refresh, _LOAD)
+        rows = await store.due_reminders(list(buckets), self.clock() + 2 * self.refresh, _LOAD)
         for row in rows:
             self.schedule(row)
+
+    async def _deliver_each(self) -> None:
+        """One of the node's deliverers: they take due rows one at a time, so a burst
+        of ticks costs no task each."""
+        async for row in self._deliveries:
+            await self._deliver(row)
 
     async def _deliver(self, row: ReminderRow) -> None:
         key = (row.actor, row.name)
         try:
-            async with self._limit:
-                payload = {"actor": row.actor, "name": row.name, "generation": row.generation}
-                payload["due"] = row.due
-                context = CallContext((), trio.current_time() + self._call_timeout, hook=True)
-                try:
-                    answer = codec.loads(await self._invoke(row.actor, HOOK, payload, context))
-                except TowtruckError as exc:
-                    self.failed += 1
-                    logger.debug(
-                        "reminder %r of actor %r not delivered: %s", row.name, row.actor, exc
-                    )
-                    return  # still due in the store: the next load brings it back
+            payload = {"actor": row.actor, "name": row.name, "generation": row.generation}
+            payload["due"] = row.due
+            context = CallContext((), trio.current_time() + self._call_timeout, hook=True)
+            try:
+                answer = codec.loads(await self._invoke(row.actor, HOOK, payload, context))
+            except TowtruckError as exc:
+                self.failed += 1
+                logger.debug("reminder %r of actor %r not delivered: %s", row.name, row.actor, exc)
+                return  # still due in the store: the next load brings it back
         finally:
             self._in_flight.discard(key)
         if self._scheduled.get(key) == row:
