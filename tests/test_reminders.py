@@ -63,8 +63,8 @@ def follow_trio(runtime: towtruck.Runtime) -> None:
 
 
 @asynccontextmanager
-async def node(store: str, **settings: Any) -> AsyncIterator[towtruck.Runtime]:
-    async with towtruck.open_runtime(Cart, state_store=store, **settings) as runtime:
+async def node(store: str, factory: Any = Cart, **settings: Any) -> AsyncIterator[towtruck.Runtime]:
+    async with towtruck.open_runtime(factory, state_store=store, **settings) as runtime:
         follow_trio(runtime)
         yield runtime
 
@@ -241,3 +241,27 @@ async def test_forget_during_a_tick_lets_it_finish_and_starts_no_other(
             await trio.sleep(60)
             assert runs == 1
             assert await store.reminders("i") == []
+
+
+async def test_a_tick_cut_off_by_a_crash_comes_again_with_the_same_tick_id(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    shared: MemoryStore = memory_store("crash")
+    started = trio.Event()
+
+    class Hanging(Cart):
+        async def receive_reminder(self, reminder: towtruck.Reminder) -> None:
+            await super().receive_reminder(reminder)
+            started.set()
+            await trio.sleep_forever()  # the node dies before this returns
+
+    with trio.fail_after(SECONDS):
+        async with node(shared.url, Hanging) as runtime:
+            await runtime.client.invoke("k", "remind", {"after": 5})
+            await started.wait()
+            runtime.abort()  # as kill -9 would
+        async with node(shared.url):
+            await trio.sleep(3)
+            first, again = ticks("k")
+            assert again.tick_id == first.tick_id  # the same tick: the actor can tell
+            assert await shared.reminders("k") == []  # and now it is done
