@@ -390,29 +390,13 @@ class Activation:
             self._catalog.call_unqueued()
             call.reply.set(outcome.Error(backlogged(self.id, call.method.name, mailbox)))
 
-    async def _execute(
-        self, method: Method, data: Any, context: CallContext, *, here: bool = False
-    ) -> bytes:
-        """Run one method (see :meth:`_run_method`), and for an actor that keeps
-        persistent state, end its turn: save what autosaves, drop the activation if a
-        newer one has claimed the actor."""
-        states = self.context
-        if (
-            states is None
-            or not states.keeps_state
-            or (method.is_async and not method.may_suspend and not states.autosaves)
-        ):
-            # (an async def that cannot wait cannot have written: nothing to end)
-            return await self._run_method(method, data, context, here)
-        return await self._run_persistent(method, data, context, here)
-
     async def _run_persistent(
         self, method: Method, data: Any, context: CallContext, here: bool
     ) -> bytes:
         states = self.context
         assert states is not None
         try:
-            answer = await self._run_method(method, data, context, here)
+            answer = await self._execute(method, data, context, here=here, ending=False)
         except BaseException as exc:
             states.turn_failed()
             self._drop_if_superseded(states, exc)
@@ -452,11 +436,20 @@ class Activation:
         if isinstance(trouble, StateConflict) and not isinstance(raised, trio.Cancelled):
             raise copy.copy(trouble) from None
 
-    async def _run_method(
-        self, method: Method, data: Any, context: CallContext, here: bool
+    async def _execute(
+        self,
+        method: Method,
+        data: Any,
+        context: CallContext,
+        *,
+        here: bool = False,
+        ending: bool = True,
     ) -> bytes:
         """Run one method within the call's context and deadline: its result as JSON.
-        ``here``: in the caller's task, shielded from the caller's cancellation.
+        ``here``: in the caller's task, shielded from the caller's cancellation. For an
+        actor that keeps persistent state (unless ``ending`` is off), the turn is then
+        ended by :meth:`_run_persistent`: what autosaves is saved, and the activation
+        is dropped if a newer one has claimed the actor.
 
         Raises:
             TowtruckError: whatever went wrong: what the method raised as
@@ -464,6 +457,14 @@ class Activation:
                 result JSON cannot carry as :class:`ResultNotJSON`. Only trio's
                 cancellation and a real Ctrl-C raise otherwise.
         """
+        states = self.context
+        if (
+            ending
+            and states is not None
+            and states.keeps_state
+            and not (method.is_async and not method.may_suspend and not states.autosaves)
+        ):  # (an async def that cannot wait cannot have written: nothing to end)
+            return await self._run_persistent(method, data, context, here)
         token = current_context.set(CallContext((*context.chain, self.id), context.deadline))
         try:
             result = method.call(self.instance, data)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextvars
 from collections import deque
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import outcome
 import trio
@@ -24,6 +24,7 @@ from .methods import Method
 __all__ = [
     "Call",
     "CallContext",
+    "HookContext",
     "Mailbox",
     "Reply",
     "backlogged",
@@ -51,10 +52,12 @@ class CallContext:
             returns (a lane's task waiting for its next call), so a call that ran
             without yielding need not yield once more before it returns.
         hook: towtruck's own call of a hook (a reminder's tick), which no call from
-            outside the cluster can make.
+            outside the cluster can make (see :class:`HookContext`).
     """
 
-    __slots__ = ("caller_yields", "chain", "deadline", "hook", "hops")
+    __slots__ = ("caller_yields", "chain", "deadline", "hops")
+
+    hook: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -63,16 +66,23 @@ class CallContext:
         hops: int = 0,
         *,
         caller_yields: bool = False,
-        hook: bool = False,
     ) -> None:
         self.chain = chain
         self.deadline = deadline
         self.hops = hops
         self.caller_yields = caller_yields
-        self.hook = hook
 
     def __repr__(self) -> str:
         return f"CallContext(chain={self.chain!r}, deadline={self.deadline!r}, hops={self.hops})"
+
+
+class HookContext(CallContext):
+    """The context of towtruck's own call of a hook (a reminder's tick): a class of its
+    own, so that every other call pays nothing for the difference."""
+
+    __slots__ = ()
+
+    hook: ClassVar[bool] = True
 
 
 #: The context of the call whose turn is running in this task, if any.

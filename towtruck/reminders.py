@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Final
 import trio
 
 from . import codec
-from .calls import CallContext
+from .calls import CallContext, HookContext
 from .errors import TowtruckError
 from .methods import Method, hook
 from .storage.base import BUCKETS, ReminderRow
@@ -240,7 +240,7 @@ class ReminderService:
         try:
             payload = {"actor": row.actor, "name": row.name, "generation": row.generation}
             payload["due"] = row.due
-            context = CallContext((), trio.current_time() + self._call_timeout, hook=True)
+            context = HookContext((), trio.current_time() + self._call_timeout)
             try:
                 answer = codec.loads(await self._invoke(row.actor, HOOK, payload, context))
             except TowtruckError as exc:

@@ -22,7 +22,7 @@ import trio
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope, Scope
 
 from .. import codec
-from ..calls import CallContext
+from ..calls import CallContext, HookContext
 from ..catalog import Factory
 from ..cluster import wire
 from ..cluster.credentials import check_cluster_key, key_headers
@@ -245,9 +245,8 @@ class App:
         """``POST /cluster/forward``: a call another node sent on, with its context."""
         call = wire.decode_call(body)
         timeout = min(call.timeout, self._call_timeout)
-        context = CallContext(
-            call.chain, trio.current_time() + timeout, call.hops, caller_yields=True, hook=call.hook
-        )
+        kind = HookContext if call.hook else CallContext
+        context = kind(call.chain, trio.current_time() + timeout, call.hops, caller_yields=True)
         return await self.runtime.invoke(
             call.actor_id, call.method, call.data, context, existing=call.existing
         )
