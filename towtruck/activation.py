@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import functools
 import inspect
 import logging
 from typing import TYPE_CHECKING, Any
@@ -424,15 +425,27 @@ class Activation:
     ) -> None:
         """Drop this activation at once, without ``deactivate``, if its state can no
         longer be trusted: a newer activation claimed the actor, or a write was cut off
-        (its outcome unknown). The calls waiting fail; so does the turn's call, with
-        :class:`StateConflict` in the first case (whatever the method made of it)."""
+        (its outcome unknown). The turn's call fails, with :class:`StateConflict` in
+        the first case (whatever the method made of it); the calls waiting, which have
+        not run, go to a fresh activation of the actor, which claims it anew."""
         trouble = states.trouble
         if trouble is None:
             return
         if self.state is not ActivationState.INVALID:
             self.reason = DeactivationReason.SUPERSEDED
-            self._fail_waiting(trouble)
+            waiting, self.mailbox = self.mailbox, None
             self._finish()
+            calls = []
+            for call in waiting or ():
+                self._catalog.call_unqueued()
+                if type(call) is Tick or call.reply.abandoned:
+                    call.reply.set(outcome.Error(copy.copy(trouble)))  # (timers end here)
+                else:
+                    calls.append(call)
+            if waiting:
+                waiting.clear()
+            if calls:
+                self._catalog.spawn(functools.partial(self._catalog.rerun, self.id, calls))
         if isinstance(trouble, StateConflict) and not isinstance(raised, trio.Cancelled):
             raise copy.copy(trouble) from None
 

@@ -21,11 +21,19 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+import outcome
 import trio
 
 from . import failures
 from .activation import Activation, ActivationState, DeactivationReason
-from .errors import ActorError, MethodNotFound, NodeStopping, NotActive, Overloaded
+from .errors import (
+    ActorError,
+    MethodNotFound,
+    NodeStopping,
+    NotActive,
+    Overloaded,
+    TowtruckError,
+)
 from .failures import FailureLog
 from .methods import hook, is_public, methods_of
 from .settings import Settings
@@ -33,7 +41,7 @@ from .state import ActorContext, StoreOpener, takes_context
 from .timers import TimerScheduler
 
 if TYPE_CHECKING:
-    from .calls import CallContext
+    from .calls import Call, CallContext
     from .client import Client
     from .reminders import ReminderService
 
@@ -263,6 +271,20 @@ class Catalog:
                 await activation.wait_gone(context.deadline)
             activation = self._table.get(actor_id) or self._activate(actor_id)
         return await activation.call(reminders.method, data, context)
+
+    async def rerun(self, actor_id: str, calls: list[Call]) -> None:
+        """Run, in their order, the calls that waited for an activation dropped before
+        their turns (see ``Activation._drop_if_superseded``) on the actor's next
+        activation, and answer their callers."""
+        for call in calls:
+            if call.reply.abandoned:
+                continue
+            try:
+                answer = await self.invoke(actor_id, call.method.name, call.data, call.context)
+            except TowtruckError as exc:
+                call.reply.set(outcome.Error(exc))
+            else:
+                call.reply.set(outcome.Value(answer))
 
     def _activate(self, actor_id: str) -> Activation:
         if not self._accepting:
