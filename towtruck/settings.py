@@ -34,6 +34,7 @@ __all__ = [
     "bind_error",
     "check_store_url",
     "flag",
+    "sqlite_path",
 ]
 
 logger = logging.getLogger("towtruck")
@@ -419,6 +420,12 @@ def _http_parser(value: Any) -> str:
     raise ValueError(f"expected one of {', '.join(HTTP_PARSERS)}, got {value!r}")
 
 
+def sqlite_path(url: str) -> str:
+    """The file an SQLite store URL names: ``sqlite:///a/b`` is the relative path
+    ``a/b``, ``sqlite:////a/b`` the absolute ``/a/b`` (SQLAlchemy's reading)."""
+    return url.removeprefix("sqlite://").removeprefix("/")
+
+
 def check_store_url(value: Any) -> str:
     """``value`` if it is a state store URL (see :mod:`towtruck.storage`).
 
@@ -431,7 +438,7 @@ def check_store_url(value: Any) -> str:
             f"expected a state store URL (sqlite:///path, redis://host:port/db,"
             f" postgresql://user@host/db or memory:), got {value!r}"
         )
-    if scheme == "sqlite" and not value.removeprefix("sqlite://").removeprefix("/"):
+    if scheme == "sqlite" and not sqlite_path(value):
         raise ValueError(
             f"expected sqlite:///relative/path or sqlite:////absolute/path, got {value!r}"
         )

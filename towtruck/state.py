@@ -29,6 +29,7 @@ import trio
 from . import codec
 from .errors import CallInterrupted, StateConflict, StoreUnavailable, TowtruckError
 from .reminders import Reminder
+from .settings import sqlite_path
 from .timers import MIN_PERIOD, Timer
 
 if TYPE_CHECKING:
@@ -85,8 +86,7 @@ class StoreOpener:
     def _would_create(self) -> bool:
         if not self.url.startswith("sqlite:"):
             return False
-        path = self.url.removeprefix("sqlite://").removeprefix("/")
-        return not os.path.exists(path)
+        return not os.path.exists(sqlite_path(self.url))
 
     async def aclose(self) -> None:
         """Close the store if it was opened."""

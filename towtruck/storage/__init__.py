@@ -17,7 +17,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from ..errors import SettingsError
-from ..settings import check_store_url
+from ..settings import check_store_url, sqlite_path
 from .base import DEFAULT_TIMEOUT, Claim, Store, Stored
 
 __all__ = ["DEFAULT_TIMEOUT", "Claim", "Store", "Stored", "check_url", "open_store"]
@@ -50,7 +50,7 @@ async def open_store(url: str, *, timeout: float = DEFAULT_TIMEOUT) -> Store:  #
     if scheme == "sqlite":
         from .sqlite import SQLiteStore
 
-        return await SQLiteStore.open(_sqlite_path(url), timeout=timeout)
+        return await SQLiteStore.open(sqlite_path(url), timeout=timeout)
     if scheme in ("redis", "rediss"):
         try:
             from .redis import RedisStore
@@ -66,9 +66,3 @@ async def open_store(url: str, *, timeout: float = DEFAULT_TIMEOUT) -> Store:  #
             f"{url}: PostgreSQL needs `pip install towtruck[postgres]` ({exc})"
         ) from None
     return await PostgresStore.open(url, timeout=timeout)
-
-
-def _sqlite_path(url: str) -> str:
-    """``sqlite:///a/b`` is the relative path ``a/b``, ``sqlite:////a/b`` the absolute
-    ``/a/b`` (SQLAlchemy's reading)."""
-    return url.removeprefix("sqlite://").removeprefix("/")
