@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "towtruck"
 
 #: Lowest first. A top-level module by name; a subpackage by its folder.
 LAYERS = [
-    {"errors", "settings", "ids", "codec"},
+    {"errors", "settings", "ids", "codec", "figures"},
     {"storage"},
     {
         "methods",

@@ -116,12 +116,16 @@ class Activation:
         instance: What ``create_actor`` returned.
         state: See :class:`ActivationState`.
         touched: When it last received a call, on trio's clock.
+        born: When it was activated, on trio's clock.
+        calls: Calls that reached it (answered or not).
         running: A task is running (or about to run) its turns.
     """
 
     __slots__ = (
         "_catalog",
         "_gone",
+        "born",
+        "calls",
         "context",
         "id",
         "instance",
@@ -141,7 +145,8 @@ class Activation:
         self.methods = methods
         self.state = ActivationState.VALID
         self.reason: DeactivationReason | None = None
-        self.touched = trio.current_time()
+        self.touched = self.born = trio.current_time()
+        self.calls = 0
         self.running = False
         self.mailbox: Mailbox | None = None
         self._catalog = catalog

@@ -35,6 +35,7 @@ from .errors import (
     TowtruckError,
 )
 from .failures import FailureLog
+from .figures import CallFigures
 from .methods import hook, is_public, methods_of
 from .settings import Settings
 from .state import ActorContext, StoreOpener, takes_context
@@ -131,6 +132,13 @@ class Catalog:
         #: Cancel scopes of the turns running in their callers' tasks (see
         #: ``Activation._turn_here``), to cancel them when the node stops.
         self.turns_here: set[trio.CancelScope] = set()
+        #: Outcomes and latency of the calls its actors answer, by method (see
+        #: :mod:`towtruck.figures`); None when the node's ``metrics`` are off.
+        self.figures: CallFigures | None = CallFigures() if settings.metrics else None
+        #: Calls that failed, by the id of an actor in the table (most have none).
+        self.errors: dict[str, int] = {}
+        #: Actors that have left since the node started, by why.
+        self.left: dict[str, int] = {}
         # Counters, kept by the methods below (the activations report through them).
         self._busy = 0
         self._queued = 0
@@ -238,7 +246,13 @@ class Catalog:
         if context.hook:
             return await self._hook(actor_id, method, data, context)
         if activation is not None and actor_id in context.chain:
-            return await activation.call_inline(activation.lookup(method), data, context)
+            found = activation.lookup(method)
+            activation.calls += 1
+            try:
+                return await activation.call_inline(found, data, context)
+            except TowtruckError:
+                self._actor_failed(actor_id)
+                raise
         while activation is None or activation.state is ActivationState.DEACTIVATING:
             if activation is not None:
                 await activation.wait_gone(context.deadline)
@@ -258,7 +272,24 @@ class Catalog:
                     )
                 activation = self._activate(actor_id)
         self._table.move_to_end(actor_id)
-        return await activation.call(activation.lookup(method), data, context)
+        found = activation.lookup(method)
+        activation.calls += 1
+        figures = self.figures
+        if figures is None:
+            return await activation.call(found, data, context)
+        started = self.now()
+        try:
+            answer = await activation.call(found, data, context)
+        except TowtruckError as exc:
+            figures.failed(found.name, self.now() - started, exc)
+            self._actor_failed(actor_id)
+            raise
+        figures.done(found.name, self.now() - started)
+        return answer
+
+    def _actor_failed(self, actor_id: str) -> None:
+        if actor_id in self._table:  # (counted while it stays in the table)
+            self.errors[actor_id] = self.errors.get(actor_id, 0) + 1
 
     async def _hook(self, actor_id: str, method: str, data: Any, context: CallContext) -> bytes:
         """towtruck's own call of a hook (a reminder's tick): a turn like a call's."""
@@ -344,6 +375,9 @@ class Catalog:
         if self._table.get(activation.id) is activation:
             del self._table[activation.id]
             self._deactivations += 1
+            self.errors.pop(activation.id, None)
+            reason = activation.reason.value if activation.reason is not None else "failed"
+            self.left[reason] = self.left.get(reason, 0) + 1
             if self.observer is not None:
                 self.observer.forgotten(activation.id)
 

@@ -54,7 +54,15 @@ def _parser() -> argparse.ArgumentParser:
 def _add_flag(parser: argparse.ArgumentParser, field: dataclasses.Field[object]) -> None:
     """The flag of one setting, from its field: name, help and default."""
     kind, text = field.metadata["kind"], field.metadata["help"]
-    if kind == "flag":
+    if kind == "flag" and field.default is True:
+        parser.add_argument(
+            "--no-" + flag(field.name)[2:],
+            dest=field.name,
+            action="store_const",
+            const=False,
+            help=text,
+        )
+    elif kind == "flag":
         parser.add_argument(
             flag(field.name), dest=field.name, action="store_const", const=True, help=text
         )
@@ -87,6 +95,7 @@ _METAVARS = {
     "secret": "KEY",
     "http_parser": "PARSER",
     "log_level": "LEVEL",
+    "log_format": "FORMAT",
 }
 
 

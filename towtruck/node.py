@@ -109,6 +109,7 @@ async def open_node(
         raise bind_error(config, exc) from exc
     me = config.advertise or urls[0].removeprefix("http://")
     runtime.node_id = me
+    runtime.siblings = [address for address in local_lanes or () if address != me]
     exposed = [
         address
         for address in (me, *(url.removeprefix("http://") for url in urls))

@@ -22,7 +22,7 @@ import trio
 from .calls import CallContext
 from .catalog import Catalog, CatalogStatistics, Factory
 from .client import Client
-from .errors import NodeStopping, Overloaded, ResultTooLarge, TowtruckError
+from .errors import NodeStopping, Overloaded, ResultTooLarge, TowtruckError, Unavailable
 from .reminders import ReminderService
 from .settings import MIB, Settings
 from .state import StoreOpener
@@ -112,6 +112,10 @@ class Runtime:
         self.node_id = f"{socket.gethostname()}:{os.getpid()}"
         self.calls = 0
         self.failed = 0
+        #: The private addresses of the other workers of a ``--workers`` group.
+        self.siblings: list[str] = []
+        #: Calls refused without running (503s), by error type.
+        self.rejected: dict[str, int] = {}
         self._max_in_flight = settings.max_in_flight
         self.in_flight = 0
         self._started_at: float | None = None
@@ -292,8 +296,11 @@ class Runtime:
                     limit=MAX_ANSWER,
                 )
             return answer
-        except TowtruckError:
+        except TowtruckError as exc:
             self.failed += 1
+            if isinstance(exc, Unavailable):
+                kind = type(exc).__name__
+                self.rejected[kind] = self.rejected.get(kind, 0) + 1
             raise
         finally:
             self.in_flight -= 1

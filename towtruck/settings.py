@@ -192,6 +192,12 @@ class Settings:
         1 * SECONDS, "seconds", "The shortest period a durable reminder may have."
     )
     access_log: bool = _setting(False, "flag", "Log every HTTP request (costs throughput).")
+    metrics: bool = _setting(
+        True,
+        "flag",
+        "Count every call's outcome and latency by method, for /metrics and /dashboard"
+        " (--no-metrics: only the node's totals are kept).",
+    )
     http_parser: str = _setting(
         "auto",
         "http_parser",
@@ -206,6 +212,12 @@ class Settings:
         "log_level",
         "How much towtruck serve and towtruck.run log to stderr: debug, info, warning,"
         " error (a program embedding a node sets up logging itself).",
+    )
+    log_format: str = _setting(
+        "text",
+        "log_format",
+        "How towtruck serve and towtruck.run write log lines: text, or json (one object"
+        " a line, for log shippers).",
     )
 
     def __post_init__(self) -> None:
@@ -451,6 +463,13 @@ def _seconds_or_auto(value: Any) -> float | None:
     return _seconds(value)
 
 
+def _log_format(value: Any) -> str:
+    text = str(value).strip().lower()
+    if text not in ("text", "json"):
+        raise ValueError(f"expected text or json, got {value!r}")
+    return text
+
+
 def _flag(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -471,6 +490,7 @@ _CHECKS: Final = {
     "seconds_or_auto": _seconds_or_auto,
     "flag": _flag,
     "log_level": _log_level,
+    "log_format": _log_format,
     "http_parser": _http_parser,
     "store_url": check_store_url,
 }

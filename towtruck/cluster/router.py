@@ -73,6 +73,11 @@ class Router:
         #: Calls this node sent on to another.
         self.forwarded = 0
 
+    @property
+    def peer_client(self) -> PeerClient:
+        """The client this node reaches its peers with (the cluster key included)."""
+        return self._peers
+
     async def invoke(self, actor_id: str, method: str, data: Any, context: CallContext) -> bytes:
         """Run a call where its actor lives (see the module's docstring). A checkpoint."""
         if self.membership.alone:  # nowhere else to look: the shortest way

@@ -13,30 +13,37 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import heapq
 import logging
 import time
 from typing import Any, Final
+from urllib.parse import quote
 
+import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from .. import codec
-from ..cluster.credentials import check_cluster_key
+from ..cluster.credentials import check_cluster_key, key_headers
+from ..cluster.membership import MemberState
 from ..cluster.router import Router
 from ..errors import (
     BadRequest,
     InternalError,
     MethodNotAllowed,
+    NotActive,
     PayloadTooLarge,
     RouteNotFound,
     SettingsError,
     TowtruckError,
 )
+from ..figures import BUCKETS, Histogram
 from ..ids import Address, check_actor_id
 from ..runtime import Runtime
 from ..transport.peers import open_router, stop_member
 from .limits import body_too_large
+from .metrics import Metrics
 
 __all__ = ["Routes", "build_routes"]
 
@@ -56,7 +63,7 @@ _CLUSTER_ROUTES: Final = (
     "/updateblooms",
     "/rungc",
     "/cluster/",
-    "/actors/",
+    "/actors",
 )
 
 _HTTP_ERRORS: Final[dict[int, type[TowtruckError]]] = {
@@ -65,6 +72,22 @@ _HTTP_ERRORS: Final[dict[int, type[TowtruckError]]] = {
     405: MethodNotAllowed,
     413: PayloadTooLarge,
 }
+
+
+#: Most actors one page of ``/actors`` lists.
+MAX_PAGE: Final = 1000
+
+
+def _count_argument(text: str | None, name: str, *, default: int, most: int) -> int:
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise BadRequest(f"{name} must be a whole number, not {text[:50]!r}") from None
+    if not 1 <= value <= most:
+        raise BadRequest(f"{name} must be between 1 and {most}, not {value}")
+    return value
 
 
 def json_response(value: Any, status: int = 200) -> Response:
@@ -133,9 +156,30 @@ def build_routes(runtime: Runtime) -> QuartTrio:
     async def health() -> Response:
         return json_response(handlers.health())
 
+    @app.route("/metrics", methods=_READ)
+    async def metrics() -> Response:
+        own_only = bool(request.args.get("worker"))
+        body, content_type = await handlers.metrics(request.headers.get("Accept", ""), own_only)
+        return Response(body, status=200, content_type=content_type)
+
+    @app.route("/cluster/snapshot", methods=_READ)
+    async def snapshot() -> Response:
+        return json_response(handlers.snapshot())
+
     @app.route("/query/<path:actor_id>", methods=_READ)
     async def query(actor_id: str) -> Response:
         return json_response(handlers.query(actor_id))
+
+    @app.route("/actors", methods=_READ)
+    async def actors() -> Response:
+        args = request.args
+        limit = _count_argument(args.get("limit"), "limit", default=100, most=MAX_PAGE)
+        after, cluster = args.get("after"), bool(args.get("cluster"))
+        return json_response(await handlers.actors(limit, after, cluster=cluster))
+
+    @app.route("/actors/<path:actor_id>", methods=_READ)
+    async def actor(actor_id: str) -> Response:
+        return json_response(await handlers.actor(actor_id, here=bool(request.args.get("here"))))
 
     @app.route("/actors/<path:actor_id>/state", methods=_READ)
     async def actor_state(actor_id: str) -> Response:
@@ -227,6 +271,9 @@ class Routes:
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
+        self._metrics = Metrics(
+            runtime, runtime.siblings, key_headers(runtime.settings.cluster_key)
+        )
 
     def ping(self, rest: str = "") -> list[str]:
         """``/ping[/...]``: echo the path's segments, for liveness checks."""
@@ -260,9 +307,100 @@ class Routes:
             "reminders": runtime.reminders.statistics(),
         }
 
+    async def metrics(self, accept: str = "", own_only: bool = False) -> tuple[bytes, str]:
+        """``/metrics``: the node's figures in Prometheus' text format (OpenMetrics if
+        ``accept`` asks for it); under ``--workers``, summed over the workers unless
+        ``own_only`` (see :mod:`towtruck.server.metrics`)."""
+        return await self._metrics.render(accept, own_only=own_only)
+
+    def snapshot(self) -> dict[str, Any]:
+        """``/cluster/snapshot``: this node's figures as counters since it started (the
+        dashboard takes rates from two of them): calls, errors, forwarded, latency
+        histogram over all methods, and per method."""
+        runtime = self._runtime
+        stats = runtime.statistics()
+        router = runtime.router if isinstance(runtime.router, Router) else None
+        figures = runtime.catalog.figures
+        methods = figures.methods if figures is not None else {}
+        return {
+            "node": stats.node,
+            "time": time.time(),
+            "uptime": round(stats.uptime, 3),
+            "members": (
+                router.gossip.members()
+                if router is not None
+                else [{"address": stats.node, "state": "self"}]
+            ),
+            "actors": stats.actors.actors,
+            "max_actors": stats.actors.max_actors,
+            "busy": stats.actors.busy,
+            "queued": stats.actors.queued,
+            "in_flight": stats.in_flight,
+            "requests": stats.calls,
+            "failed": stats.failed,
+            "rejected": dict(runtime.rejected),
+            "forwarded": router.forwarded if router is not None else 0,
+            "latency": (figures.latency() if figures else Histogram()).to_payload(),
+            "buckets": list(BUCKETS),
+            "methods": {
+                name: {
+                    "calls": method.calls,
+                    "errors": method.errors,
+                    "latency": method.latency.to_payload(),
+                }
+                for name, method in methods.items()
+            },
+            "reminders": runtime.reminders.statistics(),
+            "timers": len(runtime.catalog.timers),
+        }
+
     def query(self, actor_id: str) -> dict[str, bool]:
         """``/query/{id}``: ``{"exists": true}`` if the actor is in memory here."""
         return {"exists": check_actor_id(actor_id) in self._runtime.catalog}
+
+    async def actors(
+        self, limit: int = 100, after: str | None = None, *, cluster: bool = False
+    ) -> dict[str, Any]:
+        """``/actors?limit=&after=[&cluster=1]``: a page of the actors in memory here
+        (``cluster``: on every live node), in order of id after ``after``; ``next`` is
+        the ``after`` of the next page (None on the last), ``total`` how many there are
+        in all."""
+        runtime = self._runtime
+        catalog = runtime.catalog
+        ids = (i for i in catalog.ids() if after is None or i > after)
+        page = [describe_actor(runtime, i) for i in heapq.nsmallest(limit + 1, ids)]
+        found: dict[str, Any] = {"actors": page, "total": len(catalog), "nodes": [runtime.node_id]}
+        router = runtime.router
+        if cluster and isinstance(router, Router):
+            query = f"/actors?limit={limit}" + (f"&after={quote(after, safe='')}" if after else "")
+            for answer in await _ask_peers(router, query):
+                found["actors"] += answer["actors"]
+                found["total"] += answer["total"]
+                found["nodes"] += answer["nodes"]
+            found["actors"].sort(key=lambda actor: actor["id"])
+        actors = found["actors"]
+        found["next"] = actors[limit - 1]["id"] if len(actors) > limit else None
+        del actors[limit:]
+        return found
+
+    async def actor(self, actor_id: str, *, here: bool = False) -> dict[str, Any]:
+        """``/actors/{id}``: the actor as the node that holds it in memory sees it (this
+        one or, unless ``here``, any live node), with that node's address.
+
+        Raises:
+            NotActive: it is in memory nowhere (it will be activated by its next call).
+        """
+        actor_id = check_actor_id(actor_id)
+        runtime = self._runtime
+        if actor_id in runtime.catalog:
+            return describe_actor(runtime, actor_id)
+        router = runtime.router
+        if not here and isinstance(router, Router):
+            path = f"/actors/{quote(actor_id, safe='')}?here=1"
+            for answer in await _ask_peers(router, path):
+                return dict(answer)
+        where = "here" if here or not isinstance(router, Router) else "on any live node"
+        raise NotActive(f"actor {actor_id!r} is not in memory {where}", actor=actor_id)
 
     async def actor_state(self, actor_id: str) -> dict[str, Any]:
         """``/actors/{id}/state``: the actor's states as the store holds them, with its
@@ -349,3 +487,47 @@ class Routes:
         if not isinstance(router, Router):
             raise RouteNotFound("clustering is off on this node: serve it with advertise")
         return router
+
+
+def describe_actor(runtime: Runtime, actor_id: str) -> dict[str, Any]:
+    """What ``/actors`` tells of an actor in memory here. Times are milliseconds since
+    the Unix epoch."""
+    catalog = runtime.catalog
+    activation = catalog.get(actor_id)
+    assert activation is not None
+    now, wall = catalog.now(), time.time()
+    described: dict[str, Any] = {
+        "id": actor_id,
+        "node": runtime.node_id,
+        "state": activation.state.value,
+        "activated": round(1000 * (wall - (now - activation.born))),
+        "last_call": round(1000 * (wall - (now - activation.touched))),
+        "calls": activation.calls,
+        "errors": catalog.errors.get(actor_id, 0),
+        "queued": len(activation.mailbox or ()),
+    }
+    context = activation.context
+    if context is not None:
+        described["epoch"] = context.epoch
+        described["timers"] = sorted(context.timers)
+    return described
+
+
+async def _ask_peers(router: Router, path: str) -> list[Any]:
+    """GET ``path`` from every live peer at once; the answers of those that answered
+    in time (a peer that fails or is slow is left out), in no particular order."""
+    answers: list[Any] = []
+
+    async def ask(peer: str) -> None:
+        with contextlib.suppress(TowtruckError):
+            answers.append(await router.peer_client.get(peer, path))
+
+    with trio.move_on_after(_PEER_DEADLINE):
+        async with trio.open_nursery() as nursery:
+            for peer in router.membership.peers(MemberState.ALIVE):
+                nursery.start_soon(ask, peer)
+    return answers
+
+
+#: How long a route that asks every peer waits for their answers.
+_PEER_DEADLINE: Final = 2.0

@@ -28,11 +28,13 @@ from __future__ import annotations
 import abc
 import dataclasses
 import secrets
+import time
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import ClassVar, Final
 
 from ..errors import CallInterrupted, StateConflict, StoreUnavailable
+from ..figures import StoreFigures
 
 __all__ = [
     "BUCKETS",
@@ -148,21 +150,25 @@ class Store(abc.ABC):
 
     def __init__(self, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.timeout = timeout
+        #: Latency, conflicts and failures of the actors' operations, for ``/metrics``.
+        self.figures = StoreFigures()
 
     async def claim(self, actor_id: str) -> Claim:
         """Claim the actor for a new activation: bump its epoch and return it with the
         actor's states, in one atomic step. A checkpoint."""
-        try:
-            return await self._claim(actor_id)
-        except self.failures as exc:
-            raise self._unavailable("claim", actor_id, exc) from exc
+        with self.figures.timing("claim", time.perf_counter):
+            try:
+                return await self._claim(actor_id)
+            except self.failures as exc:
+                raise self._unavailable("claim", actor_id, exc) from exc
 
     async def read(self, actor_id: str) -> Claim:
         """The actor's epoch and states now, claiming nothing. A checkpoint."""
-        try:
-            return await self._read(actor_id)
-        except self.failures as exc:
-            raise self._unavailable("read", actor_id, exc) from exc
+        with self.figures.timing("read", time.perf_counter):
+            try:
+                return await self._read(actor_id)
+            except self.failures as exc:
+                raise self._unavailable("read", actor_id, exc) from exc
 
     async def write(
         self, actor_id: str, name: str, value: bytes, *, epoch: int, etag: str | None
@@ -176,12 +182,13 @@ class Store(abc.ABC):
             StoreUnavailable: the store failed; nothing was written.
             CallInterrupted: the store had it but did not answer: it may land yet.
         """
-        try:
-            return await self._write(actor_id, name, value, epoch, etag)
-        except self.uncertain as exc:
-            raise self._interrupted("write", actor_id, exc) from exc
-        except self.failures as exc:
-            raise self._unavailable("write", actor_id, exc) from exc
+        with self.figures.timing("write", time.perf_counter):
+            try:
+                return await self._write(actor_id, name, value, epoch, etag)
+            except self.uncertain as exc:
+                raise self._interrupted("write", actor_id, exc) from exc
+            except self.failures as exc:
+                raise self._unavailable("write", actor_id, exc) from exc
 
     async def clear(self, actor_id: str, name: str, *, epoch: int, etag: str | None) -> None:
         """Remove the state ``name``, on the same conditions as :meth:`write` (with
@@ -191,12 +198,13 @@ class Store(abc.ABC):
             StateConflict: the epoch or the etag has moved on; nothing was removed.
             StoreUnavailable: the store failed; nothing was removed.
         """
-        try:
-            await self._clear(actor_id, name, epoch, etag)
-        except self.uncertain as exc:
-            raise self._interrupted("clear", actor_id, exc) from exc
-        except self.failures as exc:
-            raise self._unavailable("clear", actor_id, exc) from exc
+        with self.figures.timing("clear", time.perf_counter):
+            try:
+                await self._clear(actor_id, name, epoch, etag)
+            except self.uncertain as exc:
+                raise self._interrupted("clear", actor_id, exc) from exc
+            except self.failures as exc:
+                raise self._unavailable("clear", actor_id, exc) from exc
 
     async def ids(self, after: str | None = None, limit: int = 100) -> list[str]:
         """Up to ``limit`` ids of claimed actors, in order, from just past ``after``
