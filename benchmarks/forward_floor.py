@@ -190,6 +190,10 @@ def _ratios(
         if share[s.name] > 0:
             extra = (cpu[s.name] - cpu[one]) / share[s.name]
             figures.add(f"{case}, {s.name}, CPU per forwarded call", "µs", extra)
+            local = f"floor N={s.processes} local"
+            if s.kind == "floor" and local in cpu:  # the same processes, nothing forwarded
+                extra = (cpu[s.name] - cpu[local]) / share[s.name]
+                figures.add(f"{case}, {s.name}, CPU per forwarded call vs local", "µs", extra)
 
 
 def summary(figures: Figures, servers: list[Subject]) -> str:
@@ -201,8 +205,8 @@ def summary(figures: Figures, servers: list[Subject]) -> str:
 
     lines = [
         "| load | server | requests/s | p99 ms | CPU µs/req | forwarded % | CPU / N=1 "
-        "| req/s / N=1 | CPU µs per forwarded call |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|",
+        "| req/s / N=1 | CPU µs per forwarded call | same, vs local N |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for case in LOADS:
         for s in servers:
@@ -212,6 +216,7 @@ def summary(figures: Figures, servers: list[Subject]) -> str:
             cells += [median(f"{case}, {s.name} / N=1 CPU per request")]
             cells += [median(f"{case}, {s.name} / N=1 requests/s")]
             cells += [median(f"{name}, CPU per forwarded call")]
+            cells += [median(f"{name}, CPU per forwarded call vs local")]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -234,9 +239,9 @@ def main() -> None:
     http_invoke.generator_argument(parser)
     parser.add_argument(
         "--floors",
-        default="2:dispatch,2:direct,3:dispatch,3:direct",
+        default="2:dispatch,2:direct,2:local,3:dispatch,3:direct,3:local",
         help="limit_forward cases besides N=1, as N:answer-mode,... (modes: direct,"
-        " dispatch, task)",
+        " dispatch, task, local: no forwarding, a control)",
     )
     parser.add_argument(
         "--workers", default="1,2,3", help="towtruck --workers counts, 1 included (e.g. 1,2)"

@@ -18,7 +18,9 @@ owner's answer comes back on it:
 
   ``direct``   on the reader itself, no task switch (the actor is a dict lookup);
   ``dispatch`` by one answering task per lane, woken once per received batch;
-  ``task``     by a new task per call (``nursery.start_soon``).
+  ``task``     by a new task per call (``nursery.start_soon``);
+  ``local``    never: a control that breaks single activation, each process answering
+               every id itself (the cost of N processes without any forwarding).
 
 With N = 1 nothing is forwarded and the HTTP path is the yardstick's. It is a floor, not
 a product: no timeouts, no failure handling, no backpressure.
@@ -246,7 +248,8 @@ async def worker(
             if mode == "dispatch":
                 nursery.start_soon(lane.dispatch)
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(public))
-        await trio.serve_listeners(partial(handle, index, processes, lanes), [listener])
+        owners = 1 if mode == "local" else processes  # local: as if alone
+        await trio.serve_listeners(partial(handle, index, owners, lanes), [listener])
 
 
 def listening(port: int) -> socket.socket:
@@ -262,7 +265,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("port", type=int)
     parser.add_argument("--processes", "-n", type=int, default=1)
-    parser.add_argument("--answer", choices=["direct", "dispatch", "task"], default="dispatch")
+    parser.add_argument(
+        "--answer", choices=["direct", "dispatch", "task", "local"], default="dispatch"
+    )
     parser.add_argument("--stats", type=Path, help="directory for the counters on SIGUSR1")
     args = parser.parse_args()
     n: int = args.processes

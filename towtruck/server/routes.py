@@ -42,6 +42,7 @@ from ..figures import BUCKETS, Histogram
 from ..ids import Address, check_actor_id
 from ..runtime import Runtime
 from ..transport.peers import open_router, stop_member
+from .dashboard import add_dashboard
 from .limits import body_too_large
 from .metrics import Metrics
 
@@ -221,6 +222,8 @@ def build_routes(runtime: Runtime) -> QuartTrio:
     @app.route("/cluster/heartbeat", methods=["POST"])
     async def heartbeat() -> Response:
         return json_response(handlers.heartbeat(codec.loads(await request.get_data())))
+
+    add_dashboard(app, runtime, handlers)
 
     @app.errorhandler(TowtruckError)
     async def towtruck_error(error: TowtruckError) -> Response:
