@@ -25,6 +25,7 @@ LAYERS = [
         "state",
         "timers",
         "reminders",
+        "tracing",
     },
     {"cluster"},
     {"transport"},

@@ -483,7 +483,9 @@ class Activation:
             and not (method.is_async and not method.may_suspend and not states.autosaves)
         ):  # (an async def that cannot wait cannot have written: nothing to end)
             return await self._run_persistent(method, data, context, here)
-        token = current_context.set(CallContext((*context.chain, self.id), context.deadline))
+        token = current_context.set(
+            CallContext((*context.chain, self.id), context.deadline, trace=context.trace)
+        )
         try:
             result = method.call(self.instance, data)
             if method.is_async and not method.may_suspend:

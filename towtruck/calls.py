@@ -53,9 +53,11 @@ class CallContext:
             without yielding need not yield once more before it returns.
         hook: towtruck's own call of a hook (a reminder's tick), which no call from
             outside the cluster can make (see :class:`HookContext`).
+        trace: The OpenTelemetry span context of the call this one was made from, if
+            tracing is on (see :mod:`towtruck.tracing`).
     """
 
-    __slots__ = ("caller_yields", "chain", "deadline", "hops")
+    __slots__ = ("caller_yields", "chain", "deadline", "hops", "trace")
 
     hook: ClassVar[bool] = False
 
@@ -66,11 +68,20 @@ class CallContext:
         hops: int = 0,
         *,
         caller_yields: bool = False,
+        trace: Any = None,
     ) -> None:
         self.chain = chain
         self.deadline = deadline
         self.hops = hops
         self.caller_yields = caller_yields
+        self.trace = trace
+
+    def with_trace(self, trace: Any) -> CallContext:
+        """A copy (of the same class) whose calls descend from ``trace``."""
+        copy = type(self)(
+            self.chain, self.deadline, self.hops, caller_yields=self.caller_yields, trace=trace
+        )
+        return copy
 
     def __repr__(self) -> str:
         return f"CallContext(chain={self.chain!r}, deadline={self.deadline!r}, hops={self.hops})"

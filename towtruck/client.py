@@ -66,7 +66,7 @@ class Client:
         if parent is None:
             context = CallContext((), deadline)
         else:
-            context = CallContext(parent.chain, min(deadline, parent.deadline))
+            context = CallContext(parent.chain, min(deadline, parent.deadline), trace=parent.trace)
         try:
             data = codec.copy(data)
         except TypeError as exc:

@@ -19,6 +19,7 @@ from typing import Any, Final, Protocol
 
 import trio
 
+from . import tracing
 from .calls import CallContext
 from .catalog import Catalog, CatalogStatistics, Factory
 from .client import Client
@@ -112,6 +113,9 @@ class Runtime:
         self.node_id = f"{socket.gethostname()}:{os.getpid()}"
         self.calls = 0
         self.failed = 0
+        #: Makes a span of every call (see :mod:`towtruck.tracing`): the configured
+        #: OpenTelemetry provider's, found when the runtime starts serving, or None.
+        self.tracer: Any = None
         #: The private addresses of the other workers of a ``--workers`` group.
         self.siblings: list[str] = []
         #: Calls refused without running (503s), by error type.
@@ -164,6 +168,8 @@ class Runtime:
         if self._started_at is not None:
             raise RuntimeError("this runtime has already served")
         self._running = True
+        if self.tracer is None:
+            self.tracer = tracing.configured_tracer()
         try:
             async with trio.open_nursery() as nursery:
                 self.catalog.attach(nursery)
@@ -280,6 +286,9 @@ class Runtime:
                 )
         self.calls += 1
         self.in_flight += 1
+        span = None
+        if self.tracer is not None:
+            span, context = tracing.start(self.tracer, actor_id, method, context, self.node_id)
         try:
             if existing:
                 answer = await self.catalog.invoke(actor_id, method, data, context, create=False)
@@ -301,8 +310,12 @@ class Runtime:
             if isinstance(exc, Unavailable):
                 kind = type(exc).__name__
                 self.rejected[kind] = self.rejected.get(kind, 0) + 1
+            if span is not None:
+                tracing.failed(span, exc)
             raise
         finally:
+            if span is not None:
+                span.end()
             self.in_flight -= 1
             if self._idle is not None and not self.in_flight:
                 self._idle.set()

@@ -30,6 +30,7 @@ import trio
 from ..calls import CallContext
 from ..catalog import Catalog
 from ..errors import ForwardingLoop, NotActive, PeerUnavailable
+from ..tracing import to_traceparent
 from . import wire
 from .directory import Directory, PeerClient
 from .gossip import Gossip
@@ -135,6 +136,7 @@ class Router:
             context.hops + 1,
             existing=existing,
             hook=context.hook,
+            traceparent=None if context.trace is None else to_traceparent(context.trace),
         )
         self.forwarded += 1
         try:

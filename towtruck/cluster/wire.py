@@ -107,6 +107,8 @@ class Call(NamedTuple):
     existing: bool
     #: towtruck's own call of a hook (see ``CallContext.hook``).
     hook: bool = False
+    #: The W3C ``traceparent`` of the call it was made from (see :mod:`towtruck.tracing`).
+    traceparent: str | None = None
 
 
 def encode_call(
@@ -119,6 +121,7 @@ def encode_call(
     *,
     existing: bool,
     hook: bool = False,
+    traceparent: str | None = None,
 ) -> bytes:
     """The envelope of a call being forwarded (``hops`` counts this forward)."""
     envelope = {
@@ -132,6 +135,8 @@ def encode_call(
     }
     if hook:
         envelope["hook"] = True
+    if traceparent is not None:
+        envelope["traceparent"] = traceparent
     return codec.dumps(envelope)
 
 
@@ -156,7 +161,12 @@ def decode_call(envelope: bytes) -> Call:
     except (KeyError, TypeError, ValueError):
         raise BadRequest("not a forwarded call's envelope") from None
     hook = call.get("hook") is True
-    return Call(actor_id, method, call.get("data"), chain, timeout, hops, existing, hook)
+    traceparent = call.get("traceparent")
+    if not isinstance(traceparent, str):
+        traceparent = None
+    return Call(
+        actor_id, method, call.get("data"), chain, timeout, hops, existing, hook, traceparent
+    )
 
 
 def call_target(envelope: bytes) -> tuple[str, str] | None:

@@ -21,7 +21,7 @@ from urllib.parse import unquote_to_bytes
 import trio
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope, Scope
 
-from .. import codec
+from .. import codec, tracing
 from ..calls import CallContext, HookContext
 from ..catalog import Factory
 from ..cluster import wire
@@ -167,7 +167,7 @@ class App:
             if raw_path.startswith(b"/invoke/"):
                 if verb not in CALL_VERBS:
                     return self._not_a_call(verb)
-                status, answer = 200, await self._invoke(verb, raw_path, body)
+                status, answer = 200, await self._invoke(verb, raw_path, body, headers)
             else:
                 self.check_cluster_key(headers)
                 status, answer = 200, await self._forwarded(body)
@@ -222,8 +222,11 @@ class App:
         )
         return status, answer
 
-    async def _invoke(self, verb: str, raw_path: bytes, body: bytes) -> bytes:
-        """``/invoke/{id}/{method}[/{arg}...]``, from a client outside the cluster."""
+    async def _invoke(
+        self, verb: str, raw_path: bytes, body: bytes, headers: Iterable[tuple[bytes, bytes]]
+    ) -> bytes:
+        """``/invoke/{id}/{method}[/{arg}...]``, from a client outside the cluster (a
+        ``traceparent`` header continues its trace, when tracing is on)."""
         actor_id, method, args = parse_invoke_path(raw_path)
         if verb in BODY_VERBS:
             if args:
@@ -239,6 +242,10 @@ class App:
         # The connection that asked waits for its client's next request as soon as it
         # has written this answer (a server under ASGI does the same): that yields.
         context = CallContext((), trio.current_time() + self._call_timeout, caller_yields=True)
+        if self.runtime.tracer is not None:
+            for name, value in headers:
+                if name.lower() == b"traceparent":
+                    context.trace = tracing.from_traceparent(value.decode("latin-1"))
         return await self.runtime.invoke(actor_id, method, data, context)
 
     async def _forwarded(self, body: bytes) -> bytes:
@@ -247,6 +254,8 @@ class App:
         timeout = min(call.timeout, self._call_timeout)
         kind = HookContext if call.hook else CallContext
         context = kind(call.chain, trio.current_time() + timeout, call.hops, caller_yields=True)
+        if call.traceparent is not None:
+            context.trace = tracing.from_traceparent(call.traceparent)
         return await self.runtime.invoke(
             call.actor_id, call.method, call.data, context, existing=call.existing
         )
