@@ -278,11 +278,13 @@ class Runtime:
             # A stopping node still answers calls a peer sends to its actors (they are
             # draining; once gone, the peer activates them elsewhere).
             if not (self._taking_calls or self._routing_elsewhere or existing):
-                raise NodeStopping("the node is shutting down", node=self.node_id)
+                raise self._refused(NodeStopping("the node is shutting down", node=self.node_id))
             if self.in_flight >= self._max_in_flight:
-                raise Overloaded(
-                    f"the node has max_in_flight ({self._max_in_flight}) calls under way",
-                    node=self.node_id,
+                raise self._refused(
+                    Overloaded(
+                        f"the node has max_in_flight ({self._max_in_flight}) calls under way",
+                        node=self.node_id,
+                    )
                 )
         self.calls += 1
         self.in_flight += 1
@@ -308,8 +310,7 @@ class Runtime:
         except TowtruckError as exc:
             self.failed += 1
             if isinstance(exc, Unavailable):
-                kind = type(exc).__name__
-                self.rejected[kind] = self.rejected.get(kind, 0) + 1
+                self._refused(exc)
             if span is not None:
                 tracing.failed(span, exc)
             raise
@@ -319,6 +320,12 @@ class Runtime:
             self.in_flight -= 1
             if self._idle is not None and not self.in_flight:
                 self._idle.set()
+
+    def _refused(self, error: Unavailable) -> Unavailable:
+        """Count a call refused without running; returns ``error``."""
+        kind = type(error).__name__
+        self.rejected[kind] = self.rejected.get(kind, 0) + 1
+        return error
 
     async def _tick(self, actor_id: str, method: str, data: Any, context: CallContext) -> bytes:
         """A reminder's tick, on its way to the actor wherever it lives (a stopping
