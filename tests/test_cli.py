@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -59,7 +60,7 @@ async def test_serve_finishes_the_calls_in_flight_and_refuses_new_ones_when_sign
 
                 await wait_until(in_flight)
                 process.send_signal(signal.SIGTERM)
-                await output.wait_for("stopping gracefully")
+                await output.wait_for("stopping: refusing new calls")
                 late = await http.get(f"{url}/invoke/late/hello")
                 assert late.status_code == 503, late.text
                 assert late.json()["error"]["type"] == "NodeStopping"
@@ -146,9 +147,31 @@ async def test_help_lists_every_setting() -> None:
         "--access-log",
         "--debug",
         "--log-level",
+        "--log-format",
+        "--no-metrics",
         "--blocked-warning",
     ]:
         assert flag in result.stdout
+
+
+async def test_json_logs_are_one_object_a_line(http: httpx.AsyncClient) -> None:
+    argv = [*towtruck_command(), "serve", "examples.greeter", "--port", "0"]
+    argv += ["--log-format", "json", "--no-metrics"]
+    with trio.fail_after(PROCESS_SECONDS):
+        async with running(argv, ready=SERVING) as (process, match, output):
+            url = match.group(1)
+            assert (await http.get(f"{url}/invoke/1/hello")).status_code == 200
+            metrics = (await http.get(f"{url}/metrics")).text
+            process.send_signal(signal.SIGTERM)
+            await process.wait()
+    assert process.returncode == 0, output.text
+    lines = [json.loads(line) for line in output.text.splitlines() if line]
+    assert all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
+    (start,) = [line for line in lines if "serving on" in line["message"]]
+    assert start["level"] == "info"
+    assert "state_store=sqlite:///towtruck-state.sqlite3" in start["message"]
+    assert "metrics=totals only" in start["message"]
+    assert "towtruck_calls_total{" not in metrics
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:

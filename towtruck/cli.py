@@ -192,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             raise SettingsError("--advertise: each worker advertises its own port; give --host")
     except SettingsError as exc:
         parser.exit(2, f"towtruck: error: {_one_line(exc)}\n")
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     try:
         if settings.workers > 1 and not worker:
             sys.exit(trio.run(supervise, args.factory, settings))

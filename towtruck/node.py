@@ -23,7 +23,7 @@ from .process import configure_logging, stop_on_signals, tune_garbage_collector
 from .runtime import Runtime
 from .server.app import App
 from .server.serve import listen, serve
-from .settings import Settings, bind_error
+from .settings import Settings, bind_error, redact_url
 from .transport.peers import open_router, stop_member
 
 __all__ = ["Node", "open_node", "run", "serve_node"]
@@ -170,7 +170,7 @@ async def serve_node(
                 nursery.start_soon(watch_parent, parent_fd)
             async with open_node(create_actor, **settings) as node:
                 tune_garbage_collector()
-                logger.info("towtruck node serving on %s", node.url)
+                logger.info("towtruck node serving on %s (%s)", node.url, _summary(node))
                 logger.debug("settings: %r", node.runtime.settings)
                 task_status.started(node)
                 await stopping.wait()
@@ -190,5 +190,20 @@ def run(create_actor: Factory, **settings: Any) -> None:
     """
     configure_logging("warning")  # until the settings are read: their warnings show
     config = Settings.load(**settings)  # open_node's own default port is 0, not 8080
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     trio.run(partial(serve_node, create_actor, **dataclasses.asdict(config)))
+
+
+def _summary(node: Node) -> str:
+    """The settings an operator looks for first, for the node's start line."""
+    runtime = node.runtime
+    settings = runtime.settings
+    parts = [
+        f"max_actors={settings.max_actors}",
+        f"state_store={redact_url(settings.state_store)}",
+        f"peers={','.join(settings.peers) or 'none'}",
+        f"cluster_key={'set' if settings.cluster_key else 'none'}",
+        f"metrics={'on' if settings.metrics else 'totals only'}",
+        f"tracing={'on' if runtime.tracer is not None else 'off'}",
+    ]
+    return ", ".join(parts)

@@ -5,7 +5,9 @@ to stderr."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import gc
+import json
 import logging
 import os
 import signal
@@ -81,19 +83,52 @@ def tune_garbage_collector() -> None:
     gc.freeze()
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, log_format: str = "text") -> None:
     """Log to stderr at ``level`` (unless the program set up logging already), without
-    httpx's line per request between nodes. Called again, it changes the level of the
-    logging it set up."""
+    httpx's line per request between nodes; ``log_format`` ``json`` writes one JSON
+    object a line (see :class:`JsonFormatter`). Called again, it changes the level and
+    format of the logging it set up."""
     global _logging_configured
     root = logging.getLogger()
     if not _logging_configured and root.handlers:
         return  # the program's own
     if not _logging_configured:
-        logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        logging.basicConfig(format=_TEXT_FORMAT)
         logging.getLogger("httpx").setLevel(logging.WARNING)
         _logging_configured = True
+    formatter = JsonFormatter() if log_format == "json" else logging.Formatter(_TEXT_FORMAT)
+    for handler in root.handlers:
+        handler.setFormatter(formatter)
     root.setLevel(level.upper())
+
+
+_TEXT_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+
+#: Attributes every log record has: the rest were given with ``extra=`` and are kept.
+_RECORD_FIELDS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line, for log shippers: ``time`` (ISO 8601, UTC), ``level``,
+    ``logger``, ``message``, ``process``, what was given with ``extra=``, and
+    ``exception`` (the traceback) when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            "process": record.process,
+        }
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_FIELDS and not key.startswith("_"):
+                entry[key] = value if isinstance(value, (str, int, float, bool)) else repr(value)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
 
 
 _logging_configured = False

@@ -227,6 +227,12 @@ class Runtime:
             return
         self._taking_calls = False
         self._routing_elsewhere = route_elsewhere
+        logger.info(
+            "stopping: %s new calls; %d calls in flight, %d actors to deactivate",
+            "sending on" if route_elsewhere else "refusing",
+            self.in_flight,
+            len(self.catalog),
+        )
         if not self._running:  # never served, or crashed: nothing left to stop
             self._stopped.set()
             return

@@ -21,6 +21,7 @@ import os
 import socket
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .errors import InvalidAddress, SettingsError
 from .ids import Address
@@ -503,3 +504,16 @@ def _document(cls: type[Settings]) -> None:
 
 
 _document(Settings)
+
+
+def redact_url(url: str) -> str:
+    """``url`` without a password (in its user part or its query), as errors and logs
+    may show it."""
+    parts = urlsplit(url)
+    if parts.password is None and "password" not in parts.query:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    if parts.username:
+        netloc = f"{parts.username}@{netloc}"
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "password"], safe="/")
+    return urlunsplit(parts._replace(netloc=netloc, query=query))

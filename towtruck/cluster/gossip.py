@@ -178,6 +178,7 @@ class Gossip:
         if name == self.me:
             raise InvalidAddress(f"{address} is another name of this node", address=address)
         self.membership.add(name)
+        logger.info("%s added to the cluster", name)
         self._answered(name, reply)
         await self._settle_in_background()
 
@@ -194,6 +195,7 @@ class Gossip:
         if self.membership.state(address) in (None, MemberState.REMOVED):
             raise NotFound(f"{address} is not a member of this cluster", address=address)
         self.membership.remove(address)
+        logger.info("%s removed from the cluster", address)
         await self._settle_in_background(extra=[address])
 
     async def leave(self) -> bool:
@@ -204,6 +206,7 @@ class Gossip:
         peers = self.membership.peers(MemberState.ALIVE)
         if peers and not self._left:
             self._left = True
+            logger.info("leaving the cluster (%d live peers)", len(peers))
             self.membership.remove(self.me)
             with trio.move_on_after(self._protocol_timeout):
                 await self._push(peers)
@@ -213,7 +216,7 @@ class Gossip:
         """A peer's heartbeat (or pushed change): take in its records, answer ours and
         the name this node goes by (so an alias of it is recognised as such)."""
         records = wire.hello_records(hello)
-        if records and self.membership.merge(records):
+        if records and self._merge(records):
             self._settle_soon()
         sender = wire.hello_sender(hello)
         if sender is not None and self.membership.state(sender) is not None:
@@ -364,13 +367,26 @@ class Gossip:
         self._key_refusals.cleared(peer)
         if name != peer and self.membership.state(peer) in (MemberState.ALIVE, MemberState.DOWN):
             self.membership.remove(peer)  # a tombstone, so that no peer gossips it back
-        if self.membership.merge(wire.hello_records(reply)):
+        if self._merge(wire.hello_records(reply)):
             self._settle_soon()
         self._note_downs(name, reply)
         if alive and self.membership.heard_from(name):
             logger.info("%s answers: in placement", name)
             self._bloom_due.set()
         return name
+
+    def _merge(self, records: Any) -> bool:
+        """Take in a peer's membership records, logging the nodes that joined or left
+        the cluster through them; whether anything changed."""
+        before = set(self.membership.peers())
+        changed = self.membership.merge(records)
+        if changed:
+            after = set(self.membership.peers())
+            if joined := sorted(after - before):
+                logger.info("joined the cluster: %s", ", ".join(joined))
+            if left := sorted(before - after):
+                logger.info("left the cluster: %s", ", ".join(left))
+        return changed
 
     def _note_downs(self, peer: str, hello: Any) -> None:
         """Take in how many times ``peer`` says it took this node for down. A change

@@ -31,7 +31,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeAlias, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 import trio
@@ -39,6 +38,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..errors import SettingsError
+from ..settings import redact_url
 from .base import Claim, ReminderRow, Store, Stored, conflict
 
 __all__ = ["PostgresStore"]
@@ -133,7 +133,7 @@ class PostgresStore(Store):
 
     def __init__(self, url: str, *, timeout: float, connections: int) -> None:
         super().__init__(timeout=timeout)
-        self.url = _without_password(url)
+        self.url = redact_url(url)
         milliseconds = max(1, round(timeout * 1000))
         params = conninfo_to_dict(url)
         waits = " ".join(
@@ -178,7 +178,7 @@ class PostgresStore(Store):
         try:
             store = cls(url, timeout=timeout, connections=connections)
         except psycopg.ProgrammingError as exc:  # from conninfo_to_dict
-            raise SettingsError(f"{_without_password(url)}: {exc}") from None
+            raise SettingsError(f"{redact_url(url)}: {exc}") from None
         await trio.to_thread.run_sync(store._pool.open)  # starts the pool's threads
         return store
 
@@ -338,12 +338,3 @@ def _rows(rows: Sequence[tuple[Any, ...]]) -> list[ReminderRow]:
         ReminderRow(actor, name, due, period, bytes(data), generation)
         for actor, name, due, period, data, generation in rows
     ]
-
-
-def _without_password(url: str) -> str:
-    """``url`` with no password, in its user part or its query, to show in errors."""
-    parts = urlsplit(url)
-    user, at, host = parts.netloc.rpartition("@")
-    netloc = f"{user.partition(':')[0]}@{host}" if at else host
-    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "password"])
-    return urlunsplit(parts._replace(netloc=netloc, query=query))

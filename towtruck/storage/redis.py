@@ -31,7 +31,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, ClassVar, Final, TypeVar, cast
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import coredis
 import trio
@@ -45,6 +45,7 @@ from coredis.retry import NoRetryPolicy
 from coredis.tokens import PureToken
 
 from ..errors import SettingsError
+from ..settings import redact_url
 from .base import Claim, OutcomeUnknown, ReminderRow, Store, Stored, bucket_of, conflict
 
 __all__ = ["RedisStore"]
@@ -201,7 +202,7 @@ class RedisStore(Store):
             raise SettingsError("a Redis URL names a host: write redis://host:port/db")
         # No retries: a retried claim or write may run twice. The caller decides.
         client = coredis.Redis(connection_pool=pool, retry_policy=NoRetryPolicy())
-        store = cls(client, url=_without_password(url), timeout=timeout)
+        store = cls(client, url=redact_url(url), timeout=timeout)
         # coredis' client is an async context manager around a task group that runs its
         # connections, and a task group must be exited by the task that entered it,
         # after the scopes it opened inside are closed. A store opened in one task and
@@ -431,13 +432,3 @@ def _found(fields: Mapping[bytes, bytes]) -> Claim:
         if field.startswith(b"v:")
     }
     return Claim(int(fields.get(b"epoch", 0)), states)
-
-
-def _without_password(url: str) -> str:
-    """``url`` as errors and logs may show it."""
-    parts = urlsplit(url)
-    netloc = parts.netloc.rpartition("@")[2]
-    if parts.username:
-        netloc = f"{parts.username}@{netloc}"
-    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "password"], safe="/")
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
