@@ -7,12 +7,16 @@ Unix domain socket, with batched frames) with N = 1, 2, 3, and of ``towtruck ser
 examples.greeter:create_actor --workers N`` (N = 1, 2, 3), under ``wrk -t1 -c50
 --latency`` on one hot actor (``/invoke/1/hello``) and on a random actor among 10,000 per
 request. The yardstick itself runs too, as a check that ``limit_forward.py`` with N = 1
-is the yardstick. Each repetition runs every server on a load, then the next load; the
-order of the servers is reversed every other repetition. For each case it reports
+is the yardstick, and so does ``limit_forward.py --answer local`` with N > 1 (every
+process answers every id itself: N processes, nothing forwarded), a control that
+separates the cost of forwarding from that of spreading the load over N processes.
+Each repetition runs every server on a load, then the next load; the order of the
+servers is reversed every other repetition. For each case it reports
 requests/s, p99, the server's CPU µs per answered request (user and system of all its
 processes, from ``/proc``), the share of requests forwarded (from the servers' own
 counters), and per repetition the ratios N workers / 1 worker, and the CPU µs per
-forwarded call: (CPU per request with N - with 1) / forwarded share.
+forwarded call: (CPU per request with N - with 1) / forwarded share (and, for the
+floor, with N - local with N, over the same share).
 
 Run it with ``python benchmarks/forward_floor.py [--quick] [--markdown]``.
 """

@@ -19,6 +19,7 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import outcome
@@ -277,14 +278,14 @@ class Catalog:
         figures = self.figures
         if figures is None:
             return await activation.call(found, data, context)
-        started = self.now()
+        started = perf_counter()  # (not trio's clock: a C call, no Python frame)
         try:
             answer = await activation.call(found, data, context)
         except TowtruckError as exc:
-            figures.failed(found.name, self.now() - started, exc)
+            figures.failed(found.name, perf_counter() - started, exc)
             self._actor_failed(actor_id)
             raise
-        figures.done(found.name, self.now() - started)
+        figures.done(found.name, perf_counter() - started)
         return answer
 
     def _actor_failed(self, actor_id: str) -> None:
