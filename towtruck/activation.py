@@ -108,6 +108,16 @@ class DeactivationReason(enum.Enum):
     SUPERSEDED = "superseded"  #: a newer activation claimed its state (or a write was cut off)
 
 
+class _Leaving:
+    """Why an activation is leaving, and the event its waiters wait on."""
+
+    __slots__ = ("gone", "reason")
+
+    def __init__(self) -> None:
+        self.reason: DeactivationReason | None = None
+        self.gone: trio.Event | None = None
+
+
 class Activation:
     """One actor in memory. Created and owned by the :class:`~towtruck.catalog.Catalog`.
 
@@ -116,14 +126,15 @@ class Activation:
         instance: What ``create_actor`` returned.
         state: See :class:`ActivationState`.
         touched: When it last received a call, on trio's clock.
-        born: When it was activated, on trio's clock.
+        born: When it was activated, on trio's clock, to the second (the activations of
+            one second share one number, so that it costs an idle actor nothing).
         calls: Calls that reached it (answered or not).
         running: A task is running (or about to run) its turns.
     """
 
     __slots__ = (
         "_catalog",
-        "_gone",
+        "_leaving",
         "born",
         "calls",
         "context",
@@ -131,7 +142,6 @@ class Activation:
         "instance",
         "mailbox",
         "methods",
-        "reason",
         "running",
         "state",
         "touched",
@@ -144,18 +154,30 @@ class Activation:
         self.instance = instance
         self.methods = methods
         self.state = ActivationState.VALID
-        self.reason: DeactivationReason | None = None
-        self.touched = self.born = trio.current_time()
+        self.touched = trio.current_time()
+        self.born = catalog.this_second()
         self.calls = 0
         self.running = False
         self.mailbox: Mailbox | None = None
         self._catalog = catalog
-        self._gone: trio.Event | None = None
+        # Why it is leaving and who waits for it to be gone (rarely either: one slot).
+        self._leaving: _Leaving | None = None
         #: The actor's context, if its factory takes one (see :mod:`towtruck.state`).
         self.context: ActorContext | None = None
 
     def __repr__(self) -> str:
         return f"<Activation {self.id!r} {self.state.value}>"
+
+    @property
+    def reason(self) -> DeactivationReason | None:
+        """Why it stopped (or is stopping); None while it serves."""
+        return None if self._leaving is None else self._leaving.reason
+
+    @reason.setter
+    def reason(self, reason: DeactivationReason) -> None:
+        if self._leaving is None:
+            self._leaving = _Leaving()
+        self._leaving.reason = reason
 
     @property
     def idle(self) -> bool:
@@ -317,10 +339,12 @@ class Activation:
         """
         if self.state is ActivationState.INVALID:
             return
-        if self._gone is None:
-            self._gone = trio.Event()
+        if self._leaving is None:
+            self._leaving = _Leaving()
+        if self._leaving.gone is None:
+            self._leaving.gone = trio.Event()
         with trio.move_on_at(deadline):
-            await self._gone.wait()
+            await self._leaving.gone.wait()
             return
         raise CallTimeout(f"actor {self.id!r} is still deactivating", actor=self.id)
 
@@ -593,8 +617,8 @@ class Activation:
         if self.context is not None:
             self.context.ended()
         self._catalog.forget(self)
-        if self._gone is not None:
-            self._gone.set()
+        if self._leaving is not None and self._leaving.gone is not None:
+            self._leaving.gone.set()
 
     def _fail_waiting(self, error: TowtruckError) -> None:
         """Fail every call waiting, each with a copy of ``error`` (one exception raised

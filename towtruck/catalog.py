@@ -140,6 +140,7 @@ class Catalog:
         self.errors: dict[str, int] = {}
         #: Actors that have left since the node started, by why.
         self.left: dict[str, int] = {}
+        self._second = 0
         # Counters, kept by the methods below (the activations report through them).
         self._busy = 0
         self._queued = 0
@@ -172,6 +173,14 @@ class Catalog:
     def leaving_ended(self) -> None:
         """An actor that was deactivating is gone."""
         self._leaving -= 1
+
+    def this_second(self) -> int:
+        """The current second on trio's clock: the same int object all through that
+        second (see ``Activation.born``)."""
+        second = int(self.now())
+        if second != self._second:
+            self._second = second
+        return self._second
 
     def attach(self, nursery: trio.Nursery) -> None:
         """Give the catalog the nursery its actors' tasks run in (the node's)."""
