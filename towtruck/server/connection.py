@@ -12,7 +12,9 @@ requests in the order they came), each answer in one write:
 - ``GET /cluster/lane`` with ``Upgrade: towtruck-lane`` is answered ``101``, and the
   connection becomes a lane (:mod:`towtruck.transport.lanes`);
 - every other route goes to the Quart-Trio app, through :mod:`towtruck.server.bridge`, with the
-  whole body at once.
+  whole body at once. Its answer is one write too, unless the app streams it (an event
+  stream, ``/dashboard/events``): then each part is written as it comes
+  (:class:`StreamedAnswer`).
 
 Reads and writes go through :mod:`towtruck.transport.sockets`, with trio's scheduler entered only
 where a read must wait. A connection notes when it went idle and when a body began to
@@ -38,7 +40,7 @@ from ..transport import sockets
 from .access import AccessLog
 from .parser import Request, Unreadable, Upgraded, open_parser
 
-__all__ = ["Connection", "Routes", "Server", "reap_idle"]
+__all__ = ["Connection", "Routes", "Server", "StreamedAnswer", "reap_idle"]
 
 logger = logging.getLogger("towtruck.http")
 
@@ -99,8 +101,11 @@ class Routes(Protocol):
 class Bridge(Protocol):
     """Answers the routes that are not fast (:class:`towtruck.server.bridge.Bridge`)."""
 
-    async def answer(self, request: Request, client: str, server: str) -> Answer:
-        """Status, headers and body of the app's answer to ``request``."""
+    async def answer(
+        self, request: Request, client: str, server: str, streamer: StreamedAnswer
+    ) -> Answer | None:
+        """Status, headers and body of the app's answer to ``request``, or None if the
+        answer was a stream, written through ``streamer``."""
         ...
 
 
@@ -254,9 +259,13 @@ class Connection:
                     verb, path, request.body, headers=request.headers
                 )
             else:
-                status, headers, body = await server.bridge.answer(
-                    request, self._client, _server_address(self._stream)
+                streamer = StreamedAnswer(self, request)
+                answer = await server.bridge.answer(
+                    request, self._client, _server_address(self._stream), streamer
                 )
+                if answer is None:
+                    return self._streamed(request, streamer, started)
+                status, headers, body = answer
         except Exception as exc:  # a bug; the client still gets a JSON answer
             logger.exception("error answering %s %r", verb, request.target)
             error = InternalError(f"towtruck failed answering this request: {type(exc).__name__}")
@@ -269,6 +278,15 @@ class Connection:
             size = 0 if verb == "HEAD" else len(body)
             log.log(self._client, verb, request.target.decode("latin-1"), status, size, started)
         return keep_alive
+
+    def _streamed(self, request: Request, streamer: StreamedAnswer, started: float) -> bool:
+        """Log a streamed answer; returns whether the connection stays open (only after
+        a complete answer whose end was marked, with the server not stopping)."""
+        log = self._server.routes.access_log
+        if log is not None:
+            method, target = request.method.decode("latin-1"), request.target.decode("latin-1")
+            log.log(self._client, method, target, streamer.status, streamer.size, started)
+        return streamer.complete and streamer.chunked and not self._server.stopping.is_set()
 
     async def _upgrade(self, request: Request, rest: bytes) -> None:
         """A request that asked to switch protocols: a lane if it asks for one (and
@@ -345,6 +363,63 @@ class Connection:
                     left -= len(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
+
+
+class StreamedAnswer:
+    """An answer written as the app sends it, part by part (the bridge's
+    :class:`~towtruck.server.bridge.Streamer`): an event stream, whose end nobody knows
+    when its head is written.
+
+    With ``transfer-encoding: chunked`` when the client keeps the connection alive,
+    else delimited by the connection's close (what a client that said
+    ``connection: close``, or an HTTP/1.0 one, reads). Each part is one write, bounded
+    by the server's ``request_timeout`` like any answer (a client that stops reading
+    is cut off). An answer that ends without :meth:`end` (cut by a failure, or by the
+    server stopping) leaves ``complete`` false, and the connection closes without the
+    last chunk: its client sees the answer cut, not complete.
+    """
+
+    __slots__ = ("_connection", "_head_only", "chunked", "complete", "size", "status")
+
+    def __init__(self, connection: Connection, request: Request) -> None:
+        self._connection = connection
+        self._head_only = request.method == b"HEAD"
+        #: Framed in chunks (else delimited by the close).
+        self.chunked = (
+            request.keep_alive and not request.http10 and not connection._server.stopping.is_set()
+        )
+        #: The answer's status, once its head is written.
+        self.status = 0
+        #: Bytes of body written.
+        self.size = 0
+        #: Its end is written: the client has the whole answer.
+        self.complete = False
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """Write the head. A checkpoint."""
+        self.status = status
+        framing = (b"transfer-encoding", b"chunked") if self.chunked else _CLOSE
+        await self._connection._write(_head(status, [*headers, framing]))
+
+    async def write(self, data: bytes) -> None:
+        """Write ``data`` as one part of the body. A checkpoint, if there is anything
+        to write."""
+        if self._head_only or not data:
+            return
+        self.size += len(data)
+        if self.chunked:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        await self._connection._write(data)
+
+    async def end(self) -> None:
+        """Write the body's end (the last, empty chunk). A checkpoint."""
+        if self.chunked and not self._head_only:
+            await self._connection._write(b"0\r\n\r\n")
+        self.complete = True
+
+    async def wait_stopping(self) -> None:
+        """Wait until the server stops (see :attr:`Server.stopping`)."""
+        await self._connection._server.stopping.wait()
 
 
 async def reap_idle(

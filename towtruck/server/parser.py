@@ -47,9 +47,19 @@ class Request:
         expects_continue: The client waits for ``100 Continue`` before its body.
         upgrade: The ``Upgrade`` header's value, lower case (``b""`` if none), when
             the client asked to switch protocols (``Connection: upgrade``).
+        http10: An HTTP/1.0 request (which cannot read a chunked answer).
     """
 
-    __slots__ = ("body", "expects_continue", "headers", "keep_alive", "method", "target", "upgrade")
+    __slots__ = (
+        "body",
+        "expects_continue",
+        "headers",
+        "http10",
+        "keep_alive",
+        "method",
+        "target",
+        "upgrade",
+    )
 
     def __init__(self) -> None:
         self.method = b""
@@ -59,6 +69,7 @@ class Request:
         self.keep_alive = True
         self.expects_continue = False
         self.upgrade = b""
+        self.http10 = False
 
     @property
     def path(self) -> bytes:
@@ -248,6 +259,8 @@ class _HttptoolsParser:
                 request.upgrade = value.strip().lower()
             elif name == b"content-length" and value.isdigit():
                 length = int(value)
+            elif name == b"connection":  # (HTTP/1.0 keeps a connection only if told to)
+                request.http10 = parser.get_http_version() == "1.0"
         if head > MAX_HEAD:
             self._refusal = _too_long(request)
             raise self._refusal
@@ -356,6 +369,7 @@ class _H11Parser:
         request.target = bytes(event.target)
         request.headers = [(bytes(n), bytes(v)) for n, v in event.headers]
         request.keep_alive = event.http_version == b"1.1"
+        request.http10 = event.http_version == b"1.0"
         self._body = []
         self._size = 0
         head = len(request.target) + 16 + sum(len(n) + len(v) + 4 for n, v in request.headers)

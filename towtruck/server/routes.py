@@ -19,14 +19,12 @@ import time
 from typing import Any, Final
 from urllib.parse import quote
 
-import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from .. import codec
 from ..cluster.credentials import check_cluster_key, key_headers
-from ..cluster.membership import MemberState
 from ..cluster.router import Router
 from ..errors import (
     BadRequest,
@@ -43,6 +41,7 @@ from ..ids import Address, check_actor_id
 from ..runtime import Runtime
 from ..transport.peers import open_router, stop_member
 from .dashboard import add_dashboard
+from .fanout import ask_peers
 from .limits import body_too_large
 from .metrics import Metrics
 
@@ -376,7 +375,7 @@ class Routes:
         router = runtime.router
         if cluster and isinstance(router, Router):
             query = f"/actors?limit={limit}" + (f"&after={quote(after, safe='')}" if after else "")
-            for answer in await _ask_peers(router, query):
+            for answer in await ask_peers(router, query):
                 found["actors"] += answer["actors"]
                 found["total"] += answer["total"]
                 found["nodes"] += answer["nodes"]
@@ -400,7 +399,7 @@ class Routes:
         router = runtime.router
         if not here and isinstance(router, Router):
             path = f"/actors/{quote(actor_id, safe='')}?here=1"
-            for answer in await _ask_peers(router, path):
+            for answer in await ask_peers(router, path):
                 return dict(answer)
         where = "here" if here or not isinstance(router, Router) else "on any live node"
         raise NotActive(f"actor {actor_id!r} is not in memory {where}", actor=actor_id)
@@ -514,23 +513,3 @@ def describe_actor(runtime: Runtime, actor_id: str) -> dict[str, Any]:
         described["epoch"] = context.epoch
         described["timers"] = sorted(context.timers)
     return described
-
-
-async def _ask_peers(router: Router, path: str) -> list[Any]:
-    """GET ``path`` from every live peer at once; the answers of those that answered
-    in time (a peer that fails or is slow is left out), in no particular order."""
-    answers: list[Any] = []
-
-    async def ask(peer: str) -> None:
-        with contextlib.suppress(TowtruckError):
-            answers.append(await router.peer_client.get(peer, path))
-
-    with trio.move_on_after(_PEER_DEADLINE):
-        async with trio.open_nursery() as nursery:
-            for peer in router.membership.peers(MemberState.ALIVE):
-                nursery.start_soon(ask, peer)
-    return answers
-
-
-#: How long a route that asks every peer waits for their answers.
-_PEER_DEADLINE: Final = 2.0
