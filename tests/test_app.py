@@ -339,3 +339,23 @@ async def test_head_never_runs_a_route_that_acts(http: httpx.AsyncClient, route:
             assert response.status_code == 405
             assert response.headers["allow"] == "GET, POST"
             assert "a" in node.runtime.catalog, "HEAD /rungc collected nothing"
+
+
+async def test_the_client_can_shorten_a_calls_deadline(http: httpx.AsyncClient) -> None:
+    from tests import served
+
+    with trio.fail_after(NETWORK_TEST_SECONDS):
+        async with towtruck.open_node(served.create_actor) as node:
+            url = f"{node.url}/invoke/s/sleep/5"
+            late = await http.get(url, headers={"towtruck-timeout": "0.2"})
+            assert late.status_code == 504
+            assert late.json()["error"]["type"] == "CallTimeout"
+            for bad in ("0", "-1", "soon", "inf", "nan"):
+                refused = await http.get(url, headers={"towtruck-timeout": bad})
+                assert refused.status_code == 400, bad
+                assert "towtruck-timeout" in refused.json()["error"]["message"]
+            # Never longer than call_timeout: the header only shortens.
+            quick = await http.get(
+                f"{node.url}/invoke/s/hello", headers={"towtruck-timeout": "1e9"}
+            )
+            assert quick.status_code == 200

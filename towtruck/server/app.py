@@ -14,6 +14,7 @@ Paths are split on the raw (still percent-encoded) path, so an id may hold ``/``
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 from urllib.parse import unquote_to_bytes
@@ -51,6 +52,9 @@ BODY_VERBS: Final = frozenset({"POST", "PUT", "PATCH"})
 #: Verbs that call an actor's method. ``HEAD`` and ``OPTIONS`` do not: a link checker
 #: or a browser's CORS preflight must not run ``transfer``.
 CALL_VERBS: Final = frozenset({"GET", "DELETE", *BODY_VERBS})
+#: A request header giving the seconds the client waits for the answer: the call's
+#: deadline is that or ``call_timeout``, whichever is sooner.
+TIMEOUT_HEADER: Final = b"towtruck-timeout"
 #: Most path segments after the method (GET data); most characters in a method name.
 MAX_SEGMENTS: Final = 64
 MAX_METHOD_LENGTH: Final = 128
@@ -241,11 +245,15 @@ class App:
             data = args
         # The connection that asked waits for its client's next request as soon as it
         # has written this answer (a server under ASGI does the same): that yields.
-        context = CallContext((), trio.current_time() + self._call_timeout, caller_yields=True)
-        if self.runtime.tracer is not None:
-            for name, value in headers:
-                if name.lower() == b"traceparent":
-                    context.trace = tracing.from_traceparent(value.decode("latin-1"))
+        timeout = self._call_timeout
+        trace = None
+        traced = self.runtime.tracer is not None
+        for name, value in headers:
+            if name == TIMEOUT_HEADER:
+                timeout = min(timeout, _seconds(value))
+            elif traced and name == b"traceparent":
+                trace = tracing.from_traceparent(value.decode("latin-1"))
+        context = CallContext((), trio.current_time() + timeout, caller_yields=True, trace=trace)
         return await self.runtime.invoke(actor_id, method, data, context)
 
     async def _forwarded(self, body: bytes) -> bytes:
@@ -279,6 +287,24 @@ class App:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+def _seconds(value: bytes) -> float:
+    """A ``towtruck-timeout`` header's seconds.
+
+    Raises:
+        BadRequest: it is not a positive number.
+    """
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not seconds > 0 or math.isinf(seconds):
+        raise BadRequest(
+            f"{TIMEOUT_HEADER.decode()} must be a positive number of seconds, not"
+            f" {value[:50].decode('latin-1')!r}"
+        )
+    return seconds
 
 
 class _ClientGone(Exception):
