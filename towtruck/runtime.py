@@ -125,6 +125,7 @@ class Runtime:
         self._started_at: float | None = None
         self._running = False
         self._taking_calls = True
+        self._stop_announced = False
         self._routing_elsewhere = False
         self._idle: trio.Event | None = None
         self._stopped = trio.Event()
@@ -142,6 +143,16 @@ class Runtime:
     def serving(self) -> bool:
         """:meth:`serve` is running."""
         return self._running
+
+    @property
+    def stopping(self) -> bool:
+        """A graceful stop has begun (see :meth:`stop_soon`)."""
+        return self._stop_announced or not self._taking_calls
+
+    def stop_soon(self) -> None:
+        """Say that a graceful stop is beginning (``/ready`` answers 503 from now on),
+        before whatever comes first (leaving the cluster). Not a checkpoint."""
+        self._stop_announced = True
 
     def statistics(self) -> RuntimeStatistics:
         """Counts describing the node now. Not a checkpoint."""

@@ -81,6 +81,13 @@ class Settings:
         "The host:port peers reach this node at; default the bound address (set it when"
         " binding 0.0.0.0 or behind NAT).",
     )
+    peer_dns: str | None = _setting(
+        None,
+        "address",
+        "NAME:PORT of a DNS name whose A/AAAA records are the cluster's nodes (a Kubernetes"
+        " headless Service), resolved every heartbeat interval; the addresses found are"
+        " joined.",
+    )
     heartbeat_interval: float = _setting(1 * SECONDS, "seconds", "How often each peer is pinged.")
     heartbeat_misses: int = _setting(
         3, "count", "Missed heartbeats in a row that take a peer out of placement."

@@ -32,8 +32,9 @@ from ..errors import (
     TowtruckError,
     Unauthorized,
 )
+from ..ids import Address
 from ..settings import Settings
-from . import wire
+from . import discovery, wire
 from .credentials import KeyRefusals
 from .directory import Directory, PeerClient
 from .duplicates import Duplicates, give_up
@@ -94,15 +95,20 @@ class Gossip:
         # A node down this long is forgotten (it rejoins like a new one), and so is
         # a removal this old: the cluster's memory of departed nodes stays bounded.
         self._forget_after = settings.forget_after or max(600.0, 100 * settings.heartbeat_interval)
+        self._peer_dns = Address.parse(settings.peer_dns) if settings.peer_dns else None
+        self._dns_failing = False
 
     def services(self) -> list[Callable[[], Awaitable[None]]]:
         """The loops to run for as long as the node runs: heartbeats, settling, and
         refreshing the peers' filters."""
-        return [
+        services: list[Callable[[], Awaitable[None]]] = [
             self._heartbeat_periodically,
             self._settle_when_due,
             self._refresh_filters_periodically,
         ]
+        if self._peer_dns is not None:
+            services.append(self._discover_periodically)
+        return services
 
     @property
     def settled(self) -> bool:
@@ -293,6 +299,34 @@ class Gossip:
                 nursery.start_soon(self._heartbeat, peer, self._protocol_timeout)
 
     # Background work, run in the node's nursery.
+
+    async def _discover_periodically(self) -> None:
+        """Join the addresses ``peer_dns`` resolves to, every heartbeat interval (see
+        :mod:`towtruck.cluster.discovery`)."""
+        assert self._peer_dns is not None
+        name, port = self._peer_dns.host, self._peer_dns.port
+        while True:
+            found: list[str] = []
+            with trio.move_on_after(self._protocol_timeout):
+                try:
+                    found = await discovery.resolve(name, port)
+                except OSError as exc:
+                    if not self._dns_failing:
+                        logger.warning(
+                            "%s:%d does not resolve (%s); will keep trying", name, port, exc
+                        )
+                    self._dns_failing = True
+                else:
+                    self._dns_failing = False
+            new = [a for a in found if a != self.me and self.membership.state(a) is None]
+            if new and not self._left:
+                logger.info("found by DNS (%s): %s", name, ", ".join(new))
+                for peer in new:
+                    self.membership.add(peer, placed=False)  # placed once it answers
+                with trio.move_on_after(self._protocol_timeout):
+                    await self._push(new)
+                self._settle_soon()
+            await trio.sleep(self._heartbeat_interval)
 
     async def _heartbeat_periodically(self) -> None:
         last = trio.current_time()

@@ -30,11 +30,13 @@ from ..errors import (
     BadRequest,
     InternalError,
     MethodNotAllowed,
+    NodeStopping,
     NotActive,
     PayloadTooLarge,
     RouteNotFound,
     SettingsError,
     TowtruckError,
+    Unavailable,
 )
 from ..figures import BUCKETS, Histogram
 from ..ids import Address, check_actor_id
@@ -155,6 +157,10 @@ def build_routes(runtime: Runtime) -> QuartTrio:
     @app.route("/health", methods=_READ)
     async def health() -> Response:
         return json_response(handlers.health())
+
+    @app.route("/ready", methods=_READ)
+    async def ready() -> Response:
+        return json_response(handlers.ready())
 
     @app.route("/metrics", methods=_READ)
     async def metrics() -> Response:
@@ -355,6 +361,26 @@ class Routes:
             "reminders": runtime.reminders.statistics(),
             "timers": len(runtime.catalog.timers),
         }
+
+    def ready(self) -> dict[str, bool]:
+        """``/ready``, the readiness probe: ``{"ready": true}`` once the node serves and
+        its view of the cluster is settled; 503 before, and from the moment a graceful
+        stop begins (``/health`` stays the liveness probe).
+
+        Raises:
+            NodeStopping: it is stopping.
+            Unavailable: it is not serving yet, or still settling its view.
+        """
+        runtime = self._runtime
+        if runtime.stopping:
+            raise NodeStopping("the node is stopping", node=runtime.node_id)
+        router = runtime.router
+        if not runtime.serving or (isinstance(router, Router) and not router.gossip.settled):
+            raise Unavailable(
+                "the node is still joining the cluster and settling its view",
+                node=runtime.node_id,
+            )
+        return {"ready": True}
 
     def query(self, actor_id: str) -> dict[str, bool]:
         """``/query/{id}``: ``{"exists": true}`` if the actor is in memory here."""

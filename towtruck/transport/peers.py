@@ -230,5 +230,6 @@ async def stop_member(runtime: Runtime, router: Router | None) -> None:
     """Stop a node's runtime gracefully, as every way of running a node does: leave the
     cluster first, so the peers stop placing actors here, then stop the runtime, its
     calls sent on to their new owners meanwhile (see :meth:`Runtime.stop`)."""
+    runtime.stop_soon()
     elsewhere = await router.gossip.leave() if router is not None else False
     await runtime.stop(route_elsewhere=elsewhere)
