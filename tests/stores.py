@@ -174,3 +174,16 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
         yield server
     finally:
         server.stop()
+
+
+#: The membership tables the contract runs on (``tests/test_tables.py``); a backend's
+#: author adds its name here and its URL in :func:`table_url`.
+TABLE_BACKENDS = ["memory"]
+
+
+def table_url(request: pytest.FixtureRequest, kind: str, cluster: str) -> str:
+    """The URL of a membership table of ``kind`` for a cluster called ``cluster``,
+    starting the server it needs (a session fixture) if it is not running yet."""
+    if kind == "memory":
+        return f"memory://{cluster}"
+    raise ValueError(f"no membership table {kind!r}")
