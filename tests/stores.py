@@ -178,7 +178,7 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
 
 #: The membership tables the contract runs on (``tests/test_tables.py``); a backend's
 #: author adds its name here and its URL in :func:`table_url`.
-TABLE_BACKENDS = ["memory"]
+TABLE_BACKENDS = ["memory", "redis", "postgres", "etcd"]
 
 
 def table_url(request: pytest.FixtureRequest, kind: str, cluster: str) -> str:
@@ -186,4 +186,10 @@ def table_url(request: pytest.FixtureRequest, kind: str, cluster: str) -> str:
     starting the server it needs (a session fixture) if it is not running yet."""
     if kind == "memory":
         return f"memory://{cluster}"
+    if kind == "redis":
+        return f"{request.getfixturevalue('redis_server').url}?cluster={cluster}"
+    if kind == "postgres":
+        return f"{request.getfixturevalue('postgres_server').url}?cluster={cluster}"
+    if kind == "etcd":
+        return f"{request.getfixturevalue('etcd_server').url}?cluster={cluster}"
     raise ValueError(f"no membership table {kind!r}")
