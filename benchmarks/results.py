@@ -99,6 +99,13 @@ REMINDER_CASES = {
 }
 IDLE_TIMER = "idle actor with a timer, memory (* actors)"
 TICKS = "timers, * actors every * s"
+#: ``observability.py``'s loads, as its figures name them, before ``, metrics on`` etc.
+OBSERVED_LOADS = (
+    "local invoke, 1 actor, * callers",
+    "local invoke, 1,000 actors, * callers",
+    f"observability {HTTP} {HOT}",
+    f"observability {HTTP} {RANDOM}",
+)
 #: Reminder triggers per second Dapr publishes for its Scheduler service: a reference
 #: for the notes, measured elsewhere, not a bound.
 DAPR_SCHEDULER = 15_000
@@ -109,6 +116,9 @@ STATE_STORES = {
     "redis": "Redis",
     "postgresql": "PostgreSQL",
 }
+
+#: ``remote.py``'s loads (issue 15), as its figures name them.
+REMOTE = "remote client, 3 nodes, * tasks, random of 10,000"
 
 #: Issue 10's targets. The bounds of 4 ("no regression") are the figures of the last
 #: run before issue 10 (RESULTS.md of 2026-11-24) with a 10% margin, as ratios to the
@@ -300,6 +310,49 @@ TARGETS: list[Target] = [
             f"{TICKS}: ticks fired",
             f"{TICKS}: ticks run",
             f"{TICKS}: CPU per tick run",
+        ),
+    ),
+    Target(
+        "observability: with metrics on, local calls (1 actor, 1,000 actors; 100 callers)"
+        " and HTTP /invoke (hot actor, 10,000 random ids) lose at most 5% of their"
+        " throughput: >= 0.95x the same with metrics off, same rounds",
+        tuple(Bound(f"{load}, metrics on / off", ">=", 0.95) for load in OBSERVED_LOADS),
+        tuple(
+            f"{load}{what}"
+            for load in OBSERVED_LOADS
+            for what in (", metrics on", ", metrics off", ", metrics on / off, CPU per *")
+        ),
+    ),
+    Target(
+        "observability: every call traced with a provider configured (spans exported /"
+        " calls >= 0.99); the cost of a span per call reported, no bound: tracing on (an"
+        " SDK provider, BatchSpanProcessor, an exporter that drops spans) / off, metrics on"
+        " both, same rounds",
+        (
+            Bound("local, tracing on: spans exported / calls", ">=", 0.99),
+            Bound(
+                f"observability {HTTP} tracing on: spans exported / requests answered", ">=", 0.99
+            ),
+        ),
+        tuple(
+            f"{load}{what}"
+            for load in OBSERVED_LOADS
+            for what in (", tracing on / off", ", tracing on / off, CPU per *")
+        ),
+    ),
+    Target(
+        "issue 15: the outside client, random ids over a 3-node cluster in one process:"
+        " >= 1x the calls/s of the same calls all sent to one node (same tasks, same"
+        " rounds), forwarding at most 1% of its calls",
+        (
+            Bound(f"{REMOTE}, client / one node, calls/s", ">=", 1),
+            Bound(f"{REMOTE}, client, forwarded", "<=", 1),
+        ),
+        (
+            f"{REMOTE}, client",
+            f"{REMOTE}, one node",
+            f"{REMOTE}, one node, forwarded",
+            f"{REMOTE}, client / one node, CPU per call",
         ),
     ),
 ]

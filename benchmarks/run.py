@@ -1,6 +1,6 @@
 """Run every benchmark and print one table.
 
-    python benchmarks/run.py                  # full: about fourteen minutes
+    python benchmarks/run.py                  # full: about eighteen minutes
     python benchmarks/run.py --quick          # smoke test for CI: seconds per benchmark
     python benchmarks/run.py --only cluster   # just that one (repeatable)
     python benchmarks/run.py --results benchmarks/RESULTS.md  # also write a report
@@ -8,11 +8,12 @@
 Each benchmark also runs alone: ``python benchmarks/local_invoke.py``,
 ``python benchmarks/state.py``, ``python benchmarks/timers.py``,
 ``python benchmarks/http_invoke.py``, ``python benchmarks/workers.py``,
-``python benchmarks/cluster.py``. Figures are medians (with min and max) over the
-repetitions; on a shared machine, trust the ratios, measured in the same run, more
-than the absolute rates. The report (``--results``) adds the command, the date, the
-machine, whether each of the performance issues' targets was met, and a short table
-of ratios for the README's "How fast" (``results.py``).
+``python benchmarks/cluster.py``, ``python benchmarks/observability.py``,
+``python benchmarks/remote.py``. Figures are
+medians (with min and max) over the repetitions; on a shared machine, trust the ratios,
+measured in the same run, more than the absolute rates. The report (``--results``) adds
+the command, the date, the machine, whether each of the performance issues' targets was
+met, and a short table of ratios for the README's "How fast" (``results.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from pathlib import Path
 import cluster
 import http_invoke
 import local_invoke
+import observability
+import remote
 import results
 import state
 import timers
@@ -33,7 +36,7 @@ import trio
 import workers
 from _common import common_arguments, table
 
-BENCHMARKS = ("local", "state", "timers", "http", "workers", "cluster")
+BENCHMARKS = ("local", "state", "timers", "http", "workers", "cluster", "observability", "remote")
 
 
 def main() -> None:
@@ -44,6 +47,7 @@ def main() -> None:
     cluster.arguments(parser)
     state.arguments(parser)
     timers.arguments(parser)
+    remote.arguments(parser)
     parser.add_argument("--only", choices=BENCHMARKS, action="append", help="run just this one")
     parser.add_argument("--results", type=Path, help="also write a Markdown report to this file")
     args = parser.parse_args()
@@ -61,6 +65,10 @@ def main() -> None:
         figures += workers.run(**workers.options(args))
     if "cluster" in only:
         figures += cluster.run(**cluster.options(args))
+    if "observability" in only:
+        figures += observability.run(**observability.options(args))
+    if "remote" in only:
+        figures += trio.run(partial(remote.run, **remote.options(args)))
     print(f"python {platform.python_version()} on {platform.machine()}, {sys.platform}")
     print(table(figures))
     if args.results:

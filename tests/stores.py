@@ -193,3 +193,82 @@ def table_url(request: pytest.FixtureRequest, kind: str, cluster: str) -> str:
     if kind == "etcd":
         return f"{request.getfixturevalue('etcd_server').url}?cluster={cluster}"
     raise ValueError(f"no membership table {kind!r}")
+
+
+class EtcdServer:
+    """A one-member etcd of its own, in a temporary directory, with free ports for its
+    clients and its (unused) peers. Its URL is the membership table's, ``etcd://``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.peer_port = free_port()
+        self.url = f"etcd://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("etcd") or "/usr/bin/etcd"
+        if not os.access(binary, os.X_OK):
+            pytest.skip("etcd is not installed (apt-get install etcd-server)")
+        client = f"http://127.0.0.1:{self.port}"
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--name",
+                "towtruck-tests",
+                "--data-dir",
+                str(self.directory / "data"),
+                "--listen-client-urls",
+                client,
+                "--advertise-client-urls",
+                client,
+                "--listen-peer-urls",
+                peer,
+                "--initial-advertise-peer-urls",
+                peer,
+                "--initial-cluster",
+                f"towtruck-tests={peer}",
+                "--initial-cluster-state",
+                "new",
+                "--log-level",
+                "error",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait_port(self.port, self.process, "etcd")
+        self._wait_healthy(client)
+
+    def _wait_healthy(self, client: str) -> None:
+        """Wait until etcd has elected itself leader: it listens before it serves."""
+        import urllib.request
+
+        deadline = time.monotonic() + START_SECONDS
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"etcd exited with {self.process.returncode} before serving")
+            try:
+                with urllib.request.urlopen(f"{client}/health", timeout=1) as answer:
+                    if b'"true"' in answer.read():
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)  # a server starting in another process: nothing to wait on
+        raise RuntimeError(f"etcd on {self.port} was not healthy within {START_SECONDS} s")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _stop(self.process)
+            self.process = None
+
+
+@pytest.fixture(scope="session")
+def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    server = EtcdServer(tmp_path_factory.mktemp("etcd"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -30,7 +30,7 @@ LAYERS = [
     {"cluster"},
     {"transport"},
     {"server"},
-    {"node", "process", "workers", "cli", "testing", "__init__", "__main__"},
+    {"node", "process", "workers", "cli", "testing", "remote", "__init__", "__main__"},
 ]
 
 

@@ -13,9 +13,9 @@ import trio
 from towtruck.cluster.table import MembershipTable, Status, open_table
 from towtruck.errors import SettingsError, StoreUnavailable
 
-from .stores import TABLE_BACKENDS, postgres_server, redis_server, table_url
+from .stores import TABLE_BACKENDS, etcd_server, postgres_server, redis_server, table_url
 
-__all__ = ["postgres_server", "redis_server"]  # fixtures, used by name
+__all__ = ["etcd_server", "postgres_server", "redis_server"]  # fixtures, used by name
 
 TABLE_SECONDS = 30
 NOW = 1_800_000_000.0

@@ -51,6 +51,10 @@ from .node import open_node as open_node
 from .node import run as run
 from .node import serve_node as serve_node
 from .reminders import Reminder as Reminder
+from .remote import RemoteClient as RemoteClient
+from .remote import RemoteStatistics as RemoteStatistics
+from .remote import SyncClient as SyncClient
+from .remote import connect as connect
 from .runtime import Runtime as Runtime
 from .runtime import RuntimeStatistics as RuntimeStatistics
 from .runtime import open_runtime as open_runtime
@@ -97,6 +101,8 @@ __all__ = [
     "PeerUnavailable",
     "PersistentState",
     "Reminder",
+    "RemoteClient",
+    "RemoteStatistics",
     "ResultNotJSON",
     "ResultTooLarge",
     "RouteNotFound",
@@ -106,11 +112,13 @@ __all__ = [
     "SettingsError",
     "StateConflict",
     "StoreUnavailable",
+    "SyncClient",
     "Timer",
     "TowtruckError",
     "Unauthorized",
     "Unavailable",
     "cluster",
+    "connect",
     "open_node",
     "open_runtime",
     "run",

@@ -96,6 +96,7 @@ _METAVARS = {
     "http_parser": "PARSER",
     "log_level": "LEVEL",
     "log_format": "FORMAT",
+    "membership_url": "URL",
 }
 
 

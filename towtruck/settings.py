@@ -81,6 +81,14 @@ class Settings:
         "The host:port peers reach this node at; default the bound address (set it when"
         " binding 0.0.0.0 or behind NAT).",
     )
+    membership: str = _setting(
+        "gossip:",
+        "membership_url",
+        "Where the cluster keeps its membership decisions: gossip: (between the nodes"
+        " alone), or a table in redis://host:port/db, postgresql://user@host/db or"
+        " etcd://host:port (?cluster=NAME to share one store between clusters); with a"
+        " table, a node joins by writing its row: no --peer needed.",
+    )
     peer_dns: str | None = _setting(
         None,
         "address",
@@ -471,6 +479,20 @@ def _seconds_or_auto(value: Any) -> float | None:
     return _seconds(value)
 
 
+_TABLE_SCHEMES: Final = ("gossip", "memory", "redis", "rediss", "postgresql", "postgres", "etcd")
+
+
+def _membership_url(value: Any) -> str:
+    text = str(value).strip()
+    scheme = urlsplit(text).scheme
+    if scheme not in _TABLE_SCHEMES or (scheme not in ("gossip",) and not urlsplit(text).netloc):
+        raise ValueError(
+            f"expected gossip:, redis://host:port/db, postgresql://user@host/db or"
+            f" etcd://host:port, got {value!r}"
+        )
+    return text
+
+
 def _log_format(value: Any) -> str:
     text = str(value).strip().lower()
     if text not in ("text", "json"):
@@ -499,6 +521,7 @@ _CHECKS: Final = {
     "flag": _flag,
     "log_level": _log_level,
     "log_format": _log_format,
+    "membership_url": _membership_url,
     "http_parser": _http_parser,
     "store_url": check_store_url,
 }

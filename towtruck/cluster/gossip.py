@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
@@ -39,6 +39,9 @@ from .credentials import KeyRefusals
 from .directory import Directory, PeerClient
 from .duplicates import Duplicates, give_up
 from .membership import Membership, MemberState
+
+if TYPE_CHECKING:
+    from .registrar import Registrar
 
 __all__ = ["Gossip"]
 
@@ -95,6 +98,8 @@ class Gossip:
         # A node down this long is forgotten (it rejoins like a new one), and so is
         # a removal this old: the cluster's memory of departed nodes stays bounded.
         self._forget_after = settings.forget_after or max(600.0, 100 * settings.heartbeat_interval)
+        #: Keeps this node's row in a membership table, if one is configured.
+        self.registrar: Registrar | None = None
         self._peer_dns = Address.parse(settings.peer_dns) if settings.peer_dns else None
         self._dns_failing = False
 
@@ -147,6 +152,8 @@ class Gossip:
                 would otherwise serve as a cluster of its own, beside theirs.
         """
         seeds = [peer for peer in peers if peer != self.me]
+        if self.registrar is not None:  # the table's rows are seeds too
+            seeds += [peer for peer in await self.registrar.join() if peer not in seeds]
         for peer in seeds:
             self.membership.add(peer, placed=False)  # placed once it answers
         await self._push(self.membership.peers())
@@ -160,6 +167,23 @@ class Gossip:
             if peer not in self._key_refusals.why:
                 logger.warning("could not join through %s yet; will keep trying", peer)
         await self._settle()
+        if self.registrar is not None:
+            await self.registrar.activate()
+
+    async def join_found(self, addresses: list[str], *, readd: bool = False) -> None:
+        """Join the nodes found at ``addresses`` (by DNS, in a membership table) that
+        this node has not heard of (``readd``: or has taken out), as ``--peer`` seeds
+        are joined: each is sent a heartbeat, and placed once it answers."""
+        wanted = (None, MemberState.REMOVED) if readd else (None,)
+        new = [a for a in addresses if a != self.me and self.membership.state(a) in wanted]
+        if not new or self._left:
+            return
+        logger.info("found %s: joining", ", ".join(new))
+        for peer in new:
+            self.membership.add(peer, placed=False)  # placed once it answers
+        with trio.move_on_after(self._protocol_timeout):
+            await self._push(new)
+        self._settle_soon()
 
     async def add_peer(self, address: str) -> None:
         """Bring ``address`` (and every node it knows) into the cluster (``/addserver``);
@@ -202,6 +226,8 @@ class Gossip:
             raise NotFound(f"{address} is not a member of this cluster", address=address)
         self.membership.remove(address)
         logger.info("%s removed from the cluster", address)
+        if self.registrar is not None:
+            await self.registrar.remove(address)
         await self._settle_in_background(extra=[address])
 
     async def leave(self) -> bool:
@@ -209,6 +235,9 @@ class Gossip:
         they stop placing actors here, and place nothing here either. Returns whether
         there are live peers to send calls to meanwhile. Bounded by
         the ``protocol_timeout`` setting."""
+        if self.registrar is not None:
+            with trio.move_on_after(self._protocol_timeout):
+                await self.registrar.leave()
         peers = self.membership.peers(MemberState.ALIVE)
         if peers and not self._left:
             self._left = True
@@ -318,14 +347,7 @@ class Gossip:
                     self._dns_failing = True
                 else:
                     self._dns_failing = False
-            new = [a for a in found if a != self.me and self.membership.state(a) is None]
-            if new and not self._left:
-                logger.info("found by DNS (%s): %s", name, ", ".join(new))
-                for peer in new:
-                    self.membership.add(peer, placed=False)  # placed once it answers
-                with trio.move_on_after(self._protocol_timeout):
-                    await self._push(new)
-                self._settle_soon()
+            await self.join_found(found)
             await trio.sleep(self._heartbeat_interval)
 
     async def _heartbeat_periodically(self) -> None:

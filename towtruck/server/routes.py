@@ -46,6 +46,7 @@ from .dashboard import add_dashboard
 from .fanout import ask_peers
 from .limits import body_too_large
 from .metrics import Metrics
+from .openapi import DOCS_HEADERS, ApiDocument, docs_asset
 
 __all__ = ["Routes", "build_routes"]
 
@@ -229,6 +230,19 @@ def build_routes(runtime: Runtime) -> QuartTrio:
         return json_response(handlers.heartbeat(codec.loads(await request.get_data())))
 
     add_dashboard(app, runtime, handlers)
+
+    described = ApiDocument(app, runtime, handlers, _CLUSTER_ROUTES)
+
+    @app.route("/openapi.json", methods=_READ)
+    async def openapi() -> Response:
+        return Response(described.json(), content_type="application/json")
+
+    @app.route("/docs", methods=_READ)
+    @app.route("/docs/docs.css", methods=_READ)
+    @app.route("/docs/docs.js", methods=_READ)
+    async def docs() -> Response:
+        body, content_type = docs_asset(request.path)
+        return Response(body, content_type=content_type, headers=DOCS_HEADERS)
 
     @app.errorhandler(TowtruckError)
     async def towtruck_error(error: TowtruckError) -> Response:

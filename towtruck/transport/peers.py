@@ -25,7 +25,9 @@ from ..cluster.credentials import key_headers
 from ..cluster.directory import Directory, PeerClient
 from ..cluster.gossip import Gossip
 from ..cluster.membership import Membership
+from ..cluster.registrar import Registrar
 from ..cluster.router import Router
+from ..cluster.table import MembershipTable, open_table
 from ..errors import (
     CallInterrupted,
     CallTimeout,
@@ -194,11 +196,17 @@ async def open_router(
         retry_after=settings.lane_retry_after,
     ) as lanes:
         peers = HttpPeers(lanes, headers)
+        table = await open_table(settings.membership, timeout=settings.store_timeout)
         try:
-            yield assemble(runtime, me, peers)
+            router = assemble(runtime, me, peers)
+            if table is not None:
+                register(runtime, router, table)
+            yield router
         finally:
             with trio.CancelScope(shield=True):
                 await peers.aclose()
+                if table is not None:
+                    await table.aclose()
 
 
 def assemble(runtime: Runtime, me: str, peers: PeerClient) -> Router:
@@ -224,6 +232,23 @@ def assemble(runtime: Runtime, me: str, peers: PeerClient) -> Router:
     for service in gossip.services():
         runtime.add_service(service)
     return router
+
+
+def register(runtime: Runtime, router: Router, table: MembershipTable) -> None:
+    """Keep ``router``'s node in ``table`` (see :mod:`towtruck.cluster.registrar`)."""
+    settings = runtime.settings
+    registrar = Registrar(
+        router.me,
+        table,
+        router.membership,
+        runtime.catalog,
+        interval=settings.heartbeat_interval,
+        # A vote counts for as long as a peer may take to notice a death and vote too.
+        vote_window=4 * settings.heartbeat_interval * settings.heartbeat_misses,
+    )
+    registrar.gossip = router.gossip
+    router.gossip.registrar = registrar
+    runtime.add_service(registrar.run)
 
 
 async def stop_member(runtime: Runtime, router: Router | None) -> None:
