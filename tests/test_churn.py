@@ -4,6 +4,7 @@ error, and no actor loses an update unless it lived on a node that was killed.""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import httpx
@@ -11,6 +12,9 @@ import pytest
 import trio
 
 from tests.churn import Load, Node, Processes, processes, wait_joined
+from tests.stores import etcd_server, postgres_server, redis_server, table_url
+
+__all__ = ["etcd_server", "postgres_server", "redis_server"]  # fixtures, used by name
 
 pytestmark = [pytest.mark.subprocess, pytest.mark.slow]
 
@@ -73,10 +77,24 @@ async def test_restarting_every_node_in_turn_under_load_fails_no_call(tmp_path: 
     assert saved_counts(tmp_path, ids) == {i: load.successes[i] for i in ids}
 
 
-async def test_kill_add_remove_restart_under_load(tmp_path: Path) -> None:
+@pytest.fixture(params=["gossip", "redis", "postgres", "etcd"])
+def membership(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    """The flags of a cluster keeping its membership by gossip alone, or in each table."""
+    if request.param == "gossip":
+        return ()
+    cluster = f"churn{uuid.uuid4().hex[:8]}"
+    return ("--membership", table_url(request, request.param, cluster))
+
+
+async def test_kill_add_remove_restart_under_load(
+    tmp_path: Path, membership: tuple[str, ...]
+) -> None:
     ids = [f"soak{i}" for i in range(60)]
     with trio.fail_after(300):
-        async with processes(tmp_path) as cluster, httpx.AsyncClient(timeout=10) as http:
+        async with (
+            processes(tmp_path, flags=membership) as cluster,
+            httpx.AsyncClient(timeout=10) as http,
+        ):
             a, b, c = up = await three_nodes(cluster, http)
             load = Load(ids, up)
             async with trio.open_nursery() as nursery:
