@@ -174,6 +174,11 @@ class Catalog:
         """An actor that was deactivating is gone."""
         self._leaving -= 1
 
+    @property
+    def factory(self) -> Factory:
+        """``create_actor``, as the node was given it."""
+        return self._factory
+
     def this_second(self) -> int:
         """The current second on trio's clock: the same int object all through that
         second (see ``Activation.born``)."""

@@ -16,7 +16,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-__all__ = ["HOOKS", "Method", "hook", "is_public", "methods_of"]
+__all__ = ["HOOKS", "Method", "class_methods", "hook", "is_public", "methods_of"]
 
 #: Hooks: called by towtruck, never callable from outside.
 HOOKS: Final = frozenset({"activate", "deactivate", "receive_reminder"})
@@ -77,7 +77,7 @@ def methods_of(instance: object) -> Mapping[str, Method]:
     cls = type(instance)
     table = _CLASS_TABLES.get(cls)
     if table is None:
-        table = _CLASS_TABLES[cls] = _class_methods(cls)
+        table = _CLASS_TABLES[cls] = class_methods(cls)
     return table
 
 
@@ -90,7 +90,9 @@ def hook(instance: object, name: str) -> Callable[[], Any] | None:
 _CLASS_TABLES: weakref.WeakKeyDictionary[type, Mapping[str, Method]] = weakref.WeakKeyDictionary()
 
 
-def _class_methods(cls: type) -> Mapping[str, Method]:
+def class_methods(cls: type) -> Mapping[str, Method]:
+    """The callable methods of a class's actors, by name (a new table: actors share
+    the one :func:`methods_of` keeps per class)."""
     table: dict[str, Method] = {}
     for name in dir(cls):
         if not is_public(name):
