@@ -10,8 +10,8 @@ Heartbeats stay between the nodes (:mod:`towtruck.cluster.gossip`): they decide 
 - **Every round** (a heartbeat interval) a node says it is alive, reads the table, and
   takes in what changed: rows it has not seen are added to its view (and sent a
   heartbeat), rows ``dead`` or ``leaving`` are taken out.
-- **Deaths.** A peer this node has taken out of placement (missed heartbeats) gets its
-  vote; once enough fresh votes are in (two, or one where fewer than two could vote),
+- **Deaths.** A peer this node has taken out of placement (missed heartbeats) for the
+  ``suspicion`` time gets its vote; once enough fresh votes are in (two, or one where fewer than two could vote),
   the voter that sees it declares the peer dead with one conditional update on the
   table's version, which exactly one voter wins.
 - **Reading itself dead** (its peers stopped hearing it: a stall, a partition), a node
@@ -58,6 +58,8 @@ class Registrar:
         membership: The node's view.
         catalog: Its actors (given up if the table says it is dead).
         interval: Seconds between two rounds (the heartbeat interval).
+        vote_after: A peer out of placement this long gets this node's vote (a death
+            is for good: a shorter blip only takes a peer out of placement).
         vote_window: Votes older than this no longer count.
         clock: Seconds since the Unix epoch (the table's times are wall-clock times,
             compared between machines).
@@ -71,6 +73,7 @@ class Registrar:
         catalog: Catalog,
         *,
         interval: float,
+        vote_after: float,
         vote_window: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -79,6 +82,7 @@ class Registrar:
         self.membership = membership
         self._catalog = catalog
         self._interval = interval
+        self._vote_after = vote_after
         self._vote_window = vote_window
         self._clock = clock
         #: This node's generation: when it (last) joined, in ns since the Unix epoch.
@@ -197,6 +201,8 @@ class Registrar:
         latest = table.latest()
         standing = [a for a, row in latest.items() if row.status in _IN]
         for address in self.membership.peers(MemberState.DOWN):
+            if self.membership.down_for(address) < self._vote_after:
+                continue  # a blip (a busy machine): not yet worth a vote
             row = latest.get(address)
             if row is None or row.status not in _IN:
                 continue

@@ -16,56 +16,46 @@ Values are ``bytea``, so a JSON document keeps every byte (``jsonb`` would reord
 keys and round big integers). Ids are ``COLLATE "C"``: :meth:`~Store.ids` pages in
 code point order, as Python sorts ``str``, whatever the database's locale.
 
-psycopg's async API runs only on asyncio, so this store uses its sync API in worker
-threads, at most one per pooled connection. Every wait is bounded by ``timeout``: a
-free connection, connecting (``connect_timeout``), a statement and a row lock
-(``statement_timeout``, ``lock_timeout``), and a dead peer (``tcp_user_timeout``). A
-thread that reached the database is never abandoned: a cancelled call waits for it, so
-its transaction has committed or rolled back before the cancellation is delivered.
-Opening connects nothing; a server that is down makes each operation fail with
-:class:`~towtruck.errors.StoreUnavailable`, and the pool keeps trying to reconnect.
+The connections are a :class:`~towtruck.storage.postgres_pool.PostgresPool`: psycopg's
+sync API in worker threads, every wait bounded by ``timeout``, and a thread that reached
+the database never abandoned, so a cancelled call's transaction has committed or rolled
+back before the cancellation is delivered. Opening connects nothing; a server that is
+down makes each operation fail with :class:`~towtruck.errors.StoreUnavailable`, and the
+pool keeps trying to reconnect.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, TypeAlias, TypeVar
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import psycopg
-import trio
-from psycopg.conninfo import conninfo_to_dict
-from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..errors import SettingsError
 from ..settings import redact_url
 from .base import Claim, ReminderRow, Store, Stored, conflict
+from .postgres_pool import Connection, PostgresPool
 
 __all__ = ["PostgresStore"]
 
-_T = TypeVar("_T")
-_Connection: TypeAlias = psycopg.Connection[tuple[Any, ...]]
-
-# Created only if missing, so a role without the right to create tables can use tables
-# made for it. An advisory lock serialises creating them: concurrent CREATE TABLE IF
-# NOT EXISTS can fail on PostgreSQL's catalog when several nodes start at once.
-_MISSING = """
-SELECT to_regclass('towtruck_actors') IS NULL OR to_regclass('towtruck_states') IS NULL
-    OR to_regclass('towtruck_reminders') IS NULL
-"""
-_SCHEMA = """
-SELECT pg_advisory_xact_lock(hashtext('towtruck_schema'));
+_TABLES = ("towtruck_actors", "towtruck_states", "towtruck_reminders")
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS towtruck_actors (
     id text COLLATE "C" PRIMARY KEY,
     epoch bigint NOT NULL
-);
+)
+""",
+    """
 CREATE TABLE IF NOT EXISTS towtruck_states (
     actor text COLLATE "C" NOT NULL,
     name text NOT NULL,
     version bigint NOT NULL,
     value bytea NOT NULL,
     PRIMARY KEY (actor, name)
-);
+)
+""",
+    """
 CREATE TABLE IF NOT EXISTS towtruck_reminders (
     actor text COLLATE "C" NOT NULL,
     name text NOT NULL,
@@ -75,9 +65,10 @@ CREATE TABLE IF NOT EXISTS towtruck_reminders (
     data bytea NOT NULL,
     generation bigint NOT NULL,
     PRIMARY KEY (actor, name)
-);
-CREATE INDEX IF NOT EXISTS towtruck_reminders_due ON towtruck_reminders (bucket, due);
-"""
+)
+""",
+    "CREATE INDEX IF NOT EXISTS towtruck_reminders_due ON towtruck_reminders (bucket, due)",
+)
 _CLAIM = """
 INSERT INTO towtruck_actors (id, epoch) VALUES (%s, 1)
 ON CONFLICT (id) DO UPDATE SET epoch = towtruck_actors.epoch + 1
@@ -134,37 +125,14 @@ class PostgresStore(Store):
     def __init__(self, url: str, *, timeout: float, connections: int) -> None:
         super().__init__(timeout=timeout)
         self.url = redact_url(url)
-        milliseconds = max(1, round(timeout * 1000))
-        params = conninfo_to_dict(url)
-        waits = " ".join(
-            f"-c {setting}={milliseconds}"
-            for setting in (
-                "statement_timeout",
-                "lock_timeout",
-                "idle_in_transaction_session_timeout",
-            )
-        )
-        self._pool = ConnectionPool(
+        self._pool = PostgresPool(
             url,
-            kwargs={
-                "autocommit": True,  # transactions are explicit; a read is one round trip
-                "application_name": params.get("application_name", "towtruck"),
-                "options": f"{params.get('options', '')} {waits}".strip(),
-                "connect_timeout": max(2, math.ceil(timeout)),  # libpq's minimum is 2 s
-                "tcp_user_timeout": milliseconds,
-                "keepalives_idle": max(1, math.ceil(timeout)),
-                "keepalives_interval": 1,
-            },
-            min_size=1,
-            max_size=connections,
             timeout=timeout,
-            open=False,
+            connections=connections,
             name="towtruck",
+            tables=_TABLES,
+            schema=_SCHEMA,
         )
-        # One worker thread per connection: callers beyond that wait in trio, where a
-        # cancellation or the timeout can still reach them, rather than in threads.
-        self._threads = trio.CapacityLimiter(connections)
-        self._ready = False  # the tables exist (checked once per store)
 
     @classmethod
     async def open(cls, url: str, *, timeout: float, connections: int = 10) -> PostgresStore:  # noqa: ASYNC109 (per operation)
@@ -177,32 +145,32 @@ class PostgresStore(Store):
         """
         try:
             store = cls(url, timeout=timeout, connections=connections)
-        except psycopg.ProgrammingError as exc:  # from conninfo_to_dict
+        except psycopg.ProgrammingError as exc:  # from PostgresPool
             raise SettingsError(f"{redact_url(url)}: {exc}") from None
-        await trio.to_thread.run_sync(store._pool.open)  # starts the pool's threads
+        await store._pool.open()
         return store
 
     async def _claim(self, actor_id: str) -> Claim:
         # Two statements, not one: the SELECT's snapshot is taken after the INSERT has
         # the actor's row lock, so it sees every write that held the lock before (a
         # single statement reads with the snapshot it started with, before waiting).
-        def claim(conn: _Connection) -> Claim:
+        def claim(conn: Connection) -> Claim:
             with conn.transaction():
                 conn.execute(_CLAIM, (actor_id,))
                 return _found(conn.execute(_READ, (actor_id,), binary=True).fetchall())
 
-        return await self._run(claim)
+        return await self._pool.run(claim)
 
     async def _read(self, actor_id: str) -> Claim:
-        def read(conn: _Connection) -> Claim:
+        def read(conn: Connection) -> Claim:
             return _found(conn.execute(_READ, (actor_id,), binary=True).fetchall())
 
-        return await self._run(read)
+        return await self._pool.run(read)
 
     async def _write(
         self, actor_id: str, name: str, value: bytes, epoch: int, etag: str | None
     ) -> str:
-        def write(conn: _Connection) -> str:
+        def write(conn: Connection) -> str:
             with conn.transaction():
                 _fence(conn, actor_id, name, epoch)
                 if etag is None:
@@ -213,10 +181,10 @@ class PostgresStore(Store):
                     raise conflict(actor_id, name, epoch, f"its etag is not {etag!r}")
                 return str(row[0])
 
-        return await self._run(write)
+        return await self._pool.run(write)
 
     async def _clear(self, actor_id: str, name: str, epoch: int, etag: str | None) -> None:
-        def clear(conn: _Connection) -> None:
+        def clear(conn: Connection) -> None:
             with conn.transaction():
                 _fence(conn, actor_id, name, epoch)
                 if etag is None:  # nothing to remove, if indeed it does not exist
@@ -226,85 +194,68 @@ class PostgresStore(Store):
                 if refused:
                     raise conflict(actor_id, name, epoch, f"its etag is not {etag!r}")
 
-        await self._run(clear)
+        await self._pool.run(clear)
 
     async def _ids(self, after: str | None, limit: int) -> list[str]:
-        def ids(conn: _Connection) -> list[str]:
+        def ids(conn: Connection) -> list[str]:
             if after is None:
                 rows = conn.execute(_FIRST_IDS, (limit,)).fetchall()
             else:
                 rows = conn.execute(_NEXT_IDS, (after, limit)).fetchall()
             return [row[0] for row in rows]
 
-        return await self._run(ids)
+        return await self._pool.run(ids)
 
     async def _set_reminder(self, row: ReminderRow) -> None:
-        def set_reminder(conn: _Connection) -> None:
+        def set_reminder(conn: Connection) -> None:
             values = (row.actor, row.name, row.bucket, row.due, row.period, row.data)
             conn.execute(_SET_REMINDER, (*values, row.generation))
 
-        await self._run(set_reminder)
+        await self._pool.run(set_reminder)
 
     async def _forget_reminder(self, actor_id: str, name: str) -> bool:
-        def forget(conn: _Connection) -> bool:
+        def forget(conn: Connection) -> bool:
             return conn.execute(_FORGET_REMINDER, (actor_id, name)).rowcount == 1
 
-        return await self._run(forget)
+        return await self._pool.run(forget)
 
     async def _reminders(self, actor_id: str) -> list[ReminderRow]:
-        def reminders(conn: _Connection) -> list[ReminderRow]:
+        def reminders(conn: Connection) -> list[ReminderRow]:
             return _rows(conn.execute(_REMINDERS, (actor_id,), binary=True).fetchall())
 
-        return await self._run(reminders)
+        return await self._pool.run(reminders)
 
     async def _reminder(self, actor_id: str, name: str) -> ReminderRow | None:
-        def reminder(conn: _Connection) -> list[ReminderRow]:
+        def reminder(conn: Connection) -> list[ReminderRow]:
             return _rows(conn.execute(_REMINDER, (actor_id, name), binary=True).fetchall())
 
-        found = await self._run(reminder)
+        found = await self._pool.run(reminder)
         return found[0] if found else None
 
     async def _due_reminders(
         self, buckets: list[int], before: float, limit: int
     ) -> list[ReminderRow]:
-        def due(conn: _Connection) -> list[ReminderRow]:
+        def due(conn: Connection) -> list[ReminderRow]:
             params = (buckets, before, limit, limit)
             return _rows(conn.execute(_DUE_REMINDERS, params, binary=True).fetchall())
 
-        return await self._run(due)
+        return await self._pool.run(due)
 
     async def _reminder_done(
         self, actor_id: str, name: str, generation: int, due: float, next_due: float | None
     ) -> bool:
-        def done(conn: _Connection) -> bool:
+        def done(conn: Connection) -> bool:
             key = (actor_id, name, generation, due)
             if next_due is None:
                 return conn.execute(_TICK_LAST, key).rowcount == 1
             return conn.execute(_TICK_NEXT, (next_due, *key)).rowcount == 1
 
-        return await self._run(done)
+        return await self._pool.run(done)
 
     async def aclose(self) -> None:
         """Close the pool's connections and stop its threads. A checkpoint; if
         cancelled, the closing still finishes first."""
-        await trio.to_thread.run_sync(lambda: self._pool.close(timeout=self.timeout))
-
-    async def _run(self, work: Callable[[_Connection], _T]) -> _T:
-        """``work`` done with a pooled connection in a worker thread. Cancelled or out
-        of time only while waiting for a thread: once it runs, it runs to the end."""
-        with trio.move_on_after(self.timeout):
-            return await trio.to_thread.run_sync(self._connected, work, limiter=self._threads)
-        raise PoolTimeout(f"no connection was free within {self.timeout} s")
-
-    def _connected(self, work: Callable[[_Connection], _T]) -> _T:
-        # On an exception the pool rolls back any transaction still open, and replaces
-        # a connection that broke, so each connection goes back clean.
-        with self._pool.connection() as conn:
-            if not self._ready:
-                if conn.execute(_MISSING).fetchone() != (False,):
-                    conn.execute(_SCHEMA)
-                self._ready = True
-            return work(conn)
+        await self._pool.aclose()
 
 
 # Why a write locks the actor's row first: under READ COMMITTED, a plain SELECT of the
@@ -314,7 +265,7 @@ class PostgresStore(Store):
 # two wait for each other instead. A claim (an UPDATE of the row) waits until this
 # transaction ends, so its states include this write; a write that comes while a claim
 # holds the row waits for the claim to commit, then reads the new epoch and is refused.
-def _fence(conn: _Connection, actor_id: str, name: str, epoch: int) -> None:
+def _fence(conn: Connection, actor_id: str, name: str, epoch: int) -> None:
     """Lock the actor's epoch until the transaction ends, and check it is ``epoch``."""
     row = conn.execute(_FENCE, (actor_id,)).fetchone()
     current = 0 if row is None else row[0]

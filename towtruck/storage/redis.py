@@ -21,38 +21,23 @@ the very float the reminder was due at.
 A claim touches two keys, and the reminders' scripts keys they are not given, so the
 store needs a single Redis (or a primary), not Redis Cluster.
 
-Needs Redis 6.2 or newer. For ``rediss://`` without ``ssl_*`` options in the URL, the
-server's certificate and host name are checked against the system's CAs.
+Needs Redis 6.2 or newer. The connection, its TLS and the sending of commands are
+:mod:`towtruck.storage.redis_client`'s.
 """
 
 from __future__ import annotations
 
-import logging
-import ssl
-from collections.abc import Awaitable, Mapping, Sequence
-from typing import Any, ClassVar, Final, TypeVar, cast
-from urllib.parse import parse_qsl, urlsplit
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Final
 
 import coredis
 import trio
-from anyio import TASK_STATUS_IGNORED
-from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from coredis.connection import TCPConnection, TCPLocation
-from coredis.exceptions import RedisError
-from coredis.pool import ConnectionPool
-from coredis.retry import NoRetryPolicy
 from coredis.tokens import PureToken
 
-from ..errors import SettingsError
-from ..settings import redact_url
 from .base import Claim, OutcomeUnknown, ReminderRow, Store, Stored, bucket_of, conflict
+from .redis_client import FAILURES, RedisClient, float_text
 
 __all__ = ["RedisStore"]
-
-logger = logging.getLogger("towtruck")
-
-T = TypeVar("T")
 
 _IDS: Final = "towtruck:ids"
 _REMINDERS: Final = "towtruck:reminders:"
@@ -155,18 +140,15 @@ class RedisStore(Store):
 
     # Every error reply means the command was refused as a whole (an error in a script
     # comes before its first change): the store failed, nothing was written.
-    failures: ClassVar[tuple[type[BaseException], ...]] = (
-        RedisError,
-        OSError,
-        trio.TooSlowError,
-    )
+    failures: ClassVar[tuple[type[BaseException], ...]] = FAILURES
     # A command sent and not answered in time may still be applied (see above).
     uncertain: ClassVar[tuple[type[BaseException], ...]] = (OutcomeUnknown, trio.TooSlowError)
 
-    def __init__(self, client: coredis.Redis[bytes], *, url: str, timeout: float) -> None:
-        super().__init__(timeout=timeout)
-        self.url = url
-        self._client = client
+    def __init__(self, redis: RedisClient) -> None:
+        super().__init__(timeout=redis.timeout)
+        self.url = redis.url
+        self._redis = redis
+        client = redis.commands
         self._claim_script = client.register_script(_CLAIM)
         self._write_script = client.register_script(_WRITE)
         self._clear_script = client.register_script(_CLEAR)
@@ -174,8 +156,6 @@ class RedisStore(Store):
         self._forget_reminder_script = client.register_script(_FORGET_REMINDER)
         self._reminder_done_script = client.register_script(_REMINDER_DONE)
         self._due_reminders_script = client.register_script(_DUE_REMINDERS)
-        self._closing = trio.Event()
-        self._closed = trio.Event()
 
     @classmethod
     async def open(cls, url: str, *, timeout: float) -> RedisStore:  # noqa: ASYNC109 (per operation)
@@ -184,74 +164,20 @@ class RedisStore(Store):
 
         Close it with :meth:`aclose`, from any task of the same ``trio.run``.
         """
-        options: dict[str, Any] = {}
-        parts = urlsplit(url)
-        if parts.scheme == "rediss" and not any(
-            key.startswith("ssl_") for key, _ in parse_qsl(parts.query)
-        ):
-            options["ssl_context"] = ssl.create_default_context()
-        pool = _SharedConnection.from_url(
-            url,
-            decode_components=True,
-            decode_responses=False,
-            connect_timeout=timeout,
-            stream_timeout=timeout,
-            **options,
-        )
-        if not isinstance(pool.location, TCPLocation):
-            raise SettingsError("a Redis URL names a host: write redis://host:port/db")
-        # No retries: a retried claim or write may run twice. The caller decides.
-        client = coredis.Redis(connection_pool=pool, retry_policy=NoRetryPolicy())
-        store = cls(client, url=redact_url(url), timeout=timeout)
-        # coredis' client is an async context manager around a task group that runs its
-        # connections, and a task group must be exited by the task that entered it,
-        # after the scopes it opened inside are closed. A store opened in one task and
-        # closed in another (or from inside a `fail_after`) cannot hold it, so a
-        # system task of the run holds it, from `open` until `aclose` (or the end of
-        # the run). A nursery from the caller would do as well, but `open_store` has
-        # none to give.
-        entered = trio.Event()
-        trio.lowlevel.spawn_system_task(store._hold_client, entered, name=repr(store))
-        try:
-            await entered.wait()
-        except BaseException:
-            store._closing.set()
-            raise
-        return store
-
-    async def _hold_client(self, entered: trio.Event) -> None:
-        try:
-            async with self._client:
-                entered.set()
-                await self._closing.wait()
-        except Exception:  # a system task must not raise: that would crash the run
-            logger.exception("the Redis client of %s failed", self.url)
-        finally:
-            entered.set()
-            self._closed.set()
+        return cls(await RedisClient.open(url, timeout=timeout))
 
     async def aclose(self) -> None:
-        """Close the connections; operations still waiting fail with StoreUnavailable.
-        A checkpoint; when cancelled, the connections still close."""
-        self._closing.set()
-        await self._closed.wait()
-
-    async def _run(self, request: Awaitable[T]) -> T:
-        """The answer to ``request`` (a coredis command, sent when awaited), within
-        ``timeout``. Cancellation stops it before it is sent, not after (see the class)."""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        with trio.CancelScope(shield=True), trio.fail_after(self.timeout):
-            answer = await request
-        await trio.lowlevel.checkpoint()
-        return answer
+        """Close the connection; operations still waiting fail with StoreUnavailable.
+        A checkpoint; when cancelled, the connection still closes."""
+        await self._redis.aclose()
 
     async def _claim(self, actor_id: str) -> Claim:
         keys = [_key(actor_id), _IDS]
-        fields: list[bytes] = await self._run(self._claim_script(keys=keys, args=[actor_id]))
+        fields: list[bytes] = await self._redis.run(self._claim_script(keys=keys, args=[actor_id]))
         return _found(dict(zip(fields[::2], fields[1::2], strict=True)))
 
     async def _read(self, actor_id: str) -> Claim:
-        return _found(await self._run(self._client.hgetall(_key(actor_id))))
+        return _found(await self._redis.run(self._redis.commands.hgetall(_key(actor_id))))
 
     async def _write(
         self, actor_id: str, name: str, value: bytes, epoch: int, etag: str | None
@@ -274,7 +200,7 @@ class RedisStore(Store):
         args: list[str | bytes] = [str(epoch), name, etag or ""]
         if value is not None:
             args.append(value)
-        answer: list[Any] = await self._run(script(keys=[_key(actor_id)], args=args))
+        answer: list[Any] = await self._redis.run(script(keys=[_key(actor_id)], args=args))
         status, found = answer
         if status == 1:
             why = f"the actor's epoch is {int(found)}, not {epoch}"
@@ -285,22 +211,24 @@ class RedisStore(Store):
 
     async def _ids(self, after: str | None, limit: int) -> list[str]:
         low = "-" if after is None else "(" + after
-        request = self._client.zrange(_IDS, low, "+", PureToken.BYLEX, offset=0, count=limit)
-        return [member.decode() for member in await self._run(request)]
+        request = self._redis.commands.zrange(
+            _IDS, low, "+", PureToken.BYLEX, offset=0, count=limit
+        )
+        return [member.decode() for member in await self._redis.run(request)]
 
     async def _set_reminder(self, row: ReminderRow) -> None:
         keys, (name, member) = _reminder_keys(row.actor, row.name)
-        period = "" if row.period is None else _time(row.period)
-        args = [name, member, _time(row.due), period, str(row.generation), row.data]
-        await self._run(self._set_reminder_script(keys=keys, args=args))
+        period = "" if row.period is None else float_text(row.period)
+        args = [name, member, float_text(row.due), period, str(row.generation), row.data]
+        await self._redis.run(self._set_reminder_script(keys=keys, args=args))
 
     async def _forget_reminder(self, actor_id: str, name: str) -> bool:
         keys, args = _reminder_keys(actor_id, name)
-        removed: int = await self._run(self._forget_reminder_script(keys=keys, args=args))
+        removed: int = await self._redis.run(self._forget_reminder_script(keys=keys, args=args))
         return removed > 0
 
     async def _reminders(self, actor_id: str) -> list[ReminderRow]:
-        fields = await self._run(self._client.hgetall(_REMINDERS + actor_id))
+        fields = await self._redis.run(self._redis.commands.hgetall(_REMINDERS + actor_id))
         names = (field[2:] for field in fields if field.startswith(b"g:"))
         return [
             _reminder(actor_id, name, [fields.get(kind + name) for kind in _FIELDS])
@@ -309,15 +237,15 @@ class RedisStore(Store):
 
     async def _reminder(self, actor_id: str, name: str) -> ReminderRow | None:
         wanted = [kind + name.encode() for kind in _FIELDS]
-        found = await self._run(self._client.hmget(_REMINDERS + actor_id, wanted))
+        found = await self._redis.run(self._redis.commands.hmget(_REMINDERS + actor_id, wanted))
         return None if found[2] is None else _reminder(actor_id, name.encode(), found)
 
     async def _due_reminders(
         self, buckets: list[int], before: float, limit: int
     ) -> list[ReminderRow]:
         keys = [_due_key(bucket) for bucket in buckets]
-        args = ["(" + _time(before), str(limit)]
-        found: list[Any] = await self._run(self._due_reminders_script(keys=keys, args=args))
+        args = ["(" + float_text(before), str(limit)]
+        found: list[Any] = await self._redis.run(self._due_reminders_script(keys=keys, args=args))
         return [
             _reminder(found[i].decode(), found[i + 1], found[i + 2 : i + 6])
             for i in range(0, len(found), 6)
@@ -328,65 +256,9 @@ class RedisStore(Store):
         self, actor_id: str, name: str, generation: int, due: float, next_due: float | None
     ) -> bool:
         keys, args = _reminder_keys(actor_id, name)
-        args += [str(generation), _time(due), "" if next_due is None else _time(next_due)]
-        done: int = await self._run(self._reminder_done_script(keys=keys, args=args))
+        args += [str(generation), float_text(due), "" if next_due is None else float_text(next_due)]
+        done: int = await self._redis.run(self._reminder_done_script(keys=keys, args=args))
         return done == 1
-
-
-# coredis sends each command on a connection of its pool and matches the answers in
-# order, releasing the connection as soon as the command is queued, so one connection
-# carries any number of concurrent operations, pipelined. Its own pool (coredis 6.9)
-# loses a slot for good whenever the task creating a connection is cancelled (here: an
-# operation's deadline while a connect hangs), and after 64 of them every operation
-# would wait for a connection forever; and a connection that failed to connect leaves
-# its buffers to the garbage collector, which warns. This pool keeps one connection,
-# makes a new one under a lock when it is gone, and closes what a failed one left.
-class _SharedConnection(ConnectionPool[TCPConnection]):
-    """A coredis pool of one shared connection, remade when it is lost."""
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        self._connecting = trio.Lock()
-        self._connection: TCPConnection | None = None
-
-    async def get_connection(self, **_: Any) -> TCPConnection:
-        connection = self._connection
-        if connection is None or not connection.usable:
-            async with self._connecting:  # one task connects, the others wait for it
-                connection = self._connection
-                if connection is None or not connection.usable:
-                    connection = self._connection = await self._connect()
-        return connection
-
-    async def _connect(self) -> TCPConnection:
-        location = cast(TCPLocation, self.location)  # as `open` checked
-        connection = self.connection_class(location, **self.connection_kwargs)
-        failed = await self.task_group.start(self._serve, connection)
-        if failed is not None:
-            raise failed
-        return connection
-
-    async def _serve(
-        self,
-        connection: TCPConnection,
-        *,
-        task_status: TaskStatus[RedisError | None] = TASK_STATUS_IGNORED,
-    ) -> None:
-        try:
-            await connection.run(task_status=task_status)
-        except RedisError as exc:  # it could not connect: get_connection raises it
-            task_status.started(exc)
-        finally:
-            for part in vars(connection).values():
-                if isinstance(part, MemoryObjectSendStream | MemoryObjectReceiveStream):
-                    part.close()
-
-    def release(self, connection: TCPConnection) -> None:
-        pass  # it stays shared
-
-    def disconnect(self) -> None:
-        if self._connection is not None:
-            self._connection.invalidate()
 
 
 def _key(actor_id: str) -> str:
@@ -403,12 +275,6 @@ def _reminder_keys(actor_id: str, name: str) -> tuple[list[str], list[str | byte
     actor = actor_id.encode()
     member = b"%d:%b%b" % (len(actor), actor, name.encode())
     return [_REMINDERS + actor_id, _due_key(bucket_of(actor_id))], [name, member]
-
-
-def _time(seconds: float) -> str:
-    """A time as the scripts store and compare it: one text for each float (+ 0.0 makes
-    -0.0 the 0.0 it equals, and float() an int the float it equals)."""
-    return repr(float(seconds) + 0.0)
 
 
 def _reminder(actor_id: str, name: bytes, found: Sequence[Any]) -> ReminderRow:

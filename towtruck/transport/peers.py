@@ -243,6 +243,7 @@ def register(runtime: Runtime, router: Router, table: MembershipTable) -> None:
         router.membership,
         runtime.catalog,
         interval=settings.heartbeat_interval,
+        vote_after=settings.suspicion or 10 * settings.heartbeat_interval,
         # A vote counts for as long as a peer may take to notice a death and vote too.
         vote_window=4 * settings.heartbeat_interval * settings.heartbeat_misses,
     )

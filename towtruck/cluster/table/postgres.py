@@ -17,28 +17,24 @@ Every change of status locks the cluster's version row first, by moving it on, t
 changes the rows, in one transaction: status changes of a cluster take turns, and
 always take their locks in the same order, so they cannot deadlock.
 
-Like :class:`~towtruck.storage.postgres.PostgresStore`, whose connection handling
-this copies: psycopg's sync API in worker threads (its async API runs only on
-asyncio), every wait bounded by ``timeout``, a thread that reached the database never
-abandoned, and opening connects nothing (a server that is down fails the operations,
-as :class:`~towtruck.errors.StoreUnavailable`, and the pool keeps reconnecting).
+The connections are a :class:`~towtruck.storage.postgres_pool.PostgresPool`, as the
+state store's are: psycopg's sync API in worker threads, every wait bounded by
+``timeout``, a thread that reached the database never abandoned, and opening connects
+nothing (a server that is down fails the operations, as
+:class:`~towtruck.errors.StoreUnavailable`, and the pool keeps reconnecting).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from typing import Any, ClassVar, Final, TypeAlias, TypeVar
+from typing import Any, ClassVar, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
-import trio
-from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ...errors import SettingsError
 from ...settings import redact_url
+from ...storage.postgres_pool import Connection, PostgresPool
 from .base import MembershipTable, Row, Status, Table
 
 __all__ = ["DEFAULT_CLUSTER", "PostgresTable"]
@@ -46,19 +42,7 @@ __all__ = ["DEFAULT_CLUSTER", "PostgresTable"]
 #: The cluster a URL without ``?cluster=`` names.
 DEFAULT_CLUSTER: Final = "towtruck"
 
-_T = TypeVar("_T")
-_Connection: TypeAlias = psycopg.Connection[tuple[Any, ...]]
-
-# Created only if missing, so a role without the right to create tables can use tables
-# made for it. An advisory lock serialises creating them: concurrent CREATE TABLE IF
-# NOT EXISTS can fail on PostgreSQL's catalog (a unique violation on pg_type) when
-# several nodes start at once. The key is the state store's, so the two never create
-# tables side by side either.
-_MISSING = """
-SELECT to_regclass('towtruck_members') IS NULL
-    OR to_regclass('towtruck_membership_versions') IS NULL
-"""
-_SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(hashtext('towtruck_schema'))"
+_TABLES = ("towtruck_members", "towtruck_membership_versions")
 _SCHEMA = (
     """
 CREATE TABLE IF NOT EXISTS towtruck_members (
@@ -127,38 +111,14 @@ class PostgresTable(MembershipTable):
         super().__init__(timeout=timeout)
         self.url = redact_url(url)
         conninfo, self.cluster = _split_cluster(url)
-        params = conninfo_to_dict(conninfo)
-        milliseconds = max(1, round(timeout * 1000))
-        waits = " ".join(
-            f"-c {setting}={milliseconds}"
-            for setting in (
-                "statement_timeout",
-                "lock_timeout",
-                "idle_in_transaction_session_timeout",
-            )
-        )
-        # The state store's pool settings (see towtruck.storage.postgres).
-        self._pool = ConnectionPool(
+        self._pool = PostgresPool(
             conninfo,
-            kwargs={
-                "autocommit": True,  # transactions are explicit; a read is one round trip
-                "application_name": params.get("application_name", "towtruck"),
-                "options": f"{params.get('options', '')} {waits}".strip(),
-                "connect_timeout": max(2, math.ceil(timeout)),  # libpq's minimum is 2 s
-                "tcp_user_timeout": milliseconds,
-                "keepalives_idle": max(1, math.ceil(timeout)),
-                "keepalives_interval": 1,
-            },
-            min_size=1,
-            max_size=connections,
             timeout=timeout,
-            open=False,
+            connections=connections,
             name="towtruck-membership",
+            tables=_TABLES,
+            schema=_SCHEMA,
         )
-        # One worker thread per connection: callers beyond that wait in trio, where a
-        # cancellation or the timeout can still reach them, rather than in threads.
-        self._threads = trio.CapacityLimiter(connections)
-        self._ready = False  # the tables exist (checked once per table)
 
     @classmethod
     async def open(cls, url: str, *, timeout: float, connections: int = 4) -> PostgresTable:  # noqa: ASYNC109 (per operation)
@@ -172,30 +132,30 @@ class PostgresTable(MembershipTable):
         """
         try:
             table = cls(url, timeout=timeout, connections=connections)
-        except psycopg.ProgrammingError as exc:  # from conninfo_to_dict
+        except psycopg.ProgrammingError as exc:  # from PostgresPool
             raise SettingsError(f"{redact_url(url)}: {exc}", setting="membership") from None
-        await trio.to_thread.run_sync(table._pool.open)  # starts the pool's threads
+        await table._pool.open()
         return table
 
     async def _read(self) -> Table:
-        def read(conn: _Connection) -> Table:
+        def read(conn: Connection) -> Table:
             found = conn.execute(_READ, (self.cluster,), binary=True).fetchall()
             version = found[0][0] or 0  # a one-row result: no version row yet is 0
             return Table(version, tuple(_row(row[1:]) for row in found if row[1] is not None))
 
-        return await self._run(read)
+        return await self._pool.run(read)
 
     async def _join(self, address: str, generation: int, now: float) -> None:
-        def join(conn: _Connection) -> None:
+        def join(conn: Connection) -> None:
             with conn.transaction():
                 conn.execute(_MOVE_ON, (self.cluster,))
                 conn.execute(_SUPERSEDE, (now, self.cluster, address, generation))
                 conn.execute(_JOIN, (self.cluster, address, generation, now, now))
 
-        await self._run(join)
+        await self._pool.run(join)
 
     async def _set_status(self, address: str, generation: int, status: Status, now: float) -> bool:
-        def set_status(conn: _Connection) -> bool:
+        def set_status(conn: Connection) -> bool:
             key = (self.cluster, address, generation)
             with conn.transaction():
                 conn.execute(_MOVE_ON, (self.cluster,))
@@ -204,23 +164,23 @@ class PostgresTable(MembershipTable):
                 raise psycopg.Rollback  # dead or no such row: the version stays
             return False
 
-        return await self._run(set_status)
+        return await self._pool.run(set_status)
 
     async def _alive(self, address: str, generation: int, now: float) -> None:
-        def alive(conn: _Connection) -> None:
+        def alive(conn: Connection) -> None:
             conn.execute(_ALIVE, (now, self.cluster, address, generation))
 
-        await self._run(alive)
+        await self._pool.run(alive)
 
     async def _vote(self, address: str, generation: int, voter: str, now: float) -> Row | None:
         # One statement: `||` merges the vote into the row's votes under its row lock,
         # so concurrent voters never lose each other's votes.
-        def vote(conn: _Connection) -> Row | None:
+        def vote(conn: Connection) -> Row | None:
             params = (Jsonb({voter: now}), self.cluster, address, generation)
             row = conn.execute(_VOTE, params, binary=True).fetchone()
             return None if row is None else _row(row)
 
-        return await self._run(vote)
+        return await self._pool.run(vote)
 
     # Why exactly one of many declarers with the same version succeeds, under READ
     # COMMITTED: each begins with `UPDATE ... SET version = version + 1 WHERE version =
@@ -235,7 +195,7 @@ class PostgresTable(MembershipTable):
     # set_status also take turns, and the version a declarer saw is still the version
     # when it marks the row.
     async def _declare_dead(self, address: str, generation: int, version: int, now: float) -> bool:
-        def declare_dead(conn: _Connection) -> bool:
+        def declare_dead(conn: Connection) -> bool:
             key = (self.cluster, address, generation)
             with conn.transaction():
                 if not conn.execute(_MOVE_ON_FROM, (self.cluster, version)).rowcount:
@@ -245,32 +205,12 @@ class PostgresTable(MembershipTable):
                 raise psycopg.Rollback  # dead already or no such row: the version stays
             return False
 
-        return await self._run(declare_dead)
+        return await self._pool.run(declare_dead)
 
     async def aclose(self) -> None:
         """Close the pool's connections and stop its threads. A checkpoint; if
         cancelled, the closing still finishes first."""
-        await trio.to_thread.run_sync(lambda: self._pool.close(timeout=self.timeout))
-
-    async def _run(self, work: Callable[[_Connection], _T]) -> _T:
-        """``work`` done with a pooled connection in a worker thread. Cancelled or out
-        of time only while waiting for a thread: once it runs, it runs to the end."""
-        with trio.move_on_after(self.timeout):
-            return await trio.to_thread.run_sync(self._connected, work, limiter=self._threads)
-        raise PoolTimeout(f"no connection was free within {self.timeout} s")
-
-    def _connected(self, work: Callable[[_Connection], _T]) -> _T:
-        # On an exception the pool rolls back any transaction still open, and replaces
-        # a connection that broke, so each connection goes back clean.
-        with self._pool.connection() as conn:
-            if not self._ready:
-                if conn.execute(_MISSING).fetchone() != (False,):
-                    with conn.transaction():
-                        conn.execute(_SCHEMA_LOCK)
-                        for statement in _SCHEMA:
-                            conn.execute(statement)
-                self._ready = True
-            return work(conn)
+        await self._pool.aclose()
 
 
 def _split_cluster(url: str) -> tuple[str, str]:

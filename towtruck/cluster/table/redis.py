@@ -1,5 +1,5 @@
 """A membership table in Redis (``redis://host:port/db?cluster=NAME``, ``rediss://`` for
-TLS), through coredis, with the state store's connection (:mod:`towtruck.storage.redis`).
+TLS), through the state store's coredis client (:mod:`towtruck.storage.redis_client`).
 
 A cluster (``cluster`` in the URL, ``towtruck`` if absent) has two keys:
 
@@ -24,28 +24,15 @@ as it reads numbers. The scripts compare generations as decimal text (see ``_OLD
 from __future__ import annotations
 
 import json
-import logging
-import ssl
-from collections.abc import Awaitable
-from typing import Any, ClassVar, Final, TypeVar
+from typing import Any, ClassVar, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-import coredis
-import trio
-from coredis.connection import TCPLocation
-from coredis.exceptions import RedisError
-from coredis.retry import NoRetryPolicy
 
 from ...errors import SettingsError
 from ...settings import redact_url
-from ...storage.redis import _SharedConnection
+from ...storage.redis_client import FAILURES, RedisClient, float_text
 from .base import MembershipTable, Row, Status, Table
 
 __all__ = ["RedisTable"]
-
-logger = logging.getLogger("towtruck")
-
-T = TypeVar("T")
 
 DEFAULT_CLUSTER: Final = "towtruck"
 
@@ -147,19 +134,14 @@ class RedisTable(MembershipTable):
 
     # An error in a script comes before its first change (each checks, then writes),
     # so an error reply means nothing was written.
-    failures: ClassVar[tuple[type[BaseException], ...]] = (
-        RedisError,
-        OSError,
-        trio.TooSlowError,
-    )
+    failures: ClassVar[tuple[type[BaseException], ...]] = FAILURES
 
-    def __init__(
-        self, client: coredis.Redis[bytes], *, cluster: str, url: str, timeout: float
-    ) -> None:
-        super().__init__(timeout=timeout)
+    def __init__(self, redis: RedisClient, *, cluster: str, url: str) -> None:
+        super().__init__(timeout=redis.timeout)
         self.url = url
         self.cluster = cluster
-        self._client = client
+        self._redis = redis
+        client = redis.commands
         prefix = f"towtruck:members:{{{cluster}}}"
         self._keys = [f"{prefix}:version", f"{prefix}:rows"]
         self._read_script = client.register_script(_READ)
@@ -168,8 +150,6 @@ class RedisTable(MembershipTable):
         self._alive_script = client.register_script(_ALIVE)
         self._vote_script = client.register_script(_VOTE)
         self._declare_dead_script = client.register_script(_DECLARE_DEAD)
-        self._closing = trio.Event()
-        self._closed = trio.Event()
 
     @classmethod
     async def open(cls, url: str, *, timeout: float) -> RedisTable:  # noqa: ASYNC109 (per operation)
@@ -189,86 +169,41 @@ class RedisTable(MembershipTable):
             raise SettingsError(f"{redact_url(url)}: the cluster's name is empty")
         rest = [(key, value) for key, value in query if key != "cluster"]
         redis_url = urlunsplit(parts._replace(query=urlencode(rest, safe="/")))
-        options: dict[str, Any] = {}
-        if parts.scheme == "rediss" and not any(key.startswith("ssl_") for key, _ in rest):
-            options["ssl_context"] = ssl.create_default_context()
-        pool = _SharedConnection.from_url(
-            redis_url,
-            decode_components=True,
-            decode_responses=False,
-            connect_timeout=timeout,
-            stream_timeout=timeout,
-            **options,
-        )
-        if not isinstance(pool.location, TCPLocation):
-            raise SettingsError("a Redis URL names a host: write redis://host:port/db")
-        # No retries: the caller decides (a retried join would move the version twice).
-        client = coredis.Redis(connection_pool=pool, retry_policy=NoRetryPolicy())
-        table = cls(client, cluster=cluster, url=redact_url(url), timeout=timeout)
-        # A system task holds coredis' client (an async context manager around a task
-        # group), so the table can be closed from any task: see RedisStore.open.
-        entered = trio.Event()
-        trio.lowlevel.spawn_system_task(table._hold_client, entered, name=repr(table))
-        try:
-            await entered.wait()
-        except BaseException:
-            table._closing.set()
-            raise
-        return table
-
-    async def _hold_client(self, entered: trio.Event) -> None:
-        try:
-            async with self._client:
-                entered.set()
-                await self._closing.wait()
-        except Exception:  # a system task must not raise: that would crash the run
-            logger.exception("the Redis client of %s failed", self.url)
-        finally:
-            entered.set()
-            self._closed.set()
+        redis = await RedisClient.open(redis_url, timeout=timeout)
+        return cls(redis, cluster=cluster, url=redact_url(url))
 
     async def aclose(self) -> None:
-        """Close the connections; operations still waiting fail with StoreUnavailable.
-        A checkpoint; when cancelled, the connections still close."""
-        self._closing.set()
-        await self._closed.wait()
-
-    async def _run(self, request: Awaitable[T]) -> T:
-        """The answer to ``request`` (a coredis command, sent when awaited), within
-        ``timeout``. Cancellation stops it before it is sent, not after (see the class)."""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        with trio.CancelScope(shield=True), trio.fail_after(self.timeout):
-            answer = await request
-        await trio.lowlevel.checkpoint()
-        return answer
+        """Close the connection; operations still waiting fail with StoreUnavailable.
+        A checkpoint; when cancelled, the connection still closes."""
+        await self._redis.aclose()
 
     async def _read(self) -> Table:
-        answer: list[Any] = await self._run(self._read_script(keys=self._keys))
+        answer: list[Any] = await self._redis.run(self._read_script(keys=self._keys))
         version, rows = answer
         return Table(int(version), tuple(_row(text) for text in rows))
 
     async def _join(self, address: str, generation: int, now: float) -> None:
         row = Row(address, generation, Status.JOINING, now, {}, now)
-        args = [address, str(generation), _time(now), _field(address, generation), _text(row)]
-        await self._run(self._join_script(keys=self._keys, args=args))
+        args = [address, str(generation), float_text(now), _field(address, generation), _text(row)]
+        await self._redis.run(self._join_script(keys=self._keys, args=args))
 
     async def _set_status(self, address: str, generation: int, status: Status, now: float) -> bool:
-        args = [_field(address, generation), status.value, _time(now)]
-        moved: int = await self._run(self._set_status_script(keys=self._keys, args=args))
+        args = [_field(address, generation), status.value, float_text(now)]
+        moved: int = await self._redis.run(self._set_status_script(keys=self._keys, args=args))
         return moved == 1
 
     async def _alive(self, address: str, generation: int, now: float) -> None:
-        args = [_field(address, generation), _time(now)]
-        await self._run(self._alive_script(keys=self._keys, args=args))
+        args = [_field(address, generation), float_text(now)]
+        await self._redis.run(self._alive_script(keys=self._keys, args=args))
 
     async def _vote(self, address: str, generation: int, voter: str, now: float) -> Row | None:
-        args = [_field(address, generation), voter, _time(now)]
-        text: bytes | None = await self._run(self._vote_script(keys=self._keys, args=args))
+        args = [_field(address, generation), voter, float_text(now)]
+        text: bytes | None = await self._redis.run(self._vote_script(keys=self._keys, args=args))
         return None if text is None else _row(text)
 
     async def _declare_dead(self, address: str, generation: int, version: int, now: float) -> bool:
-        args = [_field(address, generation), str(version), _time(now)]
-        declared: int = await self._run(self._declare_dead_script(keys=self._keys, args=args))
+        args = [_field(address, generation), str(version), float_text(now)]
+        declared: int = await self._redis.run(self._declare_dead_script(keys=self._keys, args=args))
         return declared == 1
 
 
@@ -276,18 +211,13 @@ def _field(address: str, generation: int) -> str:
     return f"{address}|{generation}"
 
 
-def _time(seconds: float) -> str:
-    """A time as the rows hold it: one text for each float, read back as that float."""
-    return repr(float(seconds) + 0.0)
-
-
 def _text(row: Row) -> str:
     """A row as the hash holds it: its payload, every number as text (see the module)."""
     payload = row.to_payload()
     payload["generation"] = str(row.generation)
-    payload["alive"] = _time(row.alive)
-    payload["changed"] = _time(row.changed)
-    payload["votes"] = {voter: _time(when) for voter, when in row.votes.items()}
+    payload["alive"] = float_text(row.alive)
+    payload["changed"] = float_text(row.changed)
+    payload["votes"] = {voter: float_text(when) for voter, when in row.votes.items()}
     return json.dumps(payload)
 
 
