@@ -45,24 +45,6 @@ async def test_two_workers_serve_one_port_as_one_cluster() -> None:
     assert output.text.count("stopping gracefully") >= 2
 
 
-async def test_advertise_is_refused_with_workers() -> None:
-    from tests.processes import run_to_end
-
-    argv = [
-        *towtruck_command(),
-        "serve",
-        "examples.greeter",
-        "--workers",
-        "2",
-        "--advertise",
-        "a:1",
-    ]
-    with trio.fail_after(PROCESS_SECONDS):
-        result = await run_to_end(argv)
-    assert result.returncode == 2
-    assert "--advertise" in result.stderr
-
-
 async def test_workers_stop_when_the_supervisor_is_killed() -> None:
     from tests.helpers import wait_until
 

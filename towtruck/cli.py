@@ -189,8 +189,6 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     try:
         settings = Settings.load(flags=flags, environ=_environment(worker))
         factory = load_factory(args.factory)
-        if settings.workers > 1 and settings.advertise and not worker:
-            raise SettingsError("--advertise: each worker advertises its own port; give --host")
     except SettingsError as exc:
         parser.exit(2, f"towtruck: error: {_one_line(exc)}\n")
     configure_logging(settings.log_level, settings.log_format)

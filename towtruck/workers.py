@@ -9,9 +9,13 @@ cluster, so an actor still lives in exactly one of them:
 - **The public port** is shared: each worker listens on its own socket bound to it
   with ``SO_REUSEPORT``, and the kernel spreads new connections evenly over them. (One
   socket shared by all workers would have them race for each connection, unevenly.)
-- **A private port per worker** (on ``host``, or on loopback when ``host`` is a
-  wildcard) is the worker's address in the cluster. Worker 0 starts first; the others
-  join it with ``--peer``.
+- **A private port per worker** is the worker's address in the cluster. Worker 0
+  starts first; the others join it (and the ``--peer`` addresses, as it does).
+  Without ``--advertise``, a free port on ``host`` (on loopback when ``host`` is a
+  wildcard: a local cluster only). With ``--advertise HOST:PORT``, the N ports from
+  ``PORT`` on (from ``PORT + 1`` when it is the public port), bound on ``host``
+  (wildcard or not), each worker advertising ``HOST:its port``: peers on other hosts
+  reach every worker directly, on ports known in advance (see :func:`worker_ports`).
 - **A Unix domain socket per worker** (in Linux's abstract namespace, so nothing is
   left behind whatever happens; elsewhere in a directory of the supervisor's): calls a
   worker does not own reach their owner there, on a lane, at about half the kernel's
@@ -47,10 +51,11 @@ from typing import Final
 import httpx
 import trio
 
+from .errors import SettingsError
 from .ids import Address
 from .settings import ENV_PREFIX, Settings, bind_error
 
-__all__ = ["WorkerExited", "supervise"]
+__all__ = ["WorkerExited", "supervise", "worker_ports"]
 
 logger = logging.getLogger("towtruck")
 
@@ -64,6 +69,7 @@ _RESTART_WINDOW: Final = 10.0
 _BACKLOG: Final = 1024
 #: The status of a ``towtruck serve`` that refused its settings at start.
 _REFUSED: Final = 2
+_WILDCARDS: Final = ("0.0.0.0", "::")
 
 
 class WorkerExited(RuntimeError):
@@ -86,26 +92,135 @@ async def supervise(factory: str, settings: Settings) -> int:
     if it refused to start with a settings error (2), which it has printed.
 
     Raises:
-        SettingsError: ``host`` and ``port`` cannot be listened on.
+        SettingsError: ``host`` and ``port`` cannot be listened on, or the workers'
+            ports that ``advertise`` gives (see :func:`worker_ports`) cannot be.
     """
     count = settings.workers
-    wildcard = settings.host in ("0.0.0.0", "::")
-    private_host = "127.0.0.1" if wildcard else settings.host
+    ports = worker_ports(settings)
     try:
         publics = _public_sockets(settings.host, settings.port, count)
         port = publics[0].getsockname()[1]
-        privates = [_listening(private_host, 0) for _ in range(count)]
     except OSError as exc:  # a port in use, a host not of this machine...
         raise bind_error(settings, exc) from exc
-    addresses = [Address(private_host, s.getsockname()[1]) for s in privates]
+    try:
+        privates = _private_sockets(settings, ports)
+    except BaseException:
+        for sock in publics:
+            sock.close()
+        raise
+    binds = [Address(_private_host(settings), s.getsockname()[1]) for s in privates]
+    advertised = Address.parse(settings.advertise).host if settings.advertise else None
+    addresses = [Address(advertised or b.host, b.port) for b in binds]
+    workers = _Workers(binds, addresses, fixed=ports is not None)
     if sys.platform == "linux":
         lanes = f"@towtruck-{os.getpid()}-{secrets.token_hex(4)}"  # abstract: no file
-        return await _supervise(factory, settings, port, publics, privates, addresses, lanes)
+        return await _supervise(factory, settings, port, publics, privates, workers, lanes)
     lanes = tempfile.mkdtemp(prefix="towtruck-lanes-")
     try:
-        return await _supervise(factory, settings, port, publics, privates, addresses, lanes)
+        return await _supervise(factory, settings, port, publics, privates, workers, lanes)
     finally:
         shutil.rmtree(lanes, ignore_errors=True)
+
+
+# Where the workers are reached. Without --advertise, as ever: free ports on host, on
+# loopback for a wildcard host, so a node in a pod (binding 0.0.0.0) keeps its workers
+# to itself. With --advertise HOST:PORT, each worker binds PORT + i on host itself
+# (the wildcard included) and advertises HOST:PORT + i. Alternatives that lost: free
+# ports advertised under HOST (reachable, but a NetworkPolicy or firewall cannot be
+# written for them, and a restarted worker could come back on another); ports from
+# the public port + 1 always (the user could not move them off a port in use, and
+# --port 0 would make them random again); a separate setting for the first port (one
+# more flag, when --advertise already names a port that would otherwise mean
+# nothing). The advertised port equal to the public port, as a single node would
+# write it, means the ports after it: the public port is shared by the workers and so
+# is nobody's address in the cluster.
+
+
+def worker_ports(settings: Settings) -> list[int] | None:
+    """The fixed private ports of the workers (``--advertise``), or None: free ones.
+    Pure: nothing is bound.
+
+    Raises:
+        SettingsError: the ports run past 65535 or include the public port.
+    """
+    if settings.advertise is None:
+        return None
+    first = Address.parse(settings.advertise).port
+    if first == settings.port:
+        first += 1
+    ports = list(range(first, first + settings.workers))
+    if ports[-1] > 65535:
+        reason = f"the {settings.workers} worker ports from {first} run past 65535"
+    elif settings.port in ports:
+        reason = (
+            f"the worker ports {first}-{ports[-1]} include the public port {settings.port};"
+            f" give {settings.port} (the workers then take the ports after it) or a port"
+            " outside"
+        )
+    else:
+        return ports
+    raise SettingsError(
+        f"advertise {settings.advertise}: {reason}",
+        setting="advertise",
+        value=settings.advertise,
+        reason=reason,
+    )
+
+
+def _private_host(settings: Settings) -> str:
+    """Where the workers bind their private ports (see above)."""
+    if settings.advertise is None and settings.host in _WILDCARDS:
+        return "127.0.0.1"
+    return settings.host
+
+
+def _private_sockets(settings: Settings, ports: list[int] | None) -> list[socket.socket]:
+    """The workers' private sockets, on ``ports`` (None: free ones).
+
+    Raises:
+        SettingsError: one cannot be bound, naming the setting at fault.
+    """
+    host = _private_host(settings)
+    sockets: list[socket.socket] = []
+    try:
+        for index in range(settings.workers):
+            port = 0 if ports is None else ports[index]
+            try:
+                sockets.append(_listening(host, port))
+            except OSError as exc:
+                error = bind_error(settings, exc)
+                if ports is None:
+                    raise error from exc
+                reason = f"worker {index}'s port {port}: {error.details['reason']}"
+                raise SettingsError(
+                    f"advertise {settings.advertise}: {reason}",
+                    setting="advertise",
+                    value=settings.advertise,
+                    reason=reason,
+                ) from exc
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+@dataclasses.dataclass
+class _Workers:
+    """Where each worker is: the address its private socket is bound to (the supervisor
+    asks it ``/ping`` there; a wildcard is asked on loopback) and the address it
+    advertises (its name in the cluster); ``fixed``: their ports were given."""
+
+    binds: list[Address]
+    addresses: list[Address]
+    fixed: bool
+
+    def local(self, index: int) -> Address:
+        """Where the supervisor reaches worker ``index`` from this host."""
+        bind = self.binds[index]
+        if bind.host in _WILDCARDS:
+            return Address("::1" if ":" in bind.host else "127.0.0.1", bind.port)
+        return bind
 
 
 async def _supervise(
@@ -114,7 +229,7 @@ async def _supervise(
     port: int,
     publics: list[socket.socket],
     privates: list[socket.socket],
-    addresses: list[Address],
+    workers: _Workers,
     lanes: str,
 ) -> int:
     count = settings.workers
@@ -122,12 +237,12 @@ async def _supervise(
     locals_ = [_unix_listening(path) for path in paths]
     # The workers watch this pipe: it closes when the supervisor dies, however it dies.
     parent_read, parent_write = os.pipe()
-    pool = _Pool(factory, settings.replace(port=port), addresses, paths, parent_read)
+    pool = _Pool(factory, settings.replace(port=port), workers, paths, parent_read)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         try:
             for index in range(count):
                 # Worker 0 starts alone; the others join it, so it must be up first.
-                peers = [str(addresses[0])] if index else []
+                peers = [str(workers.addresses[0])] if index else []
                 sockets = (publics[index], privates[index], locals_[index])
                 await pool.start(index, sockets, peers)
                 if index == 0:
@@ -148,7 +263,13 @@ async def _supervise(
         finally:
             for sock in publics + privates + locals_:
                 sock.close()  # the workers hold them now
-        logger.info("towtruck: %d workers serving on http://%s:%d", count, settings.host, port)
+        logger.info(
+            "towtruck: %d workers serving on http://%s:%d (in the cluster: %s)",
+            count,
+            settings.host,
+            port,
+            ", ".join(map(str, workers.addresses)),
+        )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, signals, pool)
             async with trio.open_nursery() as keepers:
@@ -167,13 +288,13 @@ class _Pool:
         self,
         factory: str,
         settings: Settings,
-        addresses: list[Address],
+        workers: _Workers,
         paths: list[str],
         parent_fd: int,
     ) -> None:
         self._factory = factory
         self._settings = settings
-        self._addresses = addresses
+        self._workers = workers
         self._paths = paths
         self._parent_fd = parent_fd
         self.processes: list[trio.Process] = []
@@ -194,13 +315,14 @@ class _Pool:
         """Start worker ``index`` on ``sockets`` (public, private, Unix domain),
         joining ``peers``."""
         worker = self._settings.replace(
-            advertise=str(self._addresses[index]),
+            advertise=str(self._workers.addresses[index]),
             peers=(*self._settings.peers, *peers),
             workers=1,
         )
         fds = tuple(sock.fileno() for sock in sockets)
         local_lanes = ",".join(
-            f"{address}={path}" for address, path in zip(self._addresses, self._paths, strict=True)
+            f"{address}={path}"
+            for address, path in zip(self._workers.addresses, self._paths, strict=True)
         )
         process = await _start(self._factory, worker, fds, self._parent_fd, local_lanes)
         if index < len(self.processes):
@@ -222,7 +344,8 @@ class _Pool:
             async with httpx.AsyncClient(timeout=1.0, trust_env=False) as client:
                 while process.returncode is None:
                     try:
-                        response = await client.get(f"http://{self._addresses[index]}/ping")
+                        url = f"http://{self._workers.local(index)}/ping"
+                        response = await client.get(url)
                         if response.status_code == 200:
                             return
                     except httpx.TransportError:
@@ -268,19 +391,24 @@ class _Pool:
         public one (the kernel spreads connections over live sockets only) and its
         private one, so the cluster knows it again by its address."""
         public = _public_sockets(self._settings.host, self._settings.port, 1)[0]
+        workers = self._workers
         try:
-            address = self._addresses[index]
+            bind, address = workers.binds[index], workers.addresses[index]
             try:
-                private = _listening(address.host, address.port)
+                private = _listening(bind.host, bind.port)
             except OSError as exc:  # taken meanwhile (an outgoing connection's port)
-                private = _listening(address.host, 0)
-                self._addresses[index] = Address(address.host, private.getsockname()[1])
+                if workers.fixed:  # given ports stay: the firewall knows them
+                    raise
+                private = _listening(bind.host, 0)
+                moved = private.getsockname()[1]
+                workers.binds[index] = Address(bind.host, moved)
+                workers.addresses[index] = Address(address.host, moved)
                 logger.warning(
-                    "worker %d moves to %s: %s: %s", index, self._addresses[index], address, exc
+                    "worker %d moves to %s: %s: %s", index, workers.addresses[index], address, exc
                 )
             local = _unix_listening(self._paths[index])
             try:
-                others = [str(a) for n, a in enumerate(self._addresses) if n != index]
+                others = [str(a) for n, a in enumerate(workers.addresses) if n != index]
                 await self.start(index, (public, private, local), others)
             finally:
                 private.close()
