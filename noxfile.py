@@ -35,5 +35,5 @@ def typecheck(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Run the benchmarks and print a table (``-- --quick`` for a smoke run)."""
-    session.install("-e", ".")
+    session.install("-e", ".[bench]")
     session.run("python", "benchmarks/run.py", *session.posargs)

@@ -77,7 +77,17 @@ async def test_restarting_every_node_in_turn_under_load_fails_no_call(tmp_path: 
     assert saved_counts(tmp_path, ids) == {i: load.successes[i] for i in ids}
 
 
-@pytest.fixture(params=["gossip", "redis", "postgres", "etcd"])
+_TABLE = pytest.mark.parser_free  # (the gossip run covers both parsers)
+
+
+@pytest.fixture(
+    params=[
+        "gossip",
+        pytest.param("redis", marks=_TABLE),
+        pytest.param("postgres", marks=_TABLE),
+        pytest.param("etcd", marks=_TABLE),
+    ]
+)
 def membership(request: pytest.FixtureRequest) -> tuple[str, ...]:
     """The flags of a cluster keeping its membership by gossip alone, or in each table."""
     if request.param == "gossip":

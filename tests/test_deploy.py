@@ -32,6 +32,8 @@ import towtruck
 from tests.helpers import NETWORK_TEST_SECONDS, wait_until
 from towtruck.settings import flag
 
+pytestmark = pytest.mark.parser_free
+
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
 #: The oldest release the manifests are for (the preStop ``sleep`` action is on by
 #: default from 1.30) and the newest whose schema the validator ships.

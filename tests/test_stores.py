@@ -16,6 +16,8 @@ from towtruck.storage.base import bucket_of
 
 from .stores import PostgresServer, RedisServer, postgres_server, redis_server
 
+pytestmark = pytest.mark.parser_free
+
 __all__ = ["postgres_server", "redis_server"]  # fixtures, used by name
 
 STORE_SECONDS = 30

@@ -15,6 +15,8 @@ from towtruck.errors import SettingsError, StoreUnavailable
 
 from .stores import TABLE_BACKENDS, etcd_server, postgres_server, redis_server, table_url
 
+pytestmark = pytest.mark.parser_free
+
 __all__ = ["etcd_server", "postgres_server", "redis_server"]  # fixtures, used by name
 
 TABLE_SECONDS = 30
