@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import signal
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -15,12 +16,15 @@ import pytest
 import trio
 
 from tests.churn import Load, Node, processes, wait_joined
+from tests.stores import etcd_server, postgres_server, redis_server, table_url
 from towtruck.codec import loads
 from towtruck.storage import open_store
 
 from .helpers import wait_until
 
 pytestmark = [pytest.mark.subprocess, pytest.mark.slow]
+
+__all__ = ["etcd_server", "postgres_server", "redis_server"]  # fixtures, used by name
 
 #: Outcomes after which an increment may or may not have landed: the call was cut off
 #: under way (a node killed or stalled), so no system could say.
@@ -47,13 +51,35 @@ class LedgerLoad(Load):
         self.outcome_of[self._sent[trio.lowlevel.current_task()]] = outcome
 
 
-async def test_persistent_counters_survive_kill_and_stall_exactly(tmp_path: Path) -> None:
+_TABLE = pytest.mark.parser_free  # (the gossip run covers both parsers)
+
+
+@pytest.fixture(
+    params=[
+        "gossip",
+        pytest.param("redis", marks=_TABLE),
+        pytest.param("postgres", marks=_TABLE),
+        pytest.param("etcd", marks=_TABLE),
+    ]
+)
+def membership(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    """The flags of a cluster keeping its membership by gossip alone, or in each table
+    (where the stalled node may be declared dead, and then joins again)."""
+    if request.param == "gossip":
+        return ()
+    cluster = f"ledger{uuid.uuid4().hex[:8]}"
+    return ("--membership", table_url(request, request.param, cluster))
+
+
+async def test_persistent_counters_survive_kill_and_stall_exactly(
+    tmp_path: Path, membership: tuple[str, ...]
+) -> None:
     ids = [f"ledger{i}" for i in range(40)]
     url = f"sqlite:///{tmp_path / 'state.sqlite3'}"
     factory = "tests.actors:create_ledger_counter"
     with trio.fail_after(300):
         async with (
-            processes(tmp_path, factory, ("--state-store", url)) as cluster,
+            processes(tmp_path, factory, ("--state-store", url, *membership)) as cluster,
             httpx.AsyncClient(timeout=10) as http,
         ):
             a = await cluster.add(None)
