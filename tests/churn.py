@@ -8,15 +8,18 @@ import random
 import signal
 import socket
 import subprocess
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
 from tests.processes import ROOT, Output, child_env, towtruck_command
+from tests.stores import table_url
 
 SERVING = r"serving on http://127\.0\.0\.1:(\d+)"
 #: Timeouts of the nodes: quick failure detection, quick graceful stops.
@@ -222,3 +225,22 @@ class Load:
                 return outcome
             first = first or outcome
         return f"{first}, then {outcome}"
+
+
+_TABLE = pytest.mark.parser_free  # (the gossip run covers both parsers)
+
+
+@pytest.fixture(
+    params=[
+        "gossip",
+        pytest.param("redis", marks=_TABLE),
+        pytest.param("postgres", marks=_TABLE),
+        pytest.param("etcd", marks=_TABLE),
+    ]
+)
+def membership(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    """The flags of a cluster keeping its membership by gossip alone, or in each table
+    (where a node killed or stalled long enough is declared dead, and joins again)."""
+    if request.param == "gossip":
+        return ()
+    return ("--membership", table_url(request, request.param, f"c{uuid.uuid4().hex[:8]}"))

@@ -4,17 +4,16 @@ error, and no actor loses an update unless it lived on a node that was killed.""
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
 
-from tests.churn import Load, Node, Processes, processes, wait_joined
-from tests.stores import etcd_server, postgres_server, redis_server, table_url
+from tests.churn import Load, Node, Processes, membership, processes, wait_joined
+from tests.stores import etcd_server, postgres_server, redis_server
 
-__all__ = ["etcd_server", "postgres_server", "redis_server"]  # fixtures, used by name
+__all__ = ["etcd_server", "membership", "postgres_server", "redis_server"]  # fixtures
 
 pytestmark = [pytest.mark.subprocess, pytest.mark.slow]
 
@@ -75,25 +74,6 @@ async def test_restarting_every_node_in_turn_under_load_fails_no_call(tmp_path: 
     assert not any("transport" in outcome for outcome in load.outcomes), load.outcomes
     assert sum(load.successes.values()) >= 1200
     assert saved_counts(tmp_path, ids) == {i: load.successes[i] for i in ids}
-
-
-_TABLE = pytest.mark.parser_free  # (the gossip run covers both parsers)
-
-
-@pytest.fixture(
-    params=[
-        "gossip",
-        pytest.param("redis", marks=_TABLE),
-        pytest.param("postgres", marks=_TABLE),
-        pytest.param("etcd", marks=_TABLE),
-    ]
-)
-def membership(request: pytest.FixtureRequest) -> tuple[str, ...]:
-    """The flags of a cluster keeping its membership by gossip alone, or in each table."""
-    if request.param == "gossip":
-        return ()
-    cluster = f"churn{uuid.uuid4().hex[:8]}"
-    return ("--membership", table_url(request, request.param, cluster))
 
 
 async def test_kill_add_remove_restart_under_load(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import itertools
 import signal
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -15,8 +14,8 @@ import httpx
 import pytest
 import trio
 
-from tests.churn import Load, Node, processes, wait_joined
-from tests.stores import etcd_server, postgres_server, redis_server, table_url
+from tests.churn import Load, Node, membership, processes, wait_joined
+from tests.stores import etcd_server, postgres_server, redis_server
 from towtruck.codec import loads
 from towtruck.storage import open_store
 
@@ -24,7 +23,7 @@ from .helpers import wait_until
 
 pytestmark = [pytest.mark.subprocess, pytest.mark.slow]
 
-__all__ = ["etcd_server", "postgres_server", "redis_server"]  # fixtures, used by name
+__all__ = ["etcd_server", "membership", "postgres_server", "redis_server"]  # fixtures
 
 #: Outcomes after which an increment may or may not have landed: the call was cut off
 #: under way (a node killed or stalled), so no system could say.
@@ -49,26 +48,6 @@ class LedgerLoad(Load):
 
     def answered(self, actor_id: str, outcome: str) -> None:
         self.outcome_of[self._sent[trio.lowlevel.current_task()]] = outcome
-
-
-_TABLE = pytest.mark.parser_free  # (the gossip run covers both parsers)
-
-
-@pytest.fixture(
-    params=[
-        "gossip",
-        pytest.param("redis", marks=_TABLE),
-        pytest.param("postgres", marks=_TABLE),
-        pytest.param("etcd", marks=_TABLE),
-    ]
-)
-def membership(request: pytest.FixtureRequest) -> tuple[str, ...]:
-    """The flags of a cluster keeping its membership by gossip alone, or in each table
-    (where the stalled node may be declared dead, and then joins again)."""
-    if request.param == "gossip":
-        return ()
-    cluster = f"ledger{uuid.uuid4().hex[:8]}"
-    return ("--membership", table_url(request, request.param, cluster))
 
 
 async def test_persistent_counters_survive_kill_and_stall_exactly(
