@@ -81,3 +81,23 @@ async def test_the_real_resolver_finds_localhost() -> None:
     with trio.fail_after(TEST_SECONDS):
         found = await discovery.resolve("localhost", 8080)
     assert "127.0.0.1:8080" in found or "[::1]:8080" in found
+
+
+async def test_a_node_joins_what_dns_names_before_it_settles(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    records: list[str] = []
+
+    async def resolve(name: str, port: int) -> list[str]:
+        await trio.lowlevel.checkpoint()
+        return list(records)
+
+    monkeypatch.setattr(discovery, "resolve", resolve)
+    with trio.fail_after(TEST_SECONDS):
+        async with towtruck.open_node(greeter.create_actor, **FAST) as first:
+            records.append(str(first.address))
+            async with towtruck.open_node(
+                greeter.create_actor, **FAST, peer_dns="svc.test:8080"
+            ) as second:
+                # Once open_node returns the view has settled: with the first node in it.
+                assert str(first.address) in second.router.membership.placement()

@@ -152,6 +152,9 @@ class Gossip:
                 would otherwise serve as a cluster of its own, beside theirs.
         """
         seeds = [peer for peer in peers if peer != self.me]
+        # What DNS names is joined before the view settles: a node does not settle alone
+        # (and say it is ready) in a cluster it could have found.
+        seeds += [peer for peer in await self._resolve_peers() if peer not in [*seeds, self.me]]
         if self.registrar is not None:  # the table's rows are seeds too
             seeds += [peer for peer in await self.registrar.join() if peer not in seeds]
         for peer in seeds:
@@ -331,24 +334,28 @@ class Gossip:
 
     async def _discover_periodically(self) -> None:
         """Join the addresses ``peer_dns`` resolves to, every heartbeat interval (see
-        :mod:`towtruck.cluster.discovery`)."""
-        assert self._peer_dns is not None
-        name, port = self._peer_dns.host, self._peer_dns.port
+        :mod:`towtruck.cluster.discovery`); the first round is :meth:`start`'s."""
         while True:
-            found: list[str] = []
-            with trio.move_on_after(self._protocol_timeout):
-                try:
-                    found = await discovery.resolve(name, port)
-                except OSError as exc:
-                    if not self._dns_failing:
-                        logger.warning(
-                            "%s:%d does not resolve (%s); will keep trying", name, port, exc
-                        )
-                    self._dns_failing = True
-                else:
-                    self._dns_failing = False
-            await self.join_found(found)
             await trio.sleep(self._heartbeat_interval)
+            await self.join_found(await self._resolve_peers())
+
+    async def _resolve_peers(self) -> list[str]:
+        """The addresses ``peer_dns`` resolves to now (none if it does not resolve
+        within the protocol timeout: said once, until it resolves again)."""
+        if self._peer_dns is None:
+            return []
+        name, port = self._peer_dns.host, self._peer_dns.port
+        with trio.move_on_after(self._protocol_timeout):
+            try:
+                found = await discovery.resolve(name, port)
+            except OSError as exc:
+                if not self._dns_failing:
+                    logger.warning("%s:%d does not resolve (%s); will keep trying", name, port, exc)
+                self._dns_failing = True
+            else:
+                self._dns_failing = False
+                return found
+        return []
 
     async def _heartbeat_periodically(self) -> None:
         last = trio.current_time()
