@@ -78,10 +78,9 @@ class CallContext:
 
     def with_trace(self, trace: Any) -> CallContext:
         """A copy (of the same class) whose calls descend from ``trace``."""
-        copy = type(self)(
+        return type(self)(
             self.chain, self.deadline, self.hops, caller_yields=self.caller_yields, trace=trace
         )
-        return copy
 
     def __repr__(self) -> str:
         return f"CallContext(chain={self.chain!r}, deadline={self.deadline!r}, hops={self.hops})"

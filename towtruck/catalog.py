@@ -297,12 +297,12 @@ class Catalog:
         try:
             answer = await activation.call(found, data, context)
         except TowtruckError as exc:
-            figures.failed(found.name, perf_counter() - started, exc)
+            figures.failed(method, perf_counter() - started, exc)
             self._actor_failed(actor_id)
             raise
         # CallFigures.done, inlined: this runs on every call.
         elapsed = perf_counter() - started
-        counted = figures.methods.get(found.name) or figures.add(found.name)
+        counted = figures.methods.get(method) or figures.add(method)  # (method is found.name)
         latency = counted.latency
         latency.counts[bisect_left(BUCKETS, elapsed)] += 1
         latency.sum += elapsed

@@ -306,16 +306,12 @@ class Routes:
         statistics."""
         runtime = self._runtime
         stats = runtime.statistics()
-        router = runtime.router if isinstance(runtime.router, Router) else None
+        router = self._router_if_any()
         return {
             "actors": stats.actors.actors,
             "time": time.time_ns() // 1_000_000,
             "node": stats.node,
-            "members": (
-                router.gossip.members()
-                if router is not None
-                else [{"address": stats.node, "state": "self"}]
-            ),
+            "members": self._members(router, stats.node),
             "uptime": round(stats.uptime, 3),
             "calls": stats.calls,
             "errors": stats.failed,
@@ -341,18 +337,14 @@ class Routes:
         histogram over all methods, and per method."""
         runtime = self._runtime
         stats = runtime.statistics()
-        router = runtime.router if isinstance(runtime.router, Router) else None
+        router = self._router_if_any()
         figures = runtime.catalog.figures
         methods = figures.methods if figures is not None else {}
         return {
             "node": stats.node,
             "time": time.time(),
             "uptime": round(stats.uptime, 3),
-            "members": (
-                router.gossip.members()
-                if router is not None
-                else [{"address": stats.node, "state": "self"}]
-            ),
+            "members": self._members(router, stats.node),
             "actors": stats.actors.actors,
             "max_actors": stats.actors.max_actors,
             "busy": stats.actors.busy,
@@ -523,6 +515,17 @@ class Routes:
         """``POST /cluster/heartbeat``: a peer's view of the membership in, this
         node's out."""
         return self._router().gossip.handle_heartbeat(hello)
+
+    def _router_if_any(self) -> Router | None:
+        router = self._runtime.router
+        return router if isinstance(router, Router) else None
+
+    @staticmethod
+    def _members(router: Router | None, node: str) -> list[dict[str, str]]:
+        """This node and its peers with their state (``self`` alone when not clustered)."""
+        return (
+            router.gossip.members() if router is not None else [{"address": node, "state": "self"}]
+        )
 
     def _router(self) -> Router:
         router = self._runtime.router
