@@ -33,9 +33,9 @@ class Network:
         self.refusing: set[str] = set()
         self.hung: set[str] = set()
 
-    async def reach(self, peer: str) -> MemoryNode:
+    async def reach(self, peer: str, sender: str) -> MemoryNode:
         await trio.lowlevel.checkpoint()
-        if peer in self.hung:
+        if peer in self.hung or sender in self.hung:  # a hung node sends nothing either
             await trio.sleep_forever()
         node = self.nodes.get(peer)
         if node is None or peer in self.refusing:
@@ -47,11 +47,12 @@ class MemoryPeers:
     """A node's :class:`~towtruck.cluster.directory.PeerClient` over a :class:`Network`;
     every message goes through JSON, as it would on the wire."""
 
-    def __init__(self, network: Network) -> None:
+    def __init__(self, network: Network, me: str) -> None:
         self._network = network
+        self._me = me
 
     async def forward(self, peer: str, envelope: bytes, deadline: float) -> bytes:
-        node = await self._network.reach(peer)
+        node = await self._network.reach(peer, self._me)
         call = wire.decode_call(envelope)
         context = CallContext(call.chain, trio.current_time() + call.timeout, call.hops)
         return await node.runtime.invoke(
@@ -59,12 +60,12 @@ class MemoryPeers:
         )
 
     async def post(self, peer: str, path: str, payload: Any) -> Any:
-        node = await self._network.reach(peer)
+        node = await self._network.reach(peer, self._me)
         assert path == "/cluster/heartbeat", path
-        return _through_json(node.routes.heartbeat(_through_json(payload)))
+        return _through_json(await node.routes.heartbeat(_through_json(payload)))
 
     async def get(self, peer: str, path: str) -> Any:
-        node = await self._network.reach(peer)
+        node = await self._network.reach(peer, self._me)
         url = urlsplit(path)
         if url.path.startswith("/query/"):
             return _through_json(node.routes.query(unquote(url.path.removeprefix("/query/"))))
@@ -104,7 +105,7 @@ async def memory_node(
     config = Settings(**settings)
     runtime = Runtime(create_actor, config)
     runtime.node_id = address
-    router = assemble(runtime, address, MemoryPeers(network))
+    router = assemble(runtime, address, MemoryPeers(network, address))
     node = network.nodes[address] = MemoryNode(runtime, router)
     async with trio.open_nursery() as nursery:
         await nursery.start(runtime.serve)

@@ -39,6 +39,7 @@ def test_public_api() -> None:
         "MailboxFull",
         "MethodNotAllowed",
         "MethodNotFound",
+        "MinorityPartition",
         "Node",
         "NodeStopping",
         "NotActive",

@@ -65,8 +65,10 @@ async def test_a_peer_that_stops_answering_leaves_placement_after_its_misses(
             network.hung.add("c:1")
             await until_placement(nodes[:2], ("a:1", "b:1"))
             took = trio.current_time() - hung_at
-            # Three heartbeats missed, each after its interval: no sooner, and soon.
-            assert 2 <= took <= 5, took
+            # Within an interval a probe, which times out after one; half an interval
+            # for the probes through the others; suspected for two intervals, seen at
+            # the next round: no sooner, and soon.
+            assert 3 <= took <= 6, took
             assert nodes[0].router.membership.state("c:1") is MemberState.DOWN
             network.hung.discard("c:1")
             await until_placement(nodes, tuple(NAMES))

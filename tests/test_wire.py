@@ -84,14 +84,24 @@ def test_any_bytes_split_into_frames_or_raise_bad_frame(data: bytes) -> None:
 
 
 def test_a_heartbeat_reads_back_and_garbage_reads_as_nothing() -> None:
-    message = wire.hello("a:1", [{"address": "a:1"}], 2)
+    rumour = {"address": "b:1", "live": "suspect", "incarnation": 0, "born": 1}
+    fields = {"digest": "d", "gossip": [rumour], "incarnation": 4, "bloom": 7, "actors": 0}
+    message = wire.hello("a:1", records=[{"address": "a:1"}], downs=2, probe="c:1", **fields)
     assert message["protocol"] == wire.PROTOCOL_VERSION
     assert wire.hello_sender(message) == "a:1"
     assert wire.hello_name("b:1", message) == "a:1"
     assert wire.hello_records(message) == [{"address": "a:1"}]
     assert wire.hello_downs(message) == 2
-    assert "downs" not in wire.hello("a:1", [], None)
+    assert wire.hello_gossip(message) == [rumour]
+    assert wire.hello_int(message, "bloom") == 7
+    assert wire.hello_str(message, "probe") == "c:1"
+    assert wire.hello_str(message, "digest") == "d"
+    bare = wire.hello("a:1", **fields)
+    assert not {"downs", "members", "probe", "sync"} & set(bare)
     for garbage in [None, [], "x", {"from": 3, "members": {}, "downs": True}, {"from": "::"}]:
         assert wire.hello_name("b:1", garbage) == "b:1"
         assert wire.hello_records(garbage) == []
         assert wire.hello_downs(garbage) is None
+        assert wire.hello_gossip(garbage) == []
+        assert wire.hello_int(garbage, "bloom") is None
+        assert wire.hello_str(garbage, "digest") is None

@@ -30,6 +30,7 @@ from .errors import InvalidJSON as InvalidJSON
 from .errors import MailboxFull as MailboxFull
 from .errors import MethodNotAllowed as MethodNotAllowed
 from .errors import MethodNotFound as MethodNotFound
+from .errors import MinorityPartition as MinorityPartition
 from .errors import NodeStopping as NodeStopping
 from .errors import NotActive as NotActive
 from .errors import NotFound as NotFound
@@ -92,6 +93,7 @@ __all__ = [
     "MailboxFull",
     "MethodNotAllowed",
     "MethodNotFound",
+    "MinorityPartition",
     "Node",
     "NodeStopping",
     "NotActive",

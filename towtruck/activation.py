@@ -106,6 +106,7 @@ class DeactivationReason(enum.Enum):
     FAILED = "failed"  #: ``activate`` raised or timed out
     DUPLICATE = "duplicate"  #: activated on another node while this one was stalled
     SUPERSEDED = "superseded"  #: a newer activation claimed its state (or a write was cut off)
+    PARTITION = "partition"  #: the node lost the majority of the cluster (keep-majority)
 
 
 class _Leaving:

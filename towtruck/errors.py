@@ -29,6 +29,7 @@ The whole tree::
     │   ├── Overloaded            a limit is reached: ``max_actors`` (none idle), ``max_in_flight``
     │   ├── NodeStopping          the node is shutting down and takes no new calls
     │   ├── PeerUnavailable       the node that owns the actor did not answer
+    │   ├── MinorityPartition     this node reaches fewer than half of the cluster: it activates nothing
     │   └── StoreUnavailable      the state store failed or timed out: nothing was written
     ├── CallTimeout               504: no answer within the call's deadline
     └── ForwardingLoop            508: the call was forwarded too many times
@@ -61,6 +62,7 @@ __all__ = [
     "MailboxFull",
     "MethodNotAllowed",
     "MethodNotFound",
+    "MinorityPartition",
     "NodeStopping",
     "NotActive",
     "NotFound",
@@ -240,6 +242,12 @@ class PeerUnavailable(Unavailable):
     """The node that owns the actor did not answer."""
 
 
+class MinorityPartition(Unavailable):
+    """This node reaches fewer than half of the cluster's last agreed view (a partition,
+    or most nodes lost): with ``partition="keep-majority"`` it activates no actor until
+    it reaches a majority again, so that no id is active on both sides."""
+
+
 class StoreUnavailable(Unavailable):
     """The state store failed or did not answer in time: the read did not happen or
     the write did not commit, and the actor's memory is as the store has it. The call
@@ -285,6 +293,7 @@ STATUS: dict[type[TowtruckError], int] = {
     Overloaded: 503,
     NodeStopping: 503,
     PeerUnavailable: 503,
+    MinorityPartition: 503,
     StoreUnavailable: 503,
     CallTimeout: 504,
     ForwardingLoop: 508,

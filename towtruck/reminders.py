@@ -131,6 +131,9 @@ class ReminderService:
         self.clock: Callable[[], float] = time.time
         #: Whether this node delivers a bucket's reminders (a cluster's placement).
         self.owns: Callable[[int], bool] = lambda bucket: True
+        #: Changes whenever :attr:`owns` may answer differently (None: at any time).
+        self.placement: Callable[[], object] = lambda: None
+        self._owned: tuple[object, set[int]] = (None, set())
         #: The turn a tick runs in an actor (the catalog calls it for hook calls).
         self.method = Method(HOOK, self._turn, bound=True)
         self._heap: list[tuple[float, int, tuple[str, str]]] = []
@@ -219,7 +222,7 @@ class ReminderService:
         store = await self._store.get(create=False)
         if store is None:
             return  # no store yet (an SQLite file nobody created): nothing can be due
-        buckets = {b for b in range(BUCKETS) if self.owns(b)}
+        buckets = self._buckets()
         for key, row in list(self._scheduled.items()):
             if row.bucket not in buckets:
                 del self._scheduled[key]
@@ -228,6 +231,13 @@ class ReminderService:
         rows = await store.due_reminders(list(buckets), self.clock() + 2 * self.refresh, _LOAD)
         for row in rows:
             self.schedule(row)
+
+    def _buckets(self) -> set[int]:
+        """The buckets this node owns (worked out again when placement changed)."""
+        placement = self.placement()
+        if placement is None or placement != self._owned[0]:
+            self._owned = (placement, {b for b in range(BUCKETS) if self.owns(b)})
+        return self._owned[1]
 
     async def _deliver_each(self) -> None:
         """One of the node's deliverers: they take due rows one at a time, so a burst

@@ -96,9 +96,32 @@ class Settings:
         " headless Service), resolved every heartbeat interval; the addresses found are"
         " joined.",
     )
-    heartbeat_interval: float = _setting(1 * SECONDS, "seconds", "How often each peer is pinged.")
+    heartbeat_interval: float = _setting(
+        1 * SECONDS, "seconds", "How often each node probes a few of its peers."
+    )
     heartbeat_misses: int = _setting(
-        3, "count", "Missed heartbeats in a row that take a peer out of placement."
+        3,
+        "count",
+        "A peer that fails a probe, and the same probe sent through others, is suspected;"
+        " suspected this many heartbeat intervals less one (at least one), it is out of"
+        " placement.",
+    )
+    probe_peers: int = _setting(
+        3,
+        "count",
+        "Peers each node probes per heartbeat interval (all of them, if it has no more);"
+        " what it finds spreads by gossip, so a node's cost does not grow with the cluster.",
+    )
+    indirect_probes: int = _setting(
+        3, "count", "Peers asked to probe a peer that did not answer, before it is suspected."
+    )
+    partition: str = _setting(
+        "keep-majority",
+        "partition",
+        "What a node does when it reaches fewer than half of the cluster: keep-majority"
+        " (it activates no actor, answers 503 for ids it would activate, and gives up its"
+        " actors, so the majority can take them over) or serve (both sides go on; an id"
+        " may then be active on each side until they meet again).",
     )
     bloom_interval: float = _setting(
         1 * SECONDS, "seconds", "How often the peers' bloom filters are fetched."
@@ -500,6 +523,13 @@ def _log_format(value: Any) -> str:
     return text
 
 
+def _partition(value: Any) -> str:
+    text = str(value).strip().lower()
+    if text not in ("keep-majority", "serve"):
+        raise ValueError(f"expected keep-majority or serve, got {value!r}")
+    return text
+
+
 def _flag(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -521,6 +551,7 @@ _CHECKS: Final = {
     "flag": _flag,
     "log_level": _log_level,
     "log_format": _log_format,
+    "partition": _partition,
     "membership_url": _membership_url,
     "http_parser": _http_parser,
     "store_url": check_store_url,

@@ -80,6 +80,11 @@ class BloomFilter:
                 return False
         return True
 
+    @classmethod
+    def empty(cls, version: int) -> BloomFilter:
+        """The filter of a node that holds no actors, at ``version``."""
+        return cls(b"\0", bits=8, hashes=1, count=0, version=version)
+
     def to_payload(self) -> dict[str, Any]:
         """The JSON form ``/getbloom`` answers with."""
         return {

@@ -15,14 +15,15 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final, Protocol
 from urllib.parse import quote
 
 import trio
 
 from ..catalog import Catalog
-from ..errors import TowtruckError
+from ..errors import PeerUnavailable, TowtruckError
+from . import placement
 from .bloom import BloomFilter, CountingBloom
 from .membership import Membership, MemberState
 
@@ -79,10 +80,19 @@ class Directory:
     Which peers may hold actors: the live ones; the removed ones whose last filter still
     held actors (they serve those until they are collected); and, for ``suspicion``
     seconds after they went down, the down ones. A peer may be taken for down while it
-    is only slow (under overload, say) and its actors must not be activated a second
-    time elsewhere, so a down peer is asked about every id, whatever its last filter
-    says (which may predate the actor). One that refuses a connection is gone at once:
-    nothing listens there any more.
+    is only slow (under overload, say), or cut off by a partition, and its actors must
+    not be activated a second time elsewhere, so a down peer is asked about every id,
+    whatever its last filter says (which may predate the actor). One that refuses a
+    connection is gone at once: nothing listens there any more. ``strict`` (the
+    keep-majority strategy): a down peer is asked only about the ids it owned while it
+    was in placement and those its last filter may hold; if it does not answer, the
+    call fails (503) rather than activate the id, until the suspicion time is over; by
+    then the peer has given up its actors if it is cut off in a minority.
+
+    Filters are fetched when they changed: each heartbeat carries the sender's filter
+    version, and a peer's filter is fetched again only when the version heard is not
+    the one held (and fresh after a change of membership, see
+    :mod:`towtruck.cluster.gossip`). An idle cluster fetches none.
 
     Args:
         catalog: This node's actor table; made the catalog's observer (the node's
@@ -91,6 +101,7 @@ class Directory:
         membership: Who the peers are and how they are doing.
         suspicion: How long a down peer is still asked about ids.
         query_timeout: How long a peer may take to say whether it holds an id.
+        strict: Do not activate an id a down peer may hold and does not answer about.
     """
 
     def __init__(
@@ -101,8 +112,16 @@ class Directory:
         *,
         suspicion: float,
         query_timeout: float,
+        strict: bool = False,
     ) -> None:
         self._suspicion = suspicion
+        self._strict = strict
+        # Per peer: the version of its filter it last said it has; the peers whose
+        # filter held is older than that, or that have none held yet.
+        self._versions: dict[str, int] = {}
+        self._stale: set[str] = set()
+        #: Filters fetched, ever (a figure for benchmarks/).
+        self.fetches = 0
         self._query_timeout = query_timeout
         self._gone: set[str] = set()
         self.bloom = CountingBloom()
@@ -167,6 +186,17 @@ class Directory:
         ]
         return live + suspects + leaving
 
+    def heard_version(self, peer: str, version: int, actors: int | None = None) -> None:
+        """``peer`` said its filter is at ``version`` (and holds ``actors``: none
+        means an empty filter, which needs no fetching)."""
+        self._versions[peer] = version
+        known = self.filters.get(peer)
+        if actors == 0 and self._membership.state(peer) is MemberState.ALIVE:
+            self.filters[peer] = BloomFilter.empty(version)
+            self._stale.discard(peer)
+        elif known is None or known.version != version:
+            self._stale.add(peer)
+
     def gone(self, peer: str) -> None:
         """Nothing listens at ``peer`` any more: its actors are gone with it."""
         self._gone.add(peer)
@@ -198,12 +228,16 @@ class Directory:
         candidates = [
             peer
             for peer in self.holders()
-            if peer in down or (bloom := self.filters.get(peer)) is None or actor_id in bloom
+            if (peer in down and (not self._strict or self._owned_by(peer, actor_id)))
+            or (bloom := self.filters.get(peer)) is None
+            or actor_id in bloom
         ]
         if not candidates:
             return None
         path = "/query/" + quote(actor_id, safe="")
         holder: str | None = None
+        # The down peers that may hold it and have not said they do not.
+        silent = {peer for peer in candidates if peer in down} if self._strict else set()
 
         async def ask(peer: str) -> None:
             nonlocal holder
@@ -212,7 +246,9 @@ class Directory:
             except TowtruckError as exc:
                 if not exc.remote and exc.details.get("delivered") is False:
                     self.gone(peer)
+                    silent.discard(peer)
                 return
+            silent.discard(peer)
             if isinstance(answer, dict) and answer.get("exists") is True and holder is None:
                 holder = peer
                 nursery.cancel_scope.cancel()
@@ -223,6 +259,14 @@ class Directory:
                     nursery.start_soon(ask, peer)
         if holder is not None:
             self._remember(actor_id, holder)
+        elif silent:
+            peer = min(silent)
+            raise PeerUnavailable(
+                f"actor {actor_id!r} may still be active on {peer}, which does not answer;"
+                " it is not activated elsewhere until that node has had time to give it up",
+                actor=actor_id,
+                peer=peer,
+            )
         return holder
 
     async def duplicates(self, *, yield_to: Callable[[str, str], bool] | None = None) -> list[str]:
@@ -257,9 +301,10 @@ class Directory:
                 nursery.start_soon(ask, actor_id, peer)
         return sorted(set(found))
 
-    async def refresh(self, *, fresh: bool = False) -> None:
+    async def refresh(self, *, fresh: bool = False, only: Iterable[str] | None = None) -> None:
         """Fetch the filters of the live peers, and of removed peers that still held
-        actors (only those that changed); keep the last filter of down peers.
+        actors, that changed (by the version they said they have; ``fresh``: whatever
+        they said); keep the last filter of down peers. ``only``: of these peers alone.
 
         ``fresh`` asks the peers for their filter as it is now rather than one
         cached for up to half a ``bloom_interval``. A peer that does not answer
@@ -269,7 +314,17 @@ class Directory:
         holders = self.holders()
         for dropped in set(self.filters) - set(holders):
             del self.filters[dropped]
-        peers = [p for p in holders if membership.state(p) is not MemberState.DOWN]
+        wanted = set(holders) if only is None else set(only) & set(holders)
+        if not fresh:  # only those that changed, and those removed that held actors
+            self._stale &= set(holders)
+            wanted &= self._stale | set(membership.peers(MemberState.REMOVED))
+        peers = [
+            p
+            for p in sorted(wanted)
+            if membership.state(p) is not MemberState.DOWN
+            # Said to be empty just now: fresh enough.
+            and not (p in self.filters and self.filters[p].count == 0 and p not in self._stale)
+        ]
 
         async def fetch(peer: str) -> None:
             known = self.filters.get(peer)
@@ -279,15 +334,24 @@ class Directory:
             path = "/getbloom" + ("?" + "&".join(query) if query else "")
             try:
                 with trio.fail_after(self._query_timeout):
+                    self.fetches += 1
                     answer = await self._peers.get(peer, path)
-                if not (isinstance(answer, dict) and answer.get("unchanged")):
+                unchanged = isinstance(answer, dict) and answer.get("unchanged")
+                if known is None or not unchanged:
                     self.filters[peer] = BloomFilter.from_payload(answer)
+                if self.filters[peer].version >= self._versions.get(peer, -1):
+                    self._stale.discard(peer)
             except (TowtruckError, ValueError, trio.TooSlowError) as exc:
                 logger.debug("no bloom filter from %s: %r", peer, exc)
 
         async with trio.open_nursery() as nursery:
             for peer in peers:
                 nursery.start_soon(fetch, peer)
+
+    def _owned_by(self, peer: str, actor_id: str) -> bool:
+        """Whether ``peer`` owned ``actor_id`` while it was in placement (it may have
+        activated it since its filter was last fetched)."""
+        return placement.owner(actor_id, (*self._membership.placement(), peer)) == peer
 
     def snapshot(self, *, max_age: float = 0.0) -> BloomFilter:
         """This node's filter, as ``/getbloom`` serves it: taken now, or up to

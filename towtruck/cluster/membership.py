@@ -14,36 +14,52 @@ Two kinds of knowledge, kept apart:
   ``/removeserver`` sticks whatever the removed node says. Only a change of who is in
   (a join, a removal) is a change of placement; a record that only moves a version on
   is kept, and changes nothing else.
-- **Liveness** (answering heartbeats or not) is each node's own observation, never
-  spread: a peer that misses ``heartbeat_misses`` heartbeats in a row is *down* and
-  leaves this node's placement; it is back when it answers again.
+- **Liveness** (answering probes or not) is first each node's own observation: a peer
+  that refuses a connection, or fails a probe and then a suspicion, is *down* and leaves
+  this node's placement; it is back when it answers again. Each node probes only a few
+  peers per interval (:mod:`towtruck.cluster.gossip`), so what it sees is spread as
+  *rumours*, SWIM's way: ``(address, alive | suspect | down, incarnation, born)``. A
+  suspect that stays suspected for the suspicion time is down; a node that hears it is
+  suspected or down says it is alive with a higher incarnation, which overrides both.
+  Rumours, and decisions newly learned, ride on the messages nodes exchange anyway (a
+  few per message, each sent about ``3 log2 N`` times); a digest of the decisions in
+  every message tells two nodes when their views differ, and only then do they
+  exchange every record.
 
 How a batch of records is taken in does not depend on their order: a batch that removes
 this node removes it, whatever else it holds (the node then serves on its own until it
 is added again).
 
-Placement uses this node plus its joined peers that are alive. This module only keeps
-state; the heartbeats and the messages that spread decisions live in
-:mod:`towtruck.cluster.router`. It imports no trio: its clock is given.
+Placement uses this node plus its joined peers that are alive. The *agreed view* is
+this node plus the joined peers it has heard from or heard of from a peer (not a
+``--peer`` seed that never answered); :meth:`Membership.majority` says whether this
+node reaches more than half of it. This module only keeps state; the messages live in
+:mod:`towtruck.cluster.gossip`. It imports no trio: its clock is given.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
+import math
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from ..errors import InvalidAddress
 from ..ids import Address
 from . import placement
 
-__all__ = ["MAX_VERSION", "Member", "MemberState", "Membership"]
+__all__ = ["MAX_VERSION", "Heard", "Member", "MemberState", "Membership"]
 
 #: Versions are below this: JSON as orjson writes it holds 64-bit integers.
 MAX_VERSION = 2**63
 # Owners of ids remembered at most (see Membership.owner): a few MiB.
 _OWNERS_REMEMBERED = 100_000
+#: What a liveness rumour can say.
+ALIVE, SUSPECT, DOWN = "alive", "suspect", "down"
+# Each rumour goes out this many times log2 of the cluster's size (SWIM's lambda).
+_SPREAD: Final = 3
 
 
 class MemberState(enum.Enum):
@@ -60,13 +76,16 @@ class Member:
 
     __slots__ = (
         "address",
+        "agreed",
         "born",
         "by",
         "decided_at",
         "down_since",
         "downs",
+        "incarnation",
         "joined",
         "misses",
+        "suspected_at",
         "version",
     )
 
@@ -94,6 +113,12 @@ class Member:
         self.down_since: float | None = None
         #: When this node learned the decision (on the membership's clock).
         self.decided_at = decided_at
+        #: The highest incarnation heard of it: only it raises its own (SWIM's refutation).
+        self.incarnation = 0
+        #: Since when it is suspected (on the membership's clock), while it is.
+        self.suspected_at: float | None = None
+        #: Part of the agreed view: heard from, or heard of from a peer.
+        self.agreed = True
 
     def record(self) -> dict[str, Any]:
         """The decision about this member, as it is gossiped."""
@@ -116,10 +141,22 @@ class _Record(NamedTuple):
     by: str
 
 
-def _parse(record: Any) -> _Record | None:
-    """A record as a peer sent it, or None if it is malformed."""
+class Heard(NamedTuple):
+    """What a batch of gossip changed."""
+
+    decisions: bool  #: who is in the cluster changed
+    up: list[str]  #: peers back in placement
+    down: list[str]  #: peers taken out of placement
+    taken_for_down: bool  #: a peer took this node for down meanwhile
+
+
+def _parse(record: Any, known: dict[str, Any]) -> _Record | None:
+    """A record as a peer sent it, or None if it is malformed. An address already in
+    ``known`` was checked when it first came."""
     try:
-        address = str(Address.parse(str(record["address"])))
+        address = record["address"]
+        if not (isinstance(address, str) and address in known):
+            address = str(Address.parse(str(address)))
         joined, version = record["joined"], record["version"]
         born, by = record.get("born", 0), record.get("by", "")
     except (KeyError, TypeError, AttributeError, InvalidAddress):
@@ -140,12 +177,22 @@ class Membership:
         clock: Seconds on the node's clock (``trio.current_time`` in a node; a test's
             own clock otherwise): when members went down and when decisions were learned
             are read on it, as every other timing of the cluster is.
+        wall_clock: Nanoseconds since the epoch, that versions start from (a
+            simulation gives its own, so that a run replays exactly).
     """
 
-    def __init__(self, me: str, *, misses_allowed: int, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        me: str,
+        *,
+        misses_allowed: int,
+        clock: Callable[[], float],
+        wall_clock: Callable[[], int] = time.time_ns,
+    ) -> None:
         self.me = me
         self.misses_allowed = misses_allowed
         self._now = clock
+        self._wall = wall_clock
         #: Bumped on every change of placement (decisions and liveness).
         self.generation = 0
         #: Bumped on every change of decision (a join or a removal).
@@ -157,6 +204,15 @@ class Membership:
         }
         self._owners: dict[str, str] = {}
         self._placement: tuple[str, ...] = (me,)
+        # Rumours to piggyback, by (kind, address): [what it says, times left to send].
+        self._rumours: dict[tuple[str, str], list[Any]] = {}
+        self._revision = 0  # bumped whenever a record changes: the digest's cache key
+        # peers() as last computed, by generation, revision and states asked.
+        self._peers: dict[tuple[int, int, tuple[MemberState, ...]], list[str]] = {}
+        self._majority: tuple[tuple[int, int], bool] = ((-1, -1), True)
+        self._records: tuple[int, list[dict[str, Any]]] = (-1, [])
+        self._joined_cache: tuple[int, frozenset[str]] = (-1, frozenset())
+        self._digest: tuple[int, str] = (-1, "")
 
     def state(self, address: str) -> MemberState | None:
         """How this node sees ``address``; None if it has never heard of it."""
@@ -172,8 +228,15 @@ class Membership:
     def peers(self, *states: MemberState) -> list[str]:
         """Addresses of the other members in any of ``states`` (all joined ones if none
         is given), sorted."""
-        wanted = set(states) or {MemberState.ALIVE, MemberState.DOWN}
-        return sorted(a for a in self._members if a != self.me and self.state(a) in wanted)
+        key = (self.generation, self._revision, states)
+        found = self._peers.get(key)
+        if found is None:
+            if len(self._peers) > 16:
+                self._peers.clear()
+            wanted = set(states) or {MemberState.ALIVE, MemberState.DOWN}
+            found = sorted(a for a in self._members if a != self.me and self.state(a) in wanted)
+            self._peers[key] = found
+        return list(found)
 
     @property
     def alone(self) -> bool:
@@ -202,7 +265,179 @@ class Membership:
 
     def records(self) -> list[dict[str, Any]]:
         """Every decision this node knows, tombstones included, to gossip."""
-        return [member.record() for member in self._members.values()]
+        if self._records[0] != self._revision:
+            self._records = (self._revision, [m.record() for m in self._members.values()])
+        return list(self._records[1])
+
+    def record(self) -> dict[str, Any]:
+        """This node's own decision record."""
+        return self._members[self.me].record()
+
+    def digest(self) -> str:
+        """A short hash of :meth:`records`: two nodes with the same digest agree on
+        every decision, so they need not exchange them."""
+        if self._digest[0] != self._revision:
+            parts = sorted(
+                f"{m.address} {m.joined:d} {m.version} {m.born} {m.by}"
+                for m in self._members.values()
+            )
+            digest = hashlib.blake2b("\n".join(parts).encode(), digest_size=8).hexdigest()
+            self._digest = (self._revision, digest)
+        return self._digest[1]
+
+    @property
+    def incarnation(self) -> int:
+        """This node's incarnation: raised each time it refutes a suspicion of itself."""
+        return self._members[self.me].incarnation
+
+    def gossip(self, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` rumours to piggyback on a message, the least sent first; each
+        is dropped once it has gone out enough times."""
+        rumours = self._rumours
+        if len(rumours) > limit:
+            keys = sorted(rumours, key=lambda key: -rumours[key][1])[:limit]
+        else:
+            keys = list(rumours)
+        taken = []
+        for key in keys:
+            rumour = rumours[key]
+            taken.append(rumour[0])
+            rumour[1] -= 1
+            if rumour[1] <= 0:
+                del rumours[key]
+        return taken
+
+    def rumour_about(self, address: str) -> dict[str, Any] | None:
+        """What this node believes of ``address`` if it is not that it is alive (to
+        tell it, so that it can refute)."""
+        member = self._members.get(address)
+        if member is None or address == self.me:
+            return None
+        if member.misses >= self.misses_allowed and member.downs:  # not a seed yet to answer
+            return self._liveness(member, DOWN)
+        if member.suspected_at is not None:
+            return self._liveness(member, SUSPECT)
+        return None
+
+    def take_in(self, items: Any) -> Heard:
+        """Take in the rumours and records piggybacked on a message (malformed ones
+        are skipped); returns what changed."""
+        if not isinstance(items, list):
+            return Heard(False, [], [], False)
+        records = [item for item in items if isinstance(item, dict) and "live" not in item]
+        decisions = self.merge(records) if records else False
+        up: list[str] = []
+        down: list[str] = []
+        taken_for_down = False
+        for item in items:
+            if isinstance(item, dict) and "live" in item:
+                change = self._hear_liveness(item)
+                if change == "up":
+                    up.append(item["address"])
+                elif change == "down":
+                    down.append(item["address"])
+                elif change == "me":
+                    taken_for_down = True
+        return Heard(decisions, up, down, taken_for_down)
+
+    def _hear_liveness(self, item: dict[str, Any]) -> str | None:
+        """Take in one liveness rumour; returns ``"up"``/``"down"`` if it moved the
+        member in or out of placement, ``"me"`` if it says this node was down."""
+        address, live = item.get("address"), item.get("live")
+        incarnation, born = item.get("incarnation"), item.get("born", 0)
+        if (
+            not isinstance(address, str)
+            or live not in (ALIVE, SUSPECT, DOWN)
+            or type(incarnation) is not int
+            or type(born) is not int
+            or not 0 <= incarnation < MAX_VERSION
+        ):
+            return None
+        member = self._members.get(address)
+        if member is None or not member.joined:
+            return None
+        if address == self.me:
+            if live != ALIVE and incarnation >= member.incarnation and born >= member.born:
+                member.incarnation = incarnation + 1  # refute: I am alive, and newer
+                self._spread(("l", address), self._liveness(member, ALIVE))
+                return "me" if live == DOWN else None
+            return None
+        if born < member.born:
+            return None  # about an earlier run of that node
+        if born > member.born:  # it restarted: its incarnations start again
+            member.born, member.incarnation = born, -1
+            self._revision += 1
+        is_down = member.misses >= self.misses_allowed
+        if live == ALIVE:
+            if incarnation <= member.incarnation:
+                return None
+            member.incarnation, member.suspected_at = incarnation, None
+            self._spread(("l", address), item)
+            return "up" if self.heard_from(address) else None
+        if incarnation < member.incarnation or is_down:
+            return None
+        member.incarnation = incarnation
+        if live == SUSPECT:
+            if member.suspected_at is None:
+                member.suspected_at = self._now()
+                self._spread(("l", address), item)
+            return None
+        return "down" if self.missed(address, certain=True) else None
+
+    def suspect(self, address: str) -> None:
+        """``address`` failed a probe, direct and indirect: suspect it (and say so)."""
+        member = self._members.get(address)
+        if member is None or address == self.me or not member.joined:
+            return
+        if member.suspected_at is None and member.misses < self.misses_allowed:
+            member.suspected_at = self._now()
+            self._spread(("l", address), self._liveness(member, SUSPECT))
+
+    def overdue(self, after: float) -> list[str]:
+        """Take out of placement the peers suspected for ``after`` seconds and more
+        (and say so); returns their addresses."""
+        now = self._now()
+        overdue = [
+            m.address
+            for m in self._members.values()
+            if m.suspected_at is not None and now - m.suspected_at >= after
+        ]
+        return [address for address in overdue if self.missed(address, certain=True)]
+
+    def view(self) -> list[str]:
+        """The agreed view (see the module's docstring), sorted."""
+        return sorted(
+            a for a, m in self._members.items() if m.joined and (m.agreed or a == self.me)
+        )
+
+    def majority(self) -> bool:
+        """Whether this node reaches more than half of the agreed view, or exactly half
+        with the lowest address of the view among them (Akka's keep-majority)."""
+        key = (self.generation, self._revision)
+        if self._majority[0] != key:
+            view = self.view()
+            reached = [a for a in view if a == self.me or self.state(a) is MemberState.ALIVE]
+            if not view:
+                majority = True
+            elif 2 * len(reached) != len(view):
+                majority = 2 * len(reached) > len(view)
+            else:
+                majority = view[0] in reached
+            self._majority = (key, majority)
+        return self._majority[1]
+
+    def _liveness(self, member: Member, live: str) -> dict[str, Any]:
+        return {
+            "address": member.address,
+            "live": live,
+            "incarnation": member.incarnation,
+            "born": member.born,
+        }
+
+    def _spread(self, key: tuple[str, str], rumour: dict[str, Any]) -> None:
+        """Piggyback ``rumour`` on the next messages, replacing an older one about the
+        same member (a record, or a liveness rumour)."""
+        self._rumours[key] = [rumour, _SPREAD * math.ceil(math.log2(len(self._members) + 1))]
 
     def add(self, address: str, *, placed: bool = True) -> None:
         """Decide that ``address`` is in the cluster (newer than any earlier decision).
@@ -211,6 +446,7 @@ class Membership:
         if not placed:
             member = self._members[address]
             member.misses, member.down_since = self.misses_allowed, self._now()
+            member.agreed = False
             self._changed()
 
     def downs(self, address: str) -> int:
@@ -232,7 +468,8 @@ class Membership:
         someone adds it again. A node's own announcement cannot undo its removal
         unless it restarted since (see the module's docstring).
         """
-        batch = [record for record in map(_parse, records) if record is not None]
+        known = self._members
+        batch = [parsed for record in records if (parsed := _parse(record, known)) is not None]
         if not batch:
             return False
         before = self._joined()
@@ -241,10 +478,12 @@ class Membership:
         # else counts, in this batch or a later one, until a record adds it back.
         me = self._members[self.me]
         for record in batch:
-            if record.address == self.me and record.version > me.version:
+            if record.address == self.me and (record.version, record.by) > (me.version, me.by):
                 me.joined, me.version, me.by = record.joined, record.version, record.by
+                self._learned(record)
                 if not record.joined:  # removed: on its own, its own record saying so
                     self._members = {self.me: me}
+                    self._rumours.clear()
         for record in batch if me.joined else ():
             member = self._members.get(record.address)
             if record.address == self.me:
@@ -258,11 +497,17 @@ class Membership:
                     born=record.born,
                     by=record.by,
                 )
+                self._learned(record)
                 continue
+            if not member.agreed:  # it joins the agreed view
+                member.agreed = True
+                self._revision += 1
             restarted = record.born > member.born
-            member.born = max(member.born, record.born)
-            if record.version <= member.version:
-                continue
+            if restarted:
+                member.born, member.incarnation = record.born, 0
+                self._revision += 1
+            if (record.version, record.by) <= (member.version, member.by):
+                continue  # not newer (equal versions: the one by the higher name wins)
             if (
                 record.joined
                 and not member.joined
@@ -272,8 +517,9 @@ class Membership:
                 continue  # it announces itself back, removed: only another node may add it
             flipped = record.joined != member.joined
             member.joined, member.version, member.by = record.joined, record.version, record.by
+            self._learned(record)
             if flipped:
-                member.misses, member.down_since = 0, None
+                member.misses, member.down_since, member.suspected_at = 0, None, None
                 member.decided_at = self._now()
         after = self._joined()
         if after == before:
@@ -282,8 +528,16 @@ class Membership:
         self._changed()
         return True
 
+    def _learned(self, record: _Record) -> None:
+        """A decision newly taken in: pass it on."""
+        self._revision += 1
+        self._spread(("m", record.address), record._asdict())
+
     def _joined(self) -> frozenset[str]:
-        return frozenset(a for a, member in self._members.items() if member.joined)
+        if self._joined_cache[0] != self._revision:
+            joined = frozenset(a for a, member in self._members.items() if member.joined)
+            self._joined_cache = (self._revision, joined)
+        return self._joined_cache[1]
 
     def heard_from(self, address: str) -> bool:
         """``address`` answered; returns whether that brought it back into placement."""
@@ -292,7 +546,10 @@ class Membership:
             return False
         was_down = member.misses >= self.misses_allowed
         member.misses = 0
-        member.down_since = None
+        member.down_since = member.suspected_at = None
+        if not member.agreed:  # it joins the agreed view
+            member.agreed = True
+            self._revision += 1
         if was_down and member.joined:
             self._changed()
             return True
@@ -302,6 +559,7 @@ class Membership:
         """Drop what is known of ``address``, leaving no tombstone (an alias of a member
         under another name, or a member gone for good)."""
         if address != self.me and self._members.pop(address, None) is not None:
+            self._revision += 1
             self._changed()
 
     def expire(self, after: float) -> list[str]:
@@ -320,6 +578,7 @@ class Membership:
         for address in expired:
             del self._members[address]
         if expired:
+            self._revision += 1
             self._changed()
         return expired
 
@@ -340,7 +599,9 @@ class Membership:
         member.misses = self.misses_allowed if certain else member.misses + 1
         if was_up and member.misses >= self.misses_allowed and member.joined:
             member.down_since = self._now()
+            member.suspected_at = None
             member.downs += 1
+            self._spread(("l", address), self._liveness(member, DOWN))
             self._changed()
             return True
         return False
@@ -355,10 +616,13 @@ class Membership:
         else:
             member.joined, member.version, member.by = joined, self._tick(), self.me
             member.misses, member.down_since, member.decided_at = 0, None, self._now()
+            member.suspected_at = None
+        self._revision += 1
+        self._spread(("m", address), member.record())
         self._changed()
 
     def _tick(self) -> int:
-        self._lamport = max(self._lamport + 1, time.time_ns())
+        self._lamport = max(self._lamport + 1, self._wall())
         return self._lamport
 
     def _changed(self) -> None:

@@ -29,7 +29,7 @@ import trio
 
 from ..calls import CallContext
 from ..catalog import Catalog
-from ..errors import ForwardingLoop, NotActive, PeerUnavailable
+from ..errors import ForwardingLoop, MinorityPartition, NotActive, PeerUnavailable
 from ..tracing import to_traceparent
 from . import wire
 from .directory import Directory, PeerClient
@@ -100,6 +100,15 @@ class Router:
         if not self.gossip.settled:
             await self.gossip.wait_settled(context.deadline)
             return await self.invoke(actor_id, method, data, context)  # the view moved
+        if not self.gossip.activating:
+            raise MinorityPartition(
+                f"actor {actor_id!r} is not active here, and this node reaches only"
+                f" {len(self.membership.placement())} of the cluster's"
+                f" {len(self.membership.view())} nodes: it activates nothing until it"
+                " reaches a majority again (partition=keep-majority)",
+                actor=actor_id,
+                node=self.me,
+            )
         holder = await self.directory.locate(actor_id, context.deadline)
         if holder is not None:
             try:

@@ -16,7 +16,12 @@ call frame carries)::
 A heartbeat (``POST /cluster/heartbeat``), and the answer to one::
 
     {"from": the sender's host:port, "protocol": PROTOCOL_VERSION,
-     "members": [membership records], "downs": times it took the receiver for down}
+     "digest": hash of its decisions, "gossip": [records and liveness rumours],
+     "incarnation": its own, "bloom": its filter's version, "actors": ids in it,
+     "members": [every decision] (only when the digests differ, or to join),
+     "downs": times it took the receiver for down,
+     "sync": true (every decision back, if the digests differ),
+     "probe": host:port to probe for the sender (the answer says "reached": bool)}
 
 A lane frame::
 
@@ -61,9 +66,12 @@ __all__ = [
     "frame",
     "hello",
     "hello_downs",
+    "hello_gossip",
+    "hello_int",
     "hello_name",
     "hello_records",
     "hello_sender",
+    "hello_str",
     "split",
 ]
 
@@ -226,13 +234,63 @@ def decode_answer(body: bytes) -> tuple[int, bytes] | None:
     return status, body[_STATUS.size :]
 
 
-def hello(sender: str, records: list[dict[str, Any]], downs: int | None) -> dict[str, Any]:
-    """A heartbeat, or the answer to one: the sender's name and view, and how many
-    times it took the receiver for down (``None``: an answer to a stranger)."""
-    message: dict[str, Any] = {"from": sender, "protocol": PROTOCOL_VERSION, "members": records}
+def hello(
+    sender: str,
+    *,
+    digest: str,
+    gossip: list[dict[str, Any]],
+    incarnation: int,
+    bloom: int,
+    actors: int,
+    records: list[dict[str, Any]] | None = None,
+    downs: int | None = None,
+    sync: bool = False,
+    probe: str | None = None,
+) -> dict[str, Any]:
+    """A heartbeat, or the answer to one: the sender's name, the digest of its
+    decisions, the rumours it passes on, its incarnation, its filter's version and how
+    many ids it holds; all
+    its decisions (``records``) when the two digests differ or it joins; how many times
+    it took the receiver for down (``None``: an answer to a stranger); whether it wants
+    every decision back if the digests differ (``sync``); the peer to probe on the
+    sender's behalf (``probe``)."""
+    message: dict[str, Any] = {
+        "from": sender,
+        "protocol": PROTOCOL_VERSION,
+        "digest": digest,
+        "gossip": gossip,
+        "incarnation": incarnation,
+        "bloom": bloom,
+        "actors": actors,
+    }
+    if records is not None:
+        message["members"] = records
     if downs is not None:
         message["downs"] = downs
+    if sync:
+        message["sync"] = True
+    if probe is not None:
+        message["probe"] = probe
     return message
+
+
+def hello_int(message: Any, key: str) -> int | None:
+    """An integer field of a heartbeat (``incarnation``, ``bloom``, ``downs``), or None."""
+    value = message.get(key) if isinstance(message, dict) else None
+    return value if type(value) is int else None
+
+
+def hello_str(message: Any, key: str) -> str | None:
+    """A string field of a heartbeat (``digest``, ``probe``), or None."""
+    value = message.get(key) if isinstance(message, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def hello_gossip(message: Any) -> list[Any]:
+    """The rumours piggybacked on a heartbeat (none if malformed; each is checked as it
+    is taken in)."""
+    gossip = message.get("gossip") if isinstance(message, dict) else None
+    return gossip if isinstance(gossip, list) else []
 
 
 def hello_sender(message: Any) -> str | None:
@@ -260,5 +318,4 @@ def hello_records(message: Any) -> list[Any]:
 
 def hello_downs(message: Any) -> int | None:
     """How many times the sender of a heartbeat took the receiver for down, or None."""
-    downs = message.get("downs") if isinstance(message, dict) else None
-    return downs if type(downs) is int else None
+    return hello_int(message, "downs")

@@ -16,6 +16,7 @@ import dataclasses
 import heapq
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -227,7 +228,7 @@ def build_routes(runtime: Runtime) -> QuartTrio:
 
     @app.route("/cluster/heartbeat", methods=["POST"])
     async def heartbeat() -> Response:
-        return json_response(handlers.heartbeat(codec.loads(await request.get_data())))
+        return json_response(await handlers.heartbeat(codec.loads(await request.get_data())))
 
     add_dashboard(app, runtime, handlers)
 
@@ -511,9 +512,9 @@ class Routes:
         """``/updateblooms``: fetch the peers' bloom filters now."""
         return {"updated": await self._router().gossip.refresh_filters()}
 
-    def heartbeat(self, hello: Any) -> dict[str, Any]:
+    def heartbeat(self, hello: Any) -> Awaitable[dict[str, Any]]:
         """``POST /cluster/heartbeat``: a peer's view of the membership in, this
-        node's out."""
+        node's out (see :meth:`Gossip.handle_heartbeat`)."""
         return self._router().gossip.handle_heartbeat(hello)
 
     def _router_if_any(self) -> Router | None:

@@ -12,7 +12,8 @@ have no timeouts of their own: the caller's cancel scope bounds them.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
@@ -209,11 +210,23 @@ async def open_router(
                     await table.aclose()
 
 
-def assemble(runtime: Runtime, me: str, peers: PeerClient) -> Router:
+def assemble(
+    runtime: Runtime,
+    me: str,
+    peers: PeerClient,
+    *,
+    wall_clock: Callable[[], int] = time.time_ns,
+) -> Router:
     """A clustered node's parts, wired once: its view, its directory, the membership
-    protocol and the call path; the runtime's calls then go through the router."""
+    protocol and the call path; the runtime's calls then go through the router.
+    ``wall_clock``: what membership versions start from (see :class:`Membership`)."""
     settings = runtime.settings
-    membership = Membership(me, misses_allowed=settings.heartbeat_misses, clock=trio.current_time)
+    membership = Membership(
+        me,
+        misses_allowed=settings.heartbeat_misses,
+        clock=trio.current_time,
+        wall_clock=wall_clock,
+    )
     # By default a down peer is asked about ids for ten heartbeats: long enough to
     # outlast a stall, short enough that a dead peer soon costs activations nothing.
     directory = Directory(
@@ -222,6 +235,7 @@ def assemble(runtime: Runtime, me: str, peers: PeerClient) -> Router:
         membership,
         suspicion=settings.suspicion or 10 * settings.heartbeat_interval,
         query_timeout=settings.query_timeout,
+        strict=settings.partition == "keep-majority",
     )
     runtime.catalog.observer = directory  # it keeps this node's filter
     gossip = Gossip(me, settings, runtime.catalog, membership, directory, peers)
@@ -229,6 +243,7 @@ def assemble(runtime: Runtime, me: str, peers: PeerClient) -> Router:
     runtime.router = router
     # Reminders' buckets are placed as actors are: each node loads its own.
     runtime.reminders.owns = lambda bucket: membership.owner(f"reminders/{bucket}") == me
+    runtime.reminders.placement = membership.placement
     for service in gossip.services():
         runtime.add_service(service)
     return router

@@ -15,9 +15,9 @@ from typing import Any
 
 import trio
 
-from .catalog import Factory
-from .node import Node, open_node
-from .storage.memory import MemoryStore, memory_store
+from ..catalog import Factory
+from ..node import Node, open_node
+from ..storage.memory import MemoryStore, memory_store
 
 __all__ = ["Cluster", "ClusterClient", "cluster"]
 
