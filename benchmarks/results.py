@@ -9,7 +9,8 @@ Every bound of issue 10 is a ratio of figures measured in the same run; the abso
 figures shown beside them are for reading, not for comparing across machines. Issue 12
 (durable state) adds one absolute bound, SQLite writes/s, beside a ratio to the
 thread-hop reference measured in the same rounds; issue 13 (timers and reminders)
-another, the memory of an idle actor with a timer, beside the same actor's without.
+another, the memory of an idle actor with a timer, beside the same actor's without;
+issue 16 (scale) bounds ratios of simulated figures between cluster sizes.
 """
 
 from __future__ import annotations
@@ -353,6 +354,37 @@ TARGETS: list[Target] = [
             f"{REMOTE}, one node",
             f"{REMOTE}, one node, forwarded",
             f"{REMOTE}, client / one node, CPU per call",
+        ),
+    ),
+    Target(
+        "issue 16: a node's cost flat in N (simulated, heartbeat 1 s): messages and bytes"
+        " an idle node sends per s at the largest N <= 1.5x at the smallest N, and the"
+        " time for a node that stops answering to be out everywhere <= 3x",
+        (
+            Bound("idle node, messages sent per s, largest / smallest N", "<=", 1.5),
+            Bound("idle node, bytes sent per s, largest / smallest N", "<=", 1.5),
+            Bound("a node stops answering: out everywhere, largest / smallest N", "<=", 3),
+        ),
+        tuple(
+            f"{what}, N={size}"
+            for what in (
+                "idle node, messages sent per s",
+                "idle node, bytes sent per s",
+                "idle node, filters fetched per s",
+                "a node stops answering: out everywhere",
+                "a node joins: placed everywhere",
+            )
+            for size in (10, 50, 100, 200)
+        ),
+    ),
+    Target(
+        "issue 16: real processes on loopback, heartbeat 0.5 s: CPU of an idle node at the"
+        " largest size <= 2x at the smallest (12 and 3 nodes; 4.5x before issue 16)",
+        (Bound("idle CPU per node, * nodes / * nodes", "<=", 2),),
+        tuple(
+            f"idle cluster of {size}, CPU per node, {what}"
+            for size in (3, 6, 12, 24)
+            for what in ("mean", "max")
         ),
     ),
 ]

@@ -9,7 +9,8 @@ Each benchmark also runs alone: ``python benchmarks/local_invoke.py``,
 ``python benchmarks/state.py``, ``python benchmarks/timers.py``,
 ``python benchmarks/http_invoke.py``, ``python benchmarks/workers.py``,
 ``python benchmarks/cluster.py``, ``python benchmarks/observability.py``,
-``python benchmarks/remote.py``. Figures are
+``python benchmarks/remote.py``, ``python benchmarks/simulation.py``,
+``python benchmarks/idle_cluster.py``. Figures are
 medians (with min and max) over the repetitions; on a shared machine, trust the ratios,
 measured in the same run, more than the absolute rates. The report (``--results``) adds
 the command, the date, the machine, whether each of the performance issues' targets was
@@ -26,17 +27,30 @@ from pathlib import Path
 
 import cluster
 import http_invoke
+import idle_cluster
 import local_invoke
 import observability
 import remote
 import results
+import simulation
 import state
 import timers
 import trio
 import workers
 from _common import common_arguments, table
 
-BENCHMARKS = ("local", "state", "timers", "http", "workers", "cluster", "observability", "remote")
+BENCHMARKS = (
+    "local",
+    "state",
+    "timers",
+    "http",
+    "workers",
+    "cluster",
+    "observability",
+    "remote",
+    "simulation",
+    "idle",
+)
 
 
 def main() -> None:
@@ -48,6 +62,8 @@ def main() -> None:
     state.arguments(parser)
     timers.arguments(parser)
     remote.arguments(parser)
+    simulation.arguments(parser)
+    idle_cluster.arguments(parser)
     parser.add_argument("--only", choices=BENCHMARKS, action="append", help="run just this one")
     parser.add_argument("--results", type=Path, help="also write a Markdown report to this file")
     args = parser.parse_args()
@@ -69,6 +85,10 @@ def main() -> None:
         figures += observability.run(**observability.options(args))
     if "remote" in only:
         figures += trio.run(partial(remote.run, **remote.options(args)))
+    if "simulation" in only:
+        figures += simulation.run(**simulation.options(args))
+    if "idle" in only:
+        figures += idle_cluster.run(**idle_cluster.options(args))
     print(f"python {platform.python_version()} on {platform.machine()}, {sys.platform}")
     print(table(figures))
     if args.results:

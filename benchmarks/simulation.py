@@ -2,7 +2,7 @@
 ``towtruck.testing`` (real nodes, a simulated network, trio's autojump clock).
 
     python benchmarks/simulation.py                    # N = 10, 50, 100, 200
-    python benchmarks/simulation.py --sizes 10 50 500  # others
+    python benchmarks/simulation.py --simulated-sizes 10 50 500  # others
     python benchmarks/simulation.py --quick            # N = 10 and 50, for CI
 
 For each N, with a heartbeat interval of 1 s and a network latency of 0.5-2 ms each
@@ -58,7 +58,9 @@ async def measure(sim: Simulation, size: int, figures: Figures) -> None:
     victim = sim.live[size // 2]
     sim.hang(victim)
     survivors = [node for node in sim.live if node is not victim]
-    figures.add(f"a node stops answering: out everywhere, {tag}", "s", await sim.converged(survivors))
+    figures.add(
+        f"a node stops answering: out everywhere, {tag}", "s", await sim.converged(survivors)
+    )
     sim.kill(victim)
     await trio.sleep(5)
     started = trio.current_time()
@@ -78,17 +80,26 @@ def run(*, sizes: tuple[int, ...], seed: int = 1) -> list[Figure]:
 
         simulate(scenario, Greeter, seed=seed, heartbeat_interval=1.0)
         figures.add(f"real seconds to simulate, N={size}", "s", time.perf_counter() - started)
+    low, high = f"N={min(sizes)}", f"N={max(sizes)}"
+    for what in ("idle node, messages sent per s", "idle node, bytes sent per s"):
+        ratio = figures[f"{what}, {high}"].median / figures[f"{what}, {low}"].median
+        figures.add(f"{what}, largest / smallest N", "x", ratio)
+    what = "a node stops answering: out everywhere"
+    ratio = figures[f"{what}, {high}"].median / figures[f"{what}, {low}"].median
+    figures.add(f"{what}, largest / smallest N", "x", ratio)
     return list(figures.values())
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:
     """This benchmark's own options."""
-    parser.add_argument("--sizes", type=int, nargs="+", help="cluster sizes (10 50 100 200)")
+    parser.add_argument(
+        "--simulated-sizes", type=int, nargs="+", help="simulated cluster sizes (10 50 100 200)"
+    )
 
 
 def options(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments of :func:`run` from the command line, ``--quick`` applied."""
-    sizes = args.sizes or ((10, 50) if args.quick else SIZES)
+    sizes = args.simulated_sizes or ((10, 50) if args.quick else SIZES)
     return {"sizes": tuple(sizes)}
 
 

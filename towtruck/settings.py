@@ -103,8 +103,8 @@ class Settings:
         3,
         "count",
         "A peer that fails a probe, and the same probe sent through others, is suspected;"
-        " suspected this many heartbeat intervals less one (at least one), it is out of"
-        " placement.",
+        " suspected this many heartbeat intervals less one (4 log10 N at least, in a"
+        " cluster of N nodes larger than probe_peers + 1), it is out of placement.",
     )
     probe_peers: int = _setting(
         3,

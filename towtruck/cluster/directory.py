@@ -120,6 +120,8 @@ class Directory:
         # filter held is older than that, or that have none held yet.
         self._versions: dict[str, int] = {}
         self._stale: set[str] = set()
+        # Per peer: when it last said it held no actors.
+        self._empty_at: dict[str, float] = {}
         #: Filters fetched, ever (a figure for benchmarks/).
         self.fetches = 0
         self._query_timeout = query_timeout
@@ -194,6 +196,7 @@ class Directory:
         if actors == 0 and self._membership.state(peer) is MemberState.ALIVE:
             self.filters[peer] = BloomFilter.empty(version)
             self._stale.discard(peer)
+            self._empty_at[peer] = trio.current_time()
         elif known is None or known.version != version:
             self._stale.add(peer)
 
@@ -301,10 +304,17 @@ class Directory:
                 nursery.start_soon(ask, actor_id, peer)
         return sorted(set(found))
 
-    async def refresh(self, *, fresh: bool = False, only: Iterable[str] | None = None) -> None:
+    async def refresh(
+        self,
+        *,
+        fresh: bool = False,
+        only: Iterable[str] | None = None,
+        empty_since: float | None = None,
+    ) -> None:
         """Fetch the filters of the live peers, and of removed peers that still held
         actors, that changed (by the version they said they have; ``fresh``: whatever
-        they said); keep the last filter of down peers. ``only``: of these peers alone.
+        they said); keep the last filter of down peers. ``only``: of these peers alone;
+        ``empty_since``: not those that said they held no actors since then.
 
         ``fresh`` asks the peers for their filter as it is now rather than one
         cached for up to half a ``bloom_interval``. A peer that does not answer
@@ -318,13 +328,9 @@ class Directory:
         if not fresh:  # only those that changed, and those removed that held actors
             self._stale &= set(holders)
             wanted &= self._stale | set(membership.peers(MemberState.REMOVED))
-        peers = [
-            p
-            for p in sorted(wanted)
-            if membership.state(p) is not MemberState.DOWN
-            # Said to be empty just now: fresh enough.
-            and not (p in self.filters and self.filters[p].count == 0 and p not in self._stale)
-        ]
+        if empty_since is not None:
+            wanted = {p for p in wanted if self._empty_at.get(p, -math.inf) < empty_since}
+        peers = [p for p in sorted(wanted) if membership.state(p) is not MemberState.DOWN]
 
         async def fetch(peer: str) -> None:
             known = self.filters.get(peer)

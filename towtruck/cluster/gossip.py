@@ -9,8 +9,8 @@ does not grow with the cluster: every heartbeat interval a node probes
 ``probe_peers`` peers, taking them in turn from a shuffled list (every peer, when it
 has no more than that). A peer that does not answer is probed again through
 ``indirect_probes`` others; if none reaches it, it is *suspected*, and a suspect not
-heard from again within ``heartbeat_misses - 1`` intervals is *down*: out of
-placement. What a node finds rides on the heartbeats as rumours
+heard from again within ``heartbeat_misses - 1`` intervals (at least ``4 log10 N`` in a
+cluster of N nodes larger than ``probe_peers + 1``) is *down*: out of placement. What a node finds rides on the heartbeats as rumours
 (:class:`~towtruck.cluster.membership.Membership`); a node that hears it is suspected
 answers with a higher incarnation. A peer that refuses a connection is down at once.
 Each heartbeat carries a digest of the sender's decisions: only when two digests
@@ -134,14 +134,14 @@ class Gossip:
         self._dns_failing = False
         self._probe_peers = settings.probe_peers
         self._indirect_probes = settings.indirect_probes
-        # A peer suspected this long is down (at least one interval).
-        self._suspect_for = settings.heartbeat_interval * max(1, settings.heartbeat_misses - 1)
+        self._misses = settings.heartbeat_misses
         self._keep_majority = settings.partition == "keep-majority"
         self._in_majority = True
         # The peers in the order they are probed, and the next one's place.
         self._probe_order: list[str] = []
         self._probe_next = 0
         self._probing: set[str] = set()  # the peers being probed now
+        self._suspected = trio.Event()  # set when a suspicion may have begun
         # When this node may next exchange every decision with a peer whose differ.
         self._sync_interval = 5 * settings.heartbeat_interval
         self._next_sync = -math.inf
@@ -157,6 +157,7 @@ class Gossip:
         refreshing the peers' filters."""
         services: list[Callable[[], Awaitable[None]]] = [
             self._heartbeat_periodically,
+            self._end_suspicions,
             self._settle_when_due,
             self._refresh_filters_periodically,
         ]
@@ -394,12 +395,16 @@ class Gossip:
             back, self._returned = self._returned, set()
             returned |= back
             alive = set(membership.peers(MemberState.ALIVE))
+            pushed_at = trio.current_time()
             # Only a node joining gains ids (rendezvous hashing moves ids to a node that
             # joins, never to the others): it makes sure every node knows it first.
             await self._push(sorted(alive if not seen else ()))
             await self._push(sorted(extra or ()), full=True)
             extra = None
-            await self.directory.refresh(fresh=True, only=changed | back)
+            # A peer that answered the push saying it holds no actors needs no fetch:
+            # it knew of this node then, and activates none of this node's ids since.
+            empty_since = pushed_at if not seen else None
+            await self.directory.refresh(fresh=True, only=changed | back, empty_since=empty_since)
             if membership.decisions == decisions and not self._returned:
                 break
         else:
@@ -491,8 +496,6 @@ class Gossip:
                 if peer not in self._probing:  # a probe takes up to two intervals
                     self._probing.add(peer)
                     probes.start_soon(self._probe, peer)
-            for peer in self.membership.overdue(self._suspect_for):
-                self._taken_out(peer, f"suspected for {self._suspect_for:g} s")
             await self._check_majority()
             if self._in_majority or not self._keep_majority:
                 expired = self.membership.expire(after=self._forget_after)
@@ -502,6 +505,27 @@ class Gossip:
                         set(self.membership.peers(MemberState.ALIVE, MemberState.DOWN))
                     )
             await trio.sleep_until(started + self._heartbeat_interval)
+
+    async def _end_suspicions(self) -> None:
+        """Take out of placement each suspect not heard from in time, as its time
+        comes (woken when a suspicion begins)."""
+        while True:
+            suspect_for = self._suspect_for()
+            for peer in self.membership.overdue(suspect_for):
+                self._taken_out(peer, f"suspected for {suspect_for:.3g} s")
+            due = self.membership.next_overdue(suspect_for)
+            with trio.move_on_at(min(due, trio.current_time() + self._heartbeat_interval)):
+                await self._suspected.wait()
+            self._suspected = trio.Event()
+
+    def _suspect_for(self) -> float:
+        """How long a suspect has to answer before it is down: ``heartbeat_misses - 1``
+        intervals; in a cluster larger than the peers probed each interval, where a
+        refutation takes longer to reach every node, 4 log10 N intervals at least (as
+        memberlist does)."""
+        size = len(self.membership.peers()) + 1
+        spread = 4 * math.log10(size) if size > self._probe_peers + 1 else 0.0
+        return self._heartbeat_interval * max(self._misses - 1, spread)
 
     def _probe_targets(self) -> list[str]:
         """The peers to probe this round: ``probe_peers`` of them, in turn from a list
@@ -546,6 +570,7 @@ class Gossip:
                 peer
             ) is MemberState.ALIVE and not await self._probe_through_others(peer):
                 self.membership.suspect(peer)
+                self._suspected.set()
             return
         if self._peers.stalled(peer, self._stall_after):
             # It answers heartbeats, but neither the calls on its lane nor a probe
@@ -671,7 +696,10 @@ class Gossip:
         if wire.hello_str(message, "digest") != self.membership.digest():  # else known
             records += wire.hello_records(message)
         merged = self._merge(records) if records else False
-        self._react(self.membership.take_in([item for item in gossip if "live" in item]), merged)
+        liveness = [item for item in gossip if "live" in item]
+        self._react(self.membership.take_in(liveness), merged)
+        if any(item["live"] == "suspect" for item in liveness):
+            self._suspected.set()
 
     def _react(self, heard: Heard, merged: bool) -> None:
         """Act on what a message changed: settle a change of decisions, log and act on
@@ -769,6 +797,8 @@ class Gossip:
         differ; ``probe``: the peer to probe on this node's behalf."""
         membership = self.membership
         gossip = membership.gossip(_GOSSIP_PER_MESSAGE)
+        if full:
+            gossip += membership.liveness()
         downs = None
         if peer is not None:
             downs = membership.downs(peer)

@@ -319,6 +319,11 @@ class Membership:
             return self._liveness(member, SUSPECT)
         return None
 
+    def liveness(self) -> list[dict[str, Any]]:
+        """What this node believes of every member it does not take for alive: sent
+        with every decision, so that a node joining learns who is down too."""
+        return [rumour for a in self._members if (rumour := self.rumour_about(a)) is not None]
+
     def take_in(self, items: Any) -> Heard:
         """Take in the rumours and records piggybacked on a message (malformed ones
         are skipped); returns what changed."""
@@ -403,6 +408,12 @@ class Membership:
             if m.suspected_at is not None and now - m.suspected_at >= after
         ]
         return [address for address in overdue if self.missed(address, certain=True)]
+
+    def next_overdue(self, after: float) -> float:
+        """When the first suspect will have been suspected ``after`` seconds (on the
+        membership's clock); infinity if none is suspected."""
+        times = [m.suspected_at for m in self._members.values() if m.suspected_at is not None]
+        return min(times) + after if times else math.inf
 
     def view(self) -> list[str]:
         """The agreed view (see the module's docstring), sorted."""

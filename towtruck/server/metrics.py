@@ -188,7 +188,7 @@ class _NodeCollector:
             for member in router.gossip.members():
                 counts[member["state"]] = counts.get(member["state"], 0) + 1
                 if member["state"] != "self":
-                    peer_up.add_metric([member["address"]], float(member["state"] == "up"))
+                    peer_up.add_metric([member["address"]], float(member["state"] == "alive"))
             for state, count in sorted(counts.items()):
                 members.add_metric([state], count)
         yield members
@@ -198,6 +198,16 @@ class _NodeCollector:
                 "towtruck_membership_decisions",
                 "Changes of membership this node has decided or learnt.",
                 value=router.membership.decisions,
+            )
+            yield CounterMetricFamily(
+                "towtruck_membership_messages",
+                "Probes and other membership messages this node has sent.",
+                value=router.gossip.sent,
+            )
+            yield CounterMetricFamily(
+                "towtruck_filter_fetches",
+                "Peers' bloom filters this node has fetched.",
+                value=router.directory.fetches,
             )
 
     def _store(self) -> Iterator[Metric]:
