@@ -80,7 +80,7 @@ async def serve_lane(
             status, body = await calls.answer(call)
             if len(body) > MAX_ANSWER:  # the runtime refuses them first
                 status, body = _too_large(len(body))
-            writer.send(wire.answer_frame(number, status, body), alone=running == 1)
+            writer.send(wire.answer_frame(number, status, body))
         finally:
             running -= 1
             if not running:

@@ -9,11 +9,11 @@ towtruck-lane``), and from the ``101`` on both ends exchange length-prefixed fra
 format and encodes and decodes them; this module only moves them).
 
 Calls are numbered by the caller; answers come back in any order, matched by number.
-Each side has one task that reads and one that writes; frames queued while a write is
-under way go out together in the next one, so under load many calls share a system
-call, while on a quiet lane a frame goes out at once from the task that made it. The
-answering side runs each call in a task of its own, kept after the answer for the
-next call. Websocket framing (masking every client frame, in Python) would buy nothing
+Each side has one task that reads and one that writes; the frames queued in one round
+of the scheduler, or while a write is under way, go out together in the next write, so
+under load many calls share a system call (:mod:`towtruck.transport.writer`). The
+answering side answers a call that cannot wait in its reader, and runs any other in a
+task of its own, kept after the answer for the next call. Websocket framing (masking every client frame, in Python) would buy nothing
 between two towtruck nodes. A peer that refuses the upgrade (a node served by stock
 Hypercorn, say) gets its calls as HTTP requests instead (:mod:`towtruck.transport.peers`).
 
@@ -110,9 +110,7 @@ class _Lane:
         reply = self._waiting[number] = Reply()
         self._due[number] = deadline
         try:
-            self._writer.send(
-                wire.frame(number, wire.CALL, envelope), alone=len(self._waiting) == 1
-            )
+            self._writer.send(wire.frame(number, wire.CALL, envelope))
             return await reply.wait()
         finally:
             self._waiting.pop(number, None)
