@@ -74,13 +74,15 @@ async def serve_lane(
     # costs a reschedule; spawning a task for every call cost about twice that.
     spare: list[trio.lowlevel.Task] = []
 
-    async def answer_one(number: int, call: wire.Call) -> None:
+    async def answer_one(
+        number: int, call: wire.Call, send: Callable[[bytes], None] = writer.send
+    ) -> None:
         nonlocal running, idle
         try:
             status, body = await calls.answer(call)
             if len(body) > MAX_ANSWER:  # the runtime refuses them first
                 status, body = _too_large(len(body))
-            writer.send(wire.answer_frame(number, status, body))
+            send(wire.answer_frame(number, status, body))
         finally:
             running -= 1
             if not running:
@@ -105,22 +107,25 @@ async def serve_lane(
         nonlocal running
         buffer, chunk = bytearray(initial), b""
         while True:
+            # What the reader answers itself goes out in one write once it has read
+            # all it can (writer.flush), without waking the lane's writer.
             for number, kind, body in wire.split(buffer):
                 if kind == wire.CALL:
                     try:
                         call = wire.decode_call(body)
                     except TowtruckError as exc:
-                        writer.send(wire.answer_frame(number, *calls.refuse(exc)))
+                        writer.hold(wire.answer_frame(number, *calls.refuse(exc)))
                         continue
                     running += 1  # counted now: shutdown waits for calls read, not started
                     if calls.answers_at_once(call):
-                        await answer_one(number, call)
+                        await answer_one(number, call, writer.hold)
                     elif spare:
                         trio.lowlevel.reschedule(spare.pop(), outcome.Value((number, call)))
                     else:
                         nursery.start_soon(take_calls, number, call)
                 elif kind == wire.PROBE:
-                    writer.send(wire.frame(number, wire.PROBED, b""))
+                    writer.hold(wire.frame(number, wire.PROBED, b""))
+            writer.flush()
             chunk = await sockets.receive(stream, _READ_SIZE, drained=len(chunk) < _READ_SIZE)
             if not chunk:
                 nursery.cancel_scope.cancel()  # the caller closed the lane

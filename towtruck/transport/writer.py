@@ -38,6 +38,26 @@ class FrameWriter:
             task, self._parked = self._parked, None
             trio.lowlevel.reschedule(task)
 
+    def hold(self, frame: bytes) -> None:
+        """Queue a frame without waking the writer: it goes out at the next
+        :meth:`flush`, or with the next write. Not a checkpoint."""
+        self._queued.append(frame)
+
+    def flush(self) -> None:
+        """Write what is queued now, from this task, unless a write is under way (then
+        it goes out next); what the socket does not take is left to the writer. For a
+        task that has just queued a batch of its own (a lane's reader, its answers to
+        one read): that saves waking the writer. Not a checkpoint."""
+        if not self._queued or self._writing:
+            return
+        frames, self._queued = self._queued, []
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        sent = sockets.send_now(self._stream, data)
+        if sent < len(data):
+            self.send(data[sent:])
+        else:
+            self._wrote_all()
+
     async def run(self) -> None:
         """Write what is queued, as it comes, until cancelled.
 
@@ -45,9 +65,10 @@ class FrameWriter:
             trio.BrokenResourceError: the lane broke.
         """
         while True:
-            if not self._queued:
+            if not self._queued:  # (or woken for frames flush() has sent since)
                 self._parked = trio.lowlevel.current_task()
                 await trio.lowlevel.wait_task_rescheduled(self._unpark)
+                continue
             frames, self._queued = self._queued, []
             data = frames[0] if len(frames) == 1 else b"".join(frames)
             sent = sockets.send_now(self._stream, data)
@@ -57,9 +78,12 @@ class FrameWriter:
                     await self._stream.send_all(data[sent:])
                 finally:
                     self._writing = False
-            if self._wrote is not None:
-                self._wrote.set()
-                self._wrote = None
+            self._wrote_all()
+
+    def _wrote_all(self) -> None:
+        if self._wrote is not None and not self._queued:
+            self._wrote.set()
+            self._wrote = None
 
     def _unpark(self, _: object) -> trio.lowlevel.Abort:
         self._parked = None
