@@ -108,7 +108,8 @@ async def serve_lane(
         buffer, chunk = bytearray(initial), b""
         while True:
             # What the reader answers itself goes out in one write once it has read
-            # all it can (writer.flush), without waking the lane's writer.
+            # all it can (writer.flush), without waking the lane's writer (if the
+            # reader is stopped before, with the writer's next write, or at drain).
             for number, kind, body in wire.split(buffer):
                 if kind == wire.CALL:
                     try:

@@ -34,9 +34,7 @@ class FrameWriter:
         """Queue a frame; it goes out once the tasks running now have had their turn.
         Not a checkpoint."""
         self._queued.append(frame)
-        if self._parked is not None:
-            task, self._parked = self._parked, None
-            trio.lowlevel.reschedule(task)
+        self._wake()
 
     def hold(self, frame: bytes) -> None:
         """Queue a frame without waking the writer: it goes out at the next
@@ -80,6 +78,11 @@ class FrameWriter:
                     self._writing = False
             self._wrote_all()
 
+    def _wake(self) -> None:
+        if self._parked is not None:
+            task, self._parked = self._parked, None
+            trio.lowlevel.reschedule(task)
+
     def _wrote_all(self) -> None:
         if self._wrote is not None and not self._queued:
             self._wrote.set()
@@ -90,8 +93,9 @@ class FrameWriter:
         return trio.lowlevel.Abort.SUCCEEDED
 
     async def drain(self) -> None:
-        """Wait until everything queued has been written."""
+        """Wait until everything queued has been written (held frames too)."""
         while self._queued or self._writing:
+            self._wake()
             if self._wrote is None:
                 self._wrote = trio.Event()
             await self._wrote.wait()
