@@ -24,6 +24,7 @@ from tests.fake_peer import FakePeer, answer
 from tests.helpers import FAST, TEST_SECONDS, owned_by, wait_until
 from towtruck.cluster import placement, wire
 from towtruck.cluster.membership import MemberState
+from towtruck.transport.writer import FrameWriter
 
 
 async def test_calls_to_a_peer_share_one_lane() -> None:
@@ -471,3 +472,16 @@ async def test_quick_calls_on_a_lane_are_answered_while_a_slow_one_runs() -> Non
                     assert await first.client.invoke(quick, "plain", n) == f"plain {n!r}"
                 assert done == [], "the quick calls did not wait for the slow one"
             assert done == ["slept"]
+
+
+async def test_frames_held_and_never_flushed_go_out_at_drain() -> None:
+    left, right = trio.socket.socketpair()
+    with left, right, trio.fail_after(TEST_SECONDS):
+        writer = FrameWriter(trio.SocketStream(left))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer.run)
+            await trio.testing.wait_all_tasks_blocked()
+            writer.hold(b"held")  # by a reader stopped before it flushed
+            await writer.drain()
+            nursery.cancel_scope.cancel()
+        assert await right.recv(100) == b"held"
