@@ -9,8 +9,10 @@ import socket
 from collections.abc import Callable
 from functools import partial
 from typing import Any
+from unittest.mock import ANY
 
 import httpx
+import orjson
 import pytest
 import trio
 from hypercorn.config import Config
@@ -22,6 +24,7 @@ from tests.fake_peer import FakePeer, answer
 from tests.helpers import FAST, TEST_SECONDS, owned_by, wait_until
 from towtruck.cluster import placement, wire
 from towtruck.cluster.membership import MemberState
+from towtruck.transport.writer import FrameWriter
 
 
 async def test_calls_to_a_peer_share_one_lane() -> None:
@@ -163,6 +166,38 @@ async def test_a_lane_sending_garbage_harms_only_itself(
                 response = await http.post(f"{node.url}/invoke/a/increment")
                 assert response.status_code == 200, response.text
             assert await node.client.invoke("a", "increment") == 2
+
+
+async def test_an_envelope_that_is_not_a_call_is_refused_and_the_lane_goes_on() -> None:
+    request = (
+        b"GET /cluster/lane HTTP/1.1\r\nhost: t\r\nconnection: upgrade\r\n"
+        b"upgrade: towtruck-lane\r\n\r\n"
+    )
+    call = wire.encode_call("a", "increment", None, (), 5.0, 1, existing=False)
+    with trio.fail_after(TEST_SECONDS):
+        async with towtruck.open_node(create_counter, **FAST) as node:
+            stream = await trio.open_tcp_stream(node.address.host, node.address.port)
+            async with stream:
+                await stream.send_all(request)
+                received = b""
+                while b"\r\n\r\n" not in received:
+                    received += await stream.receive_some()
+                buffer = bytearray(received.partition(b"\r\n\r\n")[2])
+                await stream.send_all(
+                    wire.frame(1, wire.CALL, b"not json")
+                    + wire.frame(2, wire.CALL, b'{"id": "a", "method": "m"}')
+                    + wire.frame(3, wire.CALL, call)
+                )
+                answers: dict[int, Any] = {}
+                while len(answers) < 3:
+                    for number, _, body in wire.split(buffer):
+                        answers[number] = wire.decode_answer(body)
+                    if len(answers) < 3:
+                        buffer += await stream.receive_some()
+    for number, error in ((1, towtruck.InvalidJSON), (2, towtruck.BadRequest)):
+        assert answers[number] == (error("").status, ANY), answers[number]
+        assert orjson.loads(answers[number][1])["error"]["type"] == error.__name__
+    assert answers[3] == (200, b"1")
 
 
 async def join_fake(http: httpx.AsyncClient, node: towtruck.Node, fake: FakePeer) -> list[str]:
@@ -437,3 +472,16 @@ async def test_quick_calls_on_a_lane_are_answered_while_a_slow_one_runs() -> Non
                     assert await first.client.invoke(quick, "plain", n) == f"plain {n!r}"
                 assert done == [], "the quick calls did not wait for the slow one"
             assert done == ["slept"]
+
+
+async def test_frames_held_and_never_flushed_go_out_at_drain() -> None:
+    left, right = trio.socket.socketpair()
+    with left, right, trio.fail_after(TEST_SECONDS):
+        writer = FrameWriter(trio.SocketStream(left))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer.run)
+            await trio.testing.wait_all_tasks_blocked()
+            writer.hold(b"held")  # by a reader stopped before it flushed
+            await writer.drain()
+            nursery.cancel_scope.cancel()
+        assert await right.recv(100) == b"held"

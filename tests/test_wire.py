@@ -16,7 +16,6 @@ def test_a_call_decodes_as_it_was_encoded() -> None:
     assert wire.decode_call(envelope) == wire.Call(
         "a1", "add", {"x": [1, 2]}, ("caller",), 2.5, 2, True
     )
-    assert wire.call_target(envelope) == ("a1", "add")
 
 
 @pytest.mark.parametrize(
@@ -47,8 +46,6 @@ def test_a_broken_envelope_is_refused_as_documented(envelope: bytes, error: type
 @settings(max_examples=200, derandomize=True)
 @given(st.binary(max_size=200) | st.from_regex(rb'\{"id": .{0,20}, "method": .{0,20}\}'))
 def test_any_bytes_decode_or_raise_the_documented_errors(envelope: bytes) -> None:
-    target = wire.call_target(envelope)
-    assert target is None or all(isinstance(part, str) for part in target)
     try:
         call = wire.decode_call(envelope)
     except (InvalidJSON, BadRequest, InvalidActorId):

@@ -23,10 +23,10 @@ import trio
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope, Scope
 
 from .. import codec, tracing
-from ..calls import CallContext, HookContext
+from ..calls import CallContext
 from ..catalog import Factory
 from ..cluster import wire
-from ..cluster.credentials import check_cluster_key, key_headers
+from ..cluster.credentials import check_cluster_key
 from ..errors import (
     BadRequest,
     InternalError,
@@ -40,6 +40,7 @@ from ..runtime import Runtime
 from ..settings import Settings
 from ..transport.lane_server import serve_lane
 from .access import AccessLog, LoggedSend
+from .forwarded import ForwardedCalls
 from .limits import body_too_large
 from .routes import build_routes
 
@@ -93,9 +94,7 @@ class App:
         self.routes = build_routes(runtime)
         self._debug = runtime.settings.debug
         self._cluster_key = runtime.settings.cluster_key
-        self._trusted = [
-            (k.encode(), v.encode()) for k, v in key_headers(self._cluster_key).items()
-        ]
+        self._forwarded = ForwardedCalls(runtime, debug=self._debug)
         #: Largest request body accepted, in bytes.
         self.max_body = runtime.settings.max_body
         #: Writes a line per request (``access_log``), or None.
@@ -174,7 +173,7 @@ class App:
                 status, answer = 200, await self._invoke(verb, raw_path, body, headers)
             else:
                 self.check_cluster_key(headers)
-                status, answer = 200, await self._forwarded(body)
+                status, answer = 200, await self._forwarded.run(wire.decode_call(body))
         except TowtruckError as exc:
             return self._refusal(exc)
         except Exception as exc:
@@ -211,20 +210,7 @@ class App:
         stopping: Callable[[], Awaitable[object]],
     ) -> None:
         """Answer the calls a peer sends on a lane (see :mod:`towtruck.transport.lanes`)."""
-        await serve_lane(stream, initial, self._answer_forwarded, stopping, self._answers_at_once)
-
-    def _answers_at_once(self, envelope: bytes) -> bool:
-        """Whether a forwarded call will be answered without waiting for anything (see
-        :func:`towtruck.transport.lane_server.serve_lane`). Not a checkpoint."""
-        target = wire.call_target(envelope)
-        return target is not None and self.runtime.catalog.answers_at_once(*target)
-
-    async def _answer_forwarded(self, envelope: bytes) -> tuple[int, bytes]:
-        # A lane's calls are trusted: the key was checked when the lane was opened.
-        status, _, answer = await self.respond(
-            "POST", wire.FORWARD_PATH, envelope, headers=self._trusted
-        )
-        return status, answer
+        await serve_lane(stream, initial, self._forwarded, stopping)
 
     async def _invoke(
         self, verb: str, raw_path: bytes, body: bytes, headers: Iterable[tuple[bytes, bytes]]
@@ -255,18 +241,6 @@ class App:
                 trace = tracing.from_traceparent(value.decode("latin-1"))
         context = CallContext((), trio.current_time() + timeout, caller_yields=True, trace=trace)
         return await self.runtime.invoke(actor_id, method, data, context)
-
-    async def _forwarded(self, body: bytes) -> bytes:
-        """``POST /cluster/forward``: a call another node sent on, with its context."""
-        call = wire.decode_call(body)
-        timeout = min(call.timeout, self._call_timeout)
-        kind = HookContext if call.hook else CallContext
-        context = kind(call.chain, trio.current_time() + timeout, call.hops, caller_yields=True)
-        if call.traceparent is not None:
-            context.trace = tracing.from_traceparent(call.traceparent)
-        return await self.runtime.invoke(
-            call.actor_id, call.method, call.data, context, existing=call.existing
-        )
 
     async def _read_body(self, scope: HTTPScope, receive: ASGIReceiveCallable) -> bytes:
         for name, value in scope["headers"]:

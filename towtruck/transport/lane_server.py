@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Final, Protocol
 
 import outcome
 import trio
 
 from .. import codec
 from ..cluster import wire
-from ..errors import ResultTooLarge
+from ..errors import ResultTooLarge, TowtruckError
 from ..runtime import MAX_ANSWER
 from . import sockets
 from .writer import FrameWriter
 
-__all__ = ["serve_lane"]
+__all__ = ["Answerer", "serve_lane"]
 
 logger = logging.getLogger("towtruck.cluster")
 
@@ -31,25 +31,41 @@ def _too_large(size: int) -> tuple[int, bytes]:
     return error.status, codec.error_body(error)
 
 
+class Answerer(Protocol):
+    """What answers a lane's calls (:class:`towtruck.server.forwarded.ForwardedCalls`)."""
+
+    async def answer(self, call: wire.Call) -> tuple[int, bytes]:
+        """Run ``call``: the HTTP status and the answer's body, as ``POST
+        /cluster/forward`` would answer (errors as JSON; raises nothing else)."""
+        ...
+
+    def refuse(self, error: TowtruckError) -> tuple[int, bytes]:
+        """The status and body that answer with ``error``."""
+        ...
+
+    def answers_at_once(self, call: wire.Call) -> bool:
+        """Whether ``call`` will be answered without waiting for anything."""
+        ...
+
+
 async def serve_lane(
     stream: trio.SocketStream,
     initial: bytes,
-    answer: Callable[[bytes], Awaitable[tuple[int, bytes]]],
+    calls: Answerer,
     stopping: Callable[[], Awaitable[object]],
-    at_once: Callable[[bytes], bool] = lambda envelope: False,
 ) -> None:
     """The answering end of a lane: run each call as it arrives (concurrently), send
     each answer as it is ready, until the caller closes the lane or ``stopping()``
     returns (the server is shutting down: the calls already read are answered, then
     the lane closes).
 
-    ``answer(envelope)`` returns the HTTP status and the answer's body, as
-    ``POST /cluster/forward`` would. If the caller closes the lane, the calls still
-    running are abandoned (cancelled where they wait; turns already running finish).
-    A call ``at_once(envelope)`` says will be answered without waiting for anything
-    (its actor is idle, its method cannot suspend) is answered by the reader itself:
-    handing it to another task cost a tenth of a forwarded call. (If it waits after
-    all, the calls behind it on the lane wait too, no longer.)
+    Each envelope is decoded once, here: one that is not a call's is refused with
+    ``calls.refuse``. If the caller closes the lane, the calls still running are
+    abandoned (cancelled where they wait; turns already running finish). A call
+    ``calls.answers_at_once`` (its actor is idle, its method cannot suspend) is
+    answered by the reader itself: handing it to another task cost a tenth of a
+    forwarded call. (If it waits after all, the calls behind it on the lane wait too,
+    no longer.)
     """
     writer = FrameWriter(stream)
     running = 0
@@ -58,20 +74,22 @@ async def serve_lane(
     # costs a reschedule; spawning a task for every call cost about twice that.
     spare: list[trio.lowlevel.Task] = []
 
-    async def answer_one(number: int, envelope: bytes) -> None:
+    async def answer_one(
+        number: int, call: wire.Call, send: Callable[[bytes], None] = writer.send
+    ) -> None:
         nonlocal running, idle
         try:
-            status, body = await answer(envelope)
+            status, body = await calls.answer(call)
             if len(body) > MAX_ANSWER:  # the runtime refuses them first
                 status, body = _too_large(len(body))
-            writer.send(wire.answer_frame(number, status, body), alone=running == 1)
+            send(wire.answer_frame(number, status, body))
         finally:
             running -= 1
             if not running:
                 idle.set()
                 idle = trio.Event()
 
-    async def take_calls(number: int, envelope: bytes) -> None:
+    async def take_calls(number: int, call: wire.Call) -> None:
         task = trio.lowlevel.current_task()
 
         def abort(_: object) -> trio.lowlevel.Abort:
@@ -79,27 +97,36 @@ async def serve_lane(
             return trio.lowlevel.Abort.SUCCEEDED
 
         while True:
-            await answer_one(number, envelope)
+            await answer_one(number, call)
             if len(spare) >= _SPARE_TASKS:
                 return
             spare.append(task)
-            number, envelope = await trio.lowlevel.wait_task_rescheduled(abort)
+            number, call = await trio.lowlevel.wait_task_rescheduled(abort)
 
     async def read(nursery: trio.Nursery) -> None:
         nonlocal running
         buffer, chunk = bytearray(initial), b""
         while True:
+            # What the reader answers itself goes out in one write once it has read
+            # all it can (writer.flush), without waking the lane's writer (if the
+            # reader is stopped before, with the writer's next write, or at drain).
             for number, kind, body in wire.split(buffer):
                 if kind == wire.CALL:
+                    try:
+                        call = wire.decode_call(body)
+                    except TowtruckError as exc:
+                        writer.hold(wire.answer_frame(number, *calls.refuse(exc)))
+                        continue
                     running += 1  # counted now: shutdown waits for calls read, not started
-                    if at_once(body):
-                        await answer_one(number, body)
+                    if calls.answers_at_once(call):
+                        await answer_one(number, call, writer.hold)
                     elif spare:
-                        trio.lowlevel.reschedule(spare.pop(), outcome.Value((number, body)))
+                        trio.lowlevel.reschedule(spare.pop(), outcome.Value((number, call)))
                     else:
-                        nursery.start_soon(take_calls, number, body)
+                        nursery.start_soon(take_calls, number, call)
                 elif kind == wire.PROBE:
-                    writer.send(wire.frame(number, wire.PROBED, b""))
+                    writer.hold(wire.frame(number, wire.PROBED, b""))
+            writer.flush()
             chunk = await sockets.receive(stream, _READ_SIZE, drained=len(chunk) < _READ_SIZE)
             if not chunk:
                 nursery.cancel_scope.cancel()  # the caller closed the lane

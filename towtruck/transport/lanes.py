@@ -9,11 +9,11 @@ towtruck-lane``), and from the ``101`` on both ends exchange length-prefixed fra
 format and encodes and decodes them; this module only moves them).
 
 Calls are numbered by the caller; answers come back in any order, matched by number.
-Each side has one task that reads and one that writes; frames queued while a write is
-under way go out together in the next one, so under load many calls share a system
-call, while on a quiet lane a frame goes out at once from the task that made it. The
-answering side runs each call in a task of its own, kept after the answer for the
-next call. Websocket framing (masking every client frame, in Python) would buy nothing
+Each side has one task that reads and one that writes; the frames queued in one round
+of the scheduler, or while a write is under way, go out together in the next write, so
+under load many calls share a system call (:mod:`towtruck.transport.writer`). The
+answering side answers a call that cannot wait in its reader, and runs any other in a
+task of its own, kept after the answer for the next call. Websocket framing (masking every client frame, in Python) would buy nothing
 between two towtruck nodes. A peer that refuses the upgrade (a node served by stock
 Hypercorn, say) gets its calls as HTTP requests instead (:mod:`towtruck.transport.peers`).
 
@@ -42,7 +42,6 @@ import outcome
 import trio
 
 from .. import codec
-from ..calls import Reply
 from ..cluster import wire
 from ..errors import (
     CallInterrupted,
@@ -74,8 +73,8 @@ class _Lane:
         self._stream = stream
         self._writer = FrameWriter(stream)
         self._numbers = itertools.count()
-        self._waiting: dict[int, Reply] = {}
-        self._due: dict[int, float] = {}  # each waiting call's deadline
+        # The calls waiting for answers: each one's task (parked) and deadline.
+        self._waiting: dict[int, tuple[trio.lowlevel.Task, float]] = {}
         #: When the last bytes came in from the peer, on trio's clock.
         self.received_at = trio.current_time()
         # When :meth:`stalled` first saw calls waiting (None: it saw none).
@@ -101,22 +100,25 @@ class _Lane:
         return False
 
     async def call(self, envelope: bytes, deadline: float) -> bytes:
-        """Send a call and wait for its answer (see :meth:`Lanes.call`)."""
+        """Send a call and wait for its answer (see :meth:`Lanes.call`). A checkpoint;
+        if cancelled, the call is abandoned here (its answer is dropped when it comes)."""
         if self.broken:
             raise PeerUnavailable(f"the lane to {self.peer} is closed", peer=self.peer)
         if len(envelope) > wire.MAX_FRAME:
             raise PayloadTooLarge(f"a call of {len(envelope)} bytes is over {wire.MAX_FRAME}")
         number = next(self._numbers)
-        reply = self._waiting[number] = Reply()
-        self._due[number] = deadline
-        try:
-            self._writer.send(
-                wire.frame(number, wire.CALL, envelope), alone=len(self._waiting) == 1
-            )
-            return await reply.wait()
-        finally:
+        call = wire.frame(number, wire.CALL, envelope)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
             self._waiting.pop(number, None)
-            self._due.pop(number, None)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        # The task parks itself, as trio's channels do: its answer (or error) is sent
+        # straight into it by _settle, with no slot in between.
+        self._waiting[number] = (trio.lowlevel.current_task(), deadline)
+        self._writer.send(call)
+        answer: bytes = await trio.lowlevel.wait_task_rescheduled(abort)
+        return answer
 
     async def _expire(self) -> None:
         """Fail the calls still waiting past their deadlines, every ``_EXPIRY_TICK``.
@@ -129,15 +131,12 @@ class _Lane:
         while True:
             await trio.sleep(_EXPIRY_TICK)
             now = trio.current_time()
-            for number, due in list(self._due.items()):
+            for number, (_, due) in list(self._waiting.items()):
                 if now >= due:
-                    del self._due[number]
-                    reply = self._waiting.pop(number, None)
-                    if reply is not None:
-                        error = CallTimeout(
-                            f"no answer from {self.peer} by the call's deadline", node=self.peer
-                        )
-                        reply.set(outcome.Error(error))
+                    error = CallTimeout(
+                        f"no answer from {self.peer} by the call's deadline", node=self.peer
+                    )
+                    self._settle(number, outcome.Error(error))
 
     async def run(self, initial: bytes) -> None:
         """Read answers until the lane breaks; then fail the calls still waiting."""
@@ -164,32 +163,39 @@ class _Lane:
             self.broken = True
             # They were sent, or about to be: they may have run. One error each: an
             # exception raised in several tasks would chain their tracebacks.
-            for reply in self._waiting.values():
+            for number in list(self._waiting):
                 error = CallInterrupted(f"the lane to {self.peer} closed", peer=self.peer)
-                reply.set(outcome.Error(error))
-            self._waiting.clear()
+                self._settle(number, outcome.Error(error))
             self._stream.socket.close()
 
     def _dispatch(self, frames: list[tuple[int, bytes, bytes]]) -> None:
         for number, kind, body in frames:
             if kind != wire.ANSWER:
                 continue  # a probe's reply (its arrival was the point), or unknown
-            reply = self._waiting.pop(number, None)
-            if reply is None:
+            waiting = self._waiting.pop(number, None)
+            if waiting is None:
                 continue  # its caller gave up
+            task = waiting[0]
             answer = wire.decode_answer(body)
             if answer is None:
-                reply.set(outcome.Error(InternalError(f"{self.peer} sent a broken answer")))
+                error = InternalError(f"{self.peer} sent a broken answer")
+                trio.lowlevel.reschedule(task, outcome.Error(error))
                 continue
             status, body = answer
             if status == 200:
-                reply.set(outcome.Value(body))
+                trio.lowlevel.reschedule(task, outcome.Value(body))
             else:
                 try:
                     payload = codec.loads(body)
                 except InvalidJSON:
                     payload = None
-                reply.set(outcome.Error(from_payload(payload, status)))
+                trio.lowlevel.reschedule(task, outcome.Error(from_payload(payload, status)))
+
+    def _settle(self, number: int, result: outcome.Outcome[bytes]) -> None:
+        """Wake call ``number``'s task with ``result``, if it still waits."""
+        waiting = self._waiting.pop(number, None)
+        if waiting is not None:
+            trio.lowlevel.reschedule(waiting[0], result)
 
 
 class Lanes:
@@ -214,6 +220,12 @@ class Lanes:
         #: Peers that refused a lane, and when: their calls go as HTTP requests for a
         #: while (a node served by stock Hypercorn, say), then they are asked again.
         self.refused: dict[str, float] = {}
+
+    def ready(self, peer: str) -> _Lane | None:
+        """The lane to ``peer`` if one is open: :meth:`call` on it, then, is
+        :meth:`Lanes.call` with nothing to open. Not a checkpoint."""
+        lane = self._lanes.get(peer)
+        return None if lane is None or lane.broken else lane
 
     async def call(self, peer: str, envelope: bytes, deadline: float) -> bytes | None:
         """Send a call's envelope to ``peer`` and return the answer (its result as

@@ -93,6 +93,9 @@ class HttpPeers:
         if it takes no lanes; the answer is the result as JSON. See
         :class:`~towtruck.cluster.directory.PeerClient` for errors."""
         if self._lanes is not None:
+            lane = self._lanes.ready(peer)
+            if lane is not None:  # the usual way, in as few steps as it takes
+                return await lane.call(envelope, deadline)
             answer = await self._lanes.call(peer, envelope, deadline)
             if answer is not None:
                 return answer
