@@ -403,11 +403,17 @@ class Membership:
         (and say so); returns their addresses."""
         now = self._now()
         overdue = [
-            m.address
+            m
             for m in self._members.values()
-            if m.suspected_at is not None and now - m.suspected_at >= after
+            # As next_overdue adds them: the suspect is due exactly when it says.
+            if m.suspected_at is not None and m.suspected_at + after <= now
         ]
-        return [address for address in overdue if self.missed(address, certain=True)]
+        down = []
+        for member in overdue:
+            if self.missed(member.address, certain=True):
+                down.append(member.address)
+            member.suspected_at = None  # down now, or no longer in the cluster
+        return down
 
     def next_overdue(self, after: float) -> float:
         """When the first suspect will have been suspected ``after`` seconds (on the
