@@ -543,6 +543,35 @@ def how_fast(figures: list[Figure]) -> list[str]:
             f"{m('idle actor memory (* actors)')} bytes per idle actor",
         )
 
+    def membership() -> tuple[str, str]:
+        return (
+            "an idle node of 200 (simulated) sends"
+            f" {m('idle node, messages sent per s, largest / smallest N')}x the messages"
+            " and"
+            f" {m('idle node, bytes sent per s, largest / smallest N')}x the bytes of one"
+            " of 10; a node that stops answering is out everywhere in"
+            f" {m('a node stops answering: out everywhere, largest / smallest N')}x the"
+            " time",
+            f"{m('idle node, messages sent per s, N=200')} messages,"
+            f" {m('idle node, bytes sent per s, N=200')} bytes and"
+            f" {m('idle node, filters fetched per s, N=200')} filter fetches a second per"
+            " node (heartbeat 1 s); out everywhere in"
+            f" {m('a node stops answering: out everywhere, N=200')} s",
+        )
+
+    def idle() -> tuple[str, str]:
+        ratio = _find(by_name, "idle CPU per node, * nodes / * nodes")
+        if ratio is None:
+            raise LookupError("idle cluster not measured")
+        high, low = re.findall(r"\d+", ratio.name)[:2]
+        return (
+            f"an idle node of a cluster of {high} uses {num(ratio.median)}x the CPU of one"
+            f" of a cluster of {low}",
+            f"{m(f'idle cluster of {low}, CPU per node, mean')}% of a core per idle node of"
+            f" {low}, {m(f'idle cluster of {high}, CPU per node, mean')}% of one of {high}"
+            " (heartbeat 0.5 s)",
+        )
+
     rows: list[tuple[str, Callable[[], tuple[str, str]]]] = [
         (
             "one node process, `GET /invoke/1/hello`, one hot actor",
@@ -562,6 +591,8 @@ def how_fast(figures: list[Figure]) -> list[str]:
         ("a call reading persistent state (1,000 actors, 100 callers)", reads),
         ("first calls to actors with persistent state (each claims the actor)", claims),
         ("reminder ticks delivered, one node", reminders),
+        ("membership of an idle cluster, 10 to 200 nodes (simulated)", membership),
+        ("an idle cluster of real processes on loopback", idle),
     ]
     lines = []
     for what, row in rows:

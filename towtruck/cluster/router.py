@@ -100,16 +100,12 @@ class Router:
         if not self.gossip.settled:
             await self.gossip.wait_settled(context.deadline)
             return await self.invoke(actor_id, method, data, context)  # the view moved
-        if not self.gossip.activating:
-            raise MinorityPartition(
-                f"actor {actor_id!r} is not active here, and this node reaches only"
-                f" {len(self.membership.placement())} of the cluster's"
-                f" {len(self.membership.view())} nodes: it activates nothing until it"
-                " reaches a majority again (partition=keep-majority)",
-                actor=actor_id,
-                node=self.me,
-            )
-        holder = await self.directory.locate(actor_id, context.deadline)
+        try:
+            holder = await self.directory.locate(actor_id, context.deadline)
+        except PeerUnavailable:  # an unreachable node may hold it: activating must wait
+            if self.gossip.activating:
+                raise
+            holder = None  # this node would not activate it anyway: say why, below
         if holder is not None:
             try:
                 return await self._forward(holder, actor_id, method, data, context, existing=True)
@@ -117,6 +113,15 @@ class Router:
                 self.directory.forget(actor_id)
         if self.membership.owner(actor_id) != self.me or not self.gossip.settled:
             return await self.invoke(actor_id, method, data, context)  # moved meanwhile
+        if not self.gossip.activating:  # an activation it can reach still serves, above
+            raise MinorityPartition(
+                f"actor {actor_id!r} is active nowhere this node can reach, and it reaches"
+                f" only {len(self.membership.placement())} of the cluster's"
+                f" {len(self.membership.view())} nodes: it activates nothing until it"
+                " reaches a majority again (partition=keep-majority)",
+                actor=actor_id,
+                node=self.me,
+            )
         return await self._catalog.invoke(actor_id, method, data, context)
 
     async def _forward(
