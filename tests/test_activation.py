@@ -334,6 +334,10 @@ import signal
 import trio
 import towtruck
 
+# Ctrl-C as a terminal delivers it, even where the tests run in the background (a
+# shell starts background commands with SIGINT ignored).
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 @trio.lowlevel.enable_ki_protection
 def ctrl_c_protected():
     signal.raise_signal(signal.SIGINT)
