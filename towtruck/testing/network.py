@@ -33,8 +33,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import orjson
 import trio
 
-from .. import codec, tracing
-from ..calls import CallContext, HookContext
+from .. import codec
 from ..cluster import wire
 from ..errors import CallTimeout, PeerUnavailable, TowtruckError, from_payload
 
@@ -176,16 +175,7 @@ class SimulatedPeers:
 
     @staticmethod
     async def _answer_call(node: SimulatedNode, envelope: bytes) -> bytes:
-        call = wire.decode_call(envelope)
-        kind = HookContext if call.hook else CallContext
-        context = kind(
-            call.chain, trio.current_time() + call.timeout, call.hops, caller_yields=True
-        )
-        if call.traceparent is not None:
-            context.trace = tracing.from_traceparent(call.traceparent)
-        return await node.runtime.invoke(
-            call.actor_id, call.method, call.data, context, existing=call.existing
-        )
+        return await node.forwarded.run(wire.decode_call(envelope))
 
 
 async def _answer_heartbeat(node: SimulatedNode, hello: Any) -> Any:

@@ -40,6 +40,7 @@ from ..catalog import Factory
 from ..cluster.membership import MemberState
 from ..cluster.router import Router
 from ..runtime import Runtime
+from ..server.forwarded import ForwardedCalls
 from ..server.routes import Routes
 from ..settings import Settings
 from ..transport.peers import assemble, stop_member
@@ -72,6 +73,8 @@ class SimulatedNode:
         self.runtime = runtime
         self.router = router
         self.routes = Routes(runtime)
+        #: Runs the calls peers forward here, as a served node's lanes do.
+        self.forwarded = ForwardedCalls(runtime, debug=runtime.settings.debug)
         self.scope = trio.CancelScope()
 
     @property
