@@ -64,6 +64,7 @@ from . import discovery, wire
 from .credentials import KeyRefusals
 from .directory import Directory, PeerClient
 from .duplicates import Duplicates, give_up
+from .health import LocalHealth
 from .membership import Heard, Membership, MemberState
 
 if TYPE_CHECKING:
@@ -90,6 +91,8 @@ class Gossip:
         membership: The view it keeps.
         directory: Where actors are: the filters it refreshes.
         peers: The client to talk to peers with.
+        health: How late this node's timers run (see :mod:`~towtruck.cluster.health`);
+            a new one if not given.
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class Gossip:
         membership: Membership,
         directory: Directory,
         peers: PeerClient,
+        health: LocalHealth | None = None,
     ) -> None:
         self.me = me
         self.membership = membership
@@ -109,7 +113,6 @@ class Gossip:
         self._protocol_timeout = settings.protocol_timeout
         self._heartbeat_interval = settings.heartbeat_interval
         # A lane with calls waiting and nothing from the peer for this long is stalled.
-        self._stall_after = settings.heartbeat_interval * settings.heartbeat_misses
         self._bloom_interval = settings.bloom_interval
         self._settled = trio.Event()  # set once the view is settled: see the module doc
         self._settle_due = trio.Event()
@@ -142,6 +145,8 @@ class Gossip:
         self._probe_next = 0
         self._probing: set[str] = set()  # the peers being probed now
         self._suspected = trio.Event()  # set when a suspicion may have begun
+        #: How late this node's own timers fire: its timeouts grow while they do.
+        self.health = health or LocalHealth(settings.heartbeat_interval)
         # When this node may next exchange every decision with a peer whose differ.
         self._sync_interval = 5 * settings.heartbeat_interval
         self._next_sync = -math.inf
@@ -505,6 +510,7 @@ class Gossip:
                         set(self.membership.peers(MemberState.ALIVE, MemberState.DOWN))
                     )
             await trio.sleep_until(started + self._heartbeat_interval)
+            self.health.fired(trio.current_time() - started - self._heartbeat_interval, round_=True)
 
     async def _end_suspicions(self) -> None:
         """Take out of placement each suspect not heard from in time, as its time
@@ -513,9 +519,14 @@ class Gossip:
             suspect_for = self._suspect_for()
             for peer in self.membership.overdue(suspect_for):
                 self._taken_out(peer, f"suspected for {suspect_for:.3g} s")
-            due = self.membership.next_overdue(suspect_for)
-            with trio.move_on_at(min(due, trio.current_time() + self._heartbeat_interval)):
+            wake = min(
+                self.membership.next_overdue(suspect_for),
+                trio.current_time() + self._heartbeat_interval,
+            )
+            with trio.move_on_at(wake) as waiting:
                 await self._suspected.wait()
+            if waiting.cancelled_caught:
+                self.health.fired(trio.current_time() - wake)
             self._suspected = trio.Event()
 
     def _suspect_for(self) -> float:
@@ -525,7 +536,12 @@ class Gossip:
         memberlist does)."""
         size = len(self.membership.peers()) + 1
         spread = 4 * math.log10(size) if size > self._probe_peers + 1 else 0.0
-        return self._heartbeat_interval * max(self._misses - 1, spread)
+        return self._timeout() * max(self._misses - 1, spread)
+
+    def _timeout(self) -> float:
+        """How long a probe waits for an answer: an interval, longer while this node's
+        own timers run late (see ``health``)."""
+        return self._heartbeat_interval * self.health.multiplier
 
     def _probe_targets(self) -> list[str]:
         """The peers to probe this round: ``probe_peers`` of them, in turn from a list
@@ -557,10 +573,13 @@ class Gossip:
             self._probing.discard(peer)
 
     async def _probe_once(self, peer: str) -> None:
+        deadline = trio.current_time() + self._timeout()
         try:
-            with trio.fail_after(self._heartbeat_interval):
+            with trio.fail_at(deadline):
                 reply = await self._exchange(peer)
         except (TowtruckError, trio.TooSlowError) as exc:
+            if isinstance(exc, trio.TooSlowError):
+                self.health.fired(trio.current_time() - deadline)
             if isinstance(exc, (Unauthorized, Forbidden)):
                 self._key_refusals.refused(peer, exc)
             if isinstance(exc, TowtruckError) and exc.details.get("delivered") is False:
@@ -572,14 +591,15 @@ class Gossip:
                 self.membership.suspect(peer)
                 self._suspected.set()
             return
-        if self._peers.stalled(peer, self._stall_after):
+        stall_after = self._timeout() * self._misses
+        if self._peers.stalled(peer, stall_after):
             # It answers heartbeats, but neither the calls on its lane nor a probe
             # there: calls sent to it would wait for their deadlines. As good as down.
             if self.membership.missed(peer, certain=True):
                 self._taken_out(
                     peer,
                     f"answers heartbeats but nothing on its lane, calls waiting,"
-                    f" for {self._stall_after:g} s",
+                    f" for {stall_after:.3g} s",
                 )
             else:
                 self._peers.interrupt(peer)
@@ -603,10 +623,12 @@ class Gossip:
                 reached = True
                 nursery.cancel_scope.cancel()
 
-        with trio.move_on_after(self._heartbeat_interval):
+        with trio.move_on_after(self._timeout()) as waiting:
             async with trio.open_nursery() as nursery:
                 for helper in helpers:
                     nursery.start_soon(ask, helper)
+        if waiting.cancelled_caught:
+            self.health.fired(trio.current_time() - waiting.deadline)
         if reached:
             self.membership.heard_from(peer)
         return reached

@@ -209,6 +209,17 @@ class _NodeCollector:
                 "Peers' bloom filters this node has fetched.",
                 value=router.directory.fetches,
             )
+            yield GaugeMetricFamily(
+                "towtruck_detector_multiplier",
+                "What the failure detector multiplies its timeouts by while this node's"
+                " own timers run late (1: on time).",
+                value=router.gossip.health.multiplier,
+            )
+            yield CounterMetricFamily(
+                "towtruck_detector_late_timers",
+                "Failure detector timers that fired over a quarter interval late.",
+                value=router.gossip.health.late,
+            )
 
     def _store(self) -> Iterator[Metric]:
         store = self._runtime.store.opened

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Final
 
@@ -205,7 +205,7 @@ class Lanes:
         self,
         nursery: trio.Nursery,
         headers: dict[str, str],
-        open_timeout: float,
+        open_timeout: Callable[[], float],
         paths: Mapping[str, str],
         retry_after: float,
     ) -> None:
@@ -236,7 +236,7 @@ class Lanes:
         Raises:
             CallTimeout: no answer soon after ``deadline``.
             PeerUnavailable: no connection could be made (``delivered=False``), the
-                peer did not open a lane within ``open_timeout`` or was given up on
+                peer did not open a lane within ``open_timeout()`` or was given up on
                 meanwhile (:meth:`interrupt`), or the lane broke while the call waited.
             TowtruckError: the error the peer answered with.
         """
@@ -288,10 +288,8 @@ class Lanes:
                 return lane
             if self._refuses(peer):
                 return None
-        opening = (
-            trio.Event(),
-            trio.CancelScope(deadline=trio.current_time() + self._open_timeout),
-        )
+        timeout = self._open_timeout()
+        opening = (trio.Event(), trio.CancelScope(deadline=trio.current_time() + timeout))
         self._opening[peer] = opening
         try:
             host, _, port = peer.rpartition(":")
@@ -315,7 +313,7 @@ class Lanes:
                     raise
             if opening[1].cancelled_caught:
                 given_up = trio.current_time() < opening[1].deadline
-                reason = "it stopped answering" if given_up else f"{self._open_timeout:g} s"
+                reason = "it stopped answering" if given_up else f"{timeout:.3g} s"
                 raise PeerUnavailable(f"{peer} opened no lane: {reason}", peer=peer)
             if initial is None:
                 self.refused[peer] = trio.current_time()
@@ -360,7 +358,7 @@ async def _upgrade(stream: trio.SocketStream, peer: str, headers: dict[str, str]
 async def open_lanes(
     headers: dict[str, str] | None = None,
     *,
-    open_timeout: float = 5.0,
+    open_timeout: Callable[[], float] = lambda: 5.0,
     paths: Mapping[str, str] | None = None,
     retry_after: float = 60.0,
 ) -> AsyncIterator[Lanes]:
@@ -368,7 +366,8 @@ async def open_lanes(
 
     Args:
         headers: Sent with every upgrade request (the cluster's credentials).
-        open_timeout: Longest a peer may take to accept a lane (connect and upgrade).
+        open_timeout: Says how long a peer may take to accept a lane (connect and
+            upgrade), when one is opened.
         paths: Unix domain sockets that peers of this host (``--workers``) listen on
             too, by peer address (``@name``: in Linux's abstract namespace): their
             lanes go there instead of over TCP loopback, which costs the kernel less

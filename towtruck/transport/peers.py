@@ -25,6 +25,7 @@ from ..cluster import wire
 from ..cluster.credentials import key_headers
 from ..cluster.directory import Directory, PeerClient
 from ..cluster.gossip import Gossip
+from ..cluster.health import LocalHealth
 from ..cluster.membership import Membership
 from ..cluster.registrar import Registrar
 from ..cluster.router import Router
@@ -191,18 +192,19 @@ async def open_router(
     Closes every connection to peers on the way out."""
     headers = key_headers(cluster_key)
     settings = runtime.settings
+    health = LocalHealth(settings.heartbeat_interval)
     # A peer slower than the failure detector to accept a lane is as good as down.
-    open_timeout = settings.heartbeat_interval * settings.heartbeat_misses
+    misses = settings.heartbeat_misses
     async with open_lanes(
         headers,
-        open_timeout=open_timeout,
+        open_timeout=lambda: settings.heartbeat_interval * misses * health.multiplier,
         paths=local_lanes,
         retry_after=settings.lane_retry_after,
     ) as lanes:
         peers = HttpPeers(lanes, headers)
         table = await open_table(settings.membership, timeout=settings.store_timeout)
         try:
-            router = assemble(runtime, me, peers)
+            router = assemble(runtime, me, peers, health=health)
             if table is not None:
                 register(runtime, router, table)
             yield router
@@ -219,10 +221,12 @@ def assemble(
     peers: PeerClient,
     *,
     wall_clock: Callable[[], int] = time.time_ns,
+    health: LocalHealth | None = None,
 ) -> Router:
     """A clustered node's parts, wired once: its view, its directory, the membership
     protocol and the call path; the runtime's calls then go through the router.
-    ``wall_clock``: what membership versions start from (see :class:`Membership`)."""
+    ``wall_clock``: what membership versions start from (see :class:`Membership`);
+    ``health``: the failure detector's (shared with the lanes' opening timeout)."""
     settings = runtime.settings
     membership = Membership(
         me,
@@ -241,7 +245,7 @@ def assemble(
         strict=settings.partition == "keep-majority",
     )
     runtime.catalog.observer = directory  # it keeps this node's filter
-    gossip = Gossip(me, settings, runtime.catalog, membership, directory, peers)
+    gossip = Gossip(me, settings, runtime.catalog, membership, directory, peers, health)
     router = Router(me, runtime.catalog, membership, directory, gossip, peers)
     runtime.router = router
     # Reminders' buckets are placed as actors are: each node loads its own.
