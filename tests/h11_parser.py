@@ -1,8 +1,10 @@
 """A pytest plugin that has every server read HTTP with h11, the fallback where
 httptools does not install: ``pytest -p tests.h11_parser`` runs the suite on it (in
 this process, and in the ``towtruck serve`` processes tests start). Tests marked
-``parser_free`` (the stores' and tables' contracts, the manifests, the churn test on
-each membership table) ran on httptools already and are left out."""
+``parser_free`` ran on httptools already and are left out: their subject is not how a
+server reads HTTP (the stores' and tables' contracts, the manifests, the simulation,
+failure detection, state through kills, hosts finding each other, the churn test on
+each membership table), and what they do over HTTP other tests do on both parsers."""
 
 import os
 

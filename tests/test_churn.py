@@ -55,6 +55,7 @@ async def restart_in_turn(
         await load.wait_calls(calls)
 
 
+@pytest.mark.parser_free  # (the churn test's gossip run covers both parsers)
 async def test_restarting_every_node_in_turn_under_load_fails_no_call(tmp_path: Path) -> None:
     ids = [f"roll{i}" for i in range(40)]
     with trio.fail_after(240):

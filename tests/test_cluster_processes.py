@@ -95,6 +95,7 @@ async def test_serve_processes_form_a_cluster_and_survive_kill_9(http: httpx.Asy
     ],
     ids=["noticed-by-the-node", "noticed-by-its-peer-only"],
 )
+@pytest.mark.parser_free  # failure detection (the lanes' parsing: test_lanes, on both)
 async def test_a_hung_node_fails_its_calls_at_failure_detection_and_comes_back_alone(
     flags: list[str], stall: float
 ) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import httpx
+import pytest
 import trio
 import trio.lowlevel
 from prometheus_client.parser import text_string_to_metric_families
@@ -15,6 +16,8 @@ from tests.actors import create_counter
 from tests.helpers import FAST, TEST_SECONDS
 from towtruck.cluster.health import MOST, LocalHealth
 from towtruck.cluster.membership import MemberState
+
+pytestmark = pytest.mark.parser_free  # the failure detector's own timers
 
 
 def test_late_timers_raise_the_score_and_rounds_on_time_lower_it() -> None:

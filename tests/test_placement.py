@@ -46,3 +46,17 @@ def test_losing_a_member_moves_only_its_ids() -> None:
 def test_no_members() -> None:
     with pytest.raises(ValueError, match="at least one member"):
         placement.owner("x", [])
+
+
+def test_keys_say_what_owner_says_for_each_key_as_members_change() -> None:
+    keys = [f"reminders/{bucket}" for bucket in range(256)]
+    remembered = placement.Keys(keys)
+    for members in (("a:1",), ("a:1", "b:1", "c:1"), ("a:1", "c:1", "d:1"), ("c:1", "d:1")):
+        owned = [remembered.owned(member, members) for member in members]
+        for member, positions in zip(members, owned, strict=True):
+            assert positions == {
+                i for i, key in enumerate(keys) if placement.owner(key, members) == member
+            }
+        assert set().union(*owned) == set(range(len(keys)))  # every key, once
+        assert sum(len(positions) for positions in owned) == len(keys)
+    assert remembered.owned("a:1", ("c:1", "d:1")) == frozenset()  # not a member

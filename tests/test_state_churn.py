@@ -21,7 +21,8 @@ from towtruck.storage import open_store
 
 from .helpers import wait_until
 
-pytestmark = [pytest.mark.subprocess, pytest.mark.slow]
+# State through kills and stalls: test_state_http writes through both parsers.
+pytestmark = [pytest.mark.subprocess, pytest.mark.slow, pytest.mark.parser_free]
 
 __all__ = ["etcd_server", "membership", "postgres_server", "redis_server"]  # fixtures
 

@@ -15,6 +15,8 @@ from tests.actors import create_blocker, create_slow_starter, create_slowly
 from tests.helpers import wait_until
 from tests.processes import PROCESS_SECONDS, running, towtruck_command
 
+pytestmark = pytest.mark.parser_free  # the event loop's watchdog
+
 SERVING = r"serving on (http://127\.0\.0\.1:\d+)"
 BLOCKED = "the event loop is blocked"
 

@@ -25,7 +25,8 @@ from towtruck.workers import worker_ports
 
 __all__ = ["redis_server"]  # a fixture, used by name
 
-pytestmark = [pytest.mark.subprocess, pytest.mark.slow]
+# How hosts find each other: test_workers serves --workers through both parsers.
+pytestmark = [pytest.mark.subprocess, pytest.mark.slow, pytest.mark.parser_free]
 
 HOST_A, HOST_B = "127.0.0.2", "127.0.0.3"
 COUNTERS = ["serve", "tests.actors:create_counter", "--workers", "2", "--port", "0"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from hashlib import blake2b
 
-__all__ = ["owner", "score"]
+__all__ = ["Keys", "owner", "score"]
 
 
 def score(member: str, actor_id: str) -> int:
@@ -38,3 +38,41 @@ def owner(actor_id: str, members: Iterable[str]) -> str:
     if best is None:
         raise ValueError("placement needs at least one member")
     return best
+
+
+class Keys:
+    """A fixed set of keys (the reminders' buckets) and which of them a member owns,
+    as :func:`owner` would say for each, with every member's scores remembered: when
+    the members change, only the new ones are hashed (a cluster of N nodes would
+    otherwise hash every key N times over at each change)."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self._keys = keys
+        self._scores: dict[str, list[int]] = {}
+        self._owned: tuple[tuple[str, ...], str, frozenset[int]] | None = None
+
+    def owned(self, member: str, members: tuple[str, ...]) -> frozenset[int]:
+        """The positions of the keys that ``member`` owns among ``members`` (none if
+        it is not one of them); remembered until ``members`` change."""
+        if self._owned is not None and self._owned[:2] == (members, member):
+            return self._owned[2]
+        scores = self._scores
+        for gone in scores.keys() - set(members):
+            del scores[gone]
+        for new in members:
+            if new not in scores:
+                scores[new] = [score(new, key) for key in self._keys]
+        mine = scores.get(member)
+        owned: frozenset[int] = frozenset()
+        if mine is not None:
+            others = [scores[m] for m in members if m != member]
+            best = [max(column) for column in zip(*others, strict=True)] if others else None
+            owned = frozenset(
+                i
+                for i, key in enumerate(self._keys)
+                if best is None
+                or mine[i] > best[i]
+                or (mine[i] == best[i] and owner(key, members) == member)
+            )
+        self._owned = (members, member, owned)
+        return owned

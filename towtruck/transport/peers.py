@@ -21,7 +21,7 @@ import httpx
 import trio
 
 from .. import codec
-from ..cluster import wire
+from ..cluster import placement, wire
 from ..cluster.credentials import key_headers
 from ..cluster.directory import Directory, PeerClient
 from ..cluster.gossip import Gossip
@@ -39,6 +39,7 @@ from ..errors import (
     from_payload,
 )
 from ..runtime import Runtime
+from ..storage.base import BUCKETS
 from .lanes import Lanes, open_lanes
 
 __all__ = ["HttpPeers", "assemble", "open_router", "stop_member"]
@@ -249,7 +250,8 @@ def assemble(
     router = Router(me, runtime.catalog, membership, directory, gossip, peers)
     runtime.router = router
     # Reminders' buckets are placed as actors are: each node loads its own.
-    runtime.reminders.owns = lambda bucket: membership.owner(f"reminders/{bucket}") == me
+    buckets = placement.Keys([f"reminders/{bucket}" for bucket in range(BUCKETS)])
+    runtime.reminders.owns = lambda bucket: bucket in buckets.owned(me, membership.placement())
     runtime.reminders.placement = membership.placement
     for service in gossip.services():
         runtime.add_service(service)
