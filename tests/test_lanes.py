@@ -101,9 +101,11 @@ async def test_a_peer_that_takes_no_lanes_gets_calls_over_http(
 ) -> None:
     """A node served by stock Hypercorn (``towtruck.App`` with ``advertise``) answers
     forwarded calls on ``POST /cluster/forward``, with the cluster key if there is one."""
-    with socket.socket() as reserved:
-        reserved.bind(("127.0.0.1", 0))
-        port = reserved.getsockname()[1]
+    # Bound here and handed to Hypercorn as it is: a port let go of until Hypercorn
+    # binds it again may meanwhile be taken by one of the node's own connections.
+    reserved = socket.socket()
+    reserved.bind(("127.0.0.1", 0))
+    port = reserved.getsockname()[1]
     with trio.fail_after(TEST_SECONDS):
         async with towtruck.open_node(create_counter, cluster_key=key, **FAST) as node:
             app = towtruck.App(
@@ -114,14 +116,16 @@ async def test_a_peer_that_takes_no_lanes_gets_calls_over_http(
                 cluster_key=key,
             )
             config = Config()
-            config.bind = [f"127.0.0.1:{port}"]
+            config.bind = [f"fd://{reserved.detach()}"]
             async with trio.open_nursery() as nursery:
                 stop = trio.Event()
                 await nursery.start(partial(stock_serve, app, config, shutdown_trigger=stop.wait))
 
                 async def joined() -> bool:
-                    peers = (await http.get(f"{node.url}/getservers")).json()
-                    return bool(peers == [f"127.0.0.1:{port}"])
+                    # Alive, not only listed: Hypercorn listens only once the App has
+                    # started, and joined, so the node's first probe may be refused.
+                    members = (await http.get(f"{node.url}/health")).json()["members"]
+                    return members[1:] == [{"address": f"127.0.0.1:{port}", "state": "alive"}]
 
                 await wait_until(joined)
                 names = [str(node.address), f"127.0.0.1:{port}"]

@@ -42,6 +42,7 @@ async def test_the_routes_list_and_forget_an_actors_reminders(http: httpx.AsyncC
 
 
 @pytest.mark.subprocess
+@pytest.mark.parser_free  # reminders' delivery (their routes run on both parsers)
 async def test_a_reminder_fires_after_its_node_is_killed_and_restarted(
     http: httpx.AsyncClient, tmp_path: Path
 ) -> None:
@@ -67,6 +68,7 @@ async def test_a_reminder_fires_after_its_node_is_killed_and_restarted(
 
 
 @pytest.mark.slow
+@pytest.mark.parser_free  # reminders' delivery (their routes run on both parsers)
 async def test_killing_the_node_that_delivers_a_reminder_moves_it(
     http: httpx.AsyncClient,
 ) -> None:
@@ -118,6 +120,7 @@ class TickLedger:
 
 
 @pytest.mark.slow
+@pytest.mark.parser_free  # reminders' delivery (their routes run on both parsers)
 async def test_every_tick_comes_exactly_once_while_no_node_fails() -> None:
     """Three nodes, then a fourth joins and takes buckets over."""
     with trio.fail_after(TEST_SECONDS):
