@@ -131,9 +131,6 @@ class ReminderService:
         self.clock: Callable[[], float] = time.time
         #: Whether this node delivers a bucket's reminders (a cluster's placement).
         self.owns: Callable[[int], bool] = lambda bucket: True
-        #: Changes whenever :attr:`owns` may answer differently (None: at any time).
-        self.placement: Callable[[], object] = lambda: None
-        self._owned: tuple[object, set[int]] = (None, set())
         #: The turn a tick runs in an actor (the catalog calls it for hook calls).
         self.method = Method(HOOK, self._turn, bound=True)
         self._heap: list[tuple[float, int, tuple[str, str]]] = []
@@ -233,11 +230,8 @@ class ReminderService:
             self.schedule(row)
 
     def _buckets(self) -> set[int]:
-        """The buckets this node owns (worked out again when placement changed)."""
-        placement = self.placement()
-        if placement is None or placement != self._owned[0]:
-            self._owned = (placement, {b for b in range(BUCKETS) if self.owns(b)})
-        return self._owned[1]
+        """The buckets this node owns (:attr:`owns` remembers them per placement)."""
+        return {b for b in range(BUCKETS) if self.owns(b)}
 
     async def _deliver_each(self) -> None:
         """One of the node's deliverers: they take due rows one at a time, so a burst

@@ -252,7 +252,6 @@ def assemble(
     # Reminders' buckets are placed as actors are: each node loads its own.
     buckets = placement.Keys([f"reminders/{bucket}" for bucket in range(BUCKETS)])
     runtime.reminders.owns = lambda bucket: bucket in buckets.owned(me, membership.placement())
-    runtime.reminders.placement = membership.placement
     for service in gossip.services():
         runtime.add_service(service)
     return router
