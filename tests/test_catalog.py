@@ -316,6 +316,33 @@ async def test_a_call_abandoned_before_its_turn_never_runs(
     assert ran == ["later"]
 
 
+async def test_a_caller_already_cancelled_runs_no_turn() -> None:
+    """Also a call that would run to its end in one step, whose deadline is not asked
+    of trio (ScopedCallContext): the caller's cancellation comes first."""
+    ran: list[str] = []
+
+    def create_actor(id: str, client: towtruck.Client) -> dict[str, Any]:
+        async def record(data: Any) -> None:  # no await: one step
+            ran.append(data)
+
+        async def wait_and_record(data: Any) -> None:
+            await trio.lowlevel.checkpoint()
+            ran.append(data)
+
+        return {"record": record, "wait_and_record": wait_and_record}
+
+    async with towtruck.open_runtime(create_actor) as runtime:
+        with trio.fail_after(DEADLINE):
+            await runtime.client.invoke("a", "record", "first")  # active and idle
+            for method in ("record", "wait_and_record"):
+                with trio.CancelScope() as scope:
+                    scope.cancel()
+                    await runtime.client.invoke("a", method, "cancelled")
+                assert scope.cancelled_caught
+            await runtime.client.invoke("a", "record", "after")
+    assert ran == ["first", "after"]
+
+
 async def test_an_actor_calls_itself(autojump_clock: trio.testing.MockClock) -> None:
     from examples import chain
 

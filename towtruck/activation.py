@@ -257,26 +257,30 @@ class Activation:
         deadline and the node stopping still end it. Calls that queued meanwhile go to
         a task of the actor's own afterwards, so one caller never drains another's.
         """
-        started = self._catalog.now()
-        if started >= context.deadline:  # nothing may run past its deadline
-            raise late(self.id, method.name)
         catalog = self._catalog
+        started = catalog.now()
+        # A turn that runs to its end in one step needs no more than the deadline known
+        # without asking trio for the caller's cancel scopes (see ScopedCallContext):
+        # its caller's cancellation is raised by the checkpoint after it.
+        deadline = context.bound if method.one_step else context.deadline
+        if started >= deadline:  # nothing may run past its deadline
+            raise late(self.id, method.name)
         self.running = True
-        catalog.turn_began()
+        catalog._busy += 1  # (turn_began, inlined)
         try:
             result = await self._execute(method, data, context, here=True)
         finally:
             self.running = False
-            catalog.turn_ended()
+            catalog._busy -= 1  # (turn_ended, inlined)
             self.touched = now = catalog.now()
             mailbox = self.mailbox
             if mailbox:  # calls queued meanwhile: now the actor knows how long a turn takes
-                if now < context.deadline:  # (a turn cut at its deadline tells nothing)
+                if now < deadline:  # (a turn cut at its deadline tells nothing)
                     mailbox.measured(now - started)
                 self._start()
             elif self.state is ActivationState.DEACTIVATING:
                 self._start()
-        if now > context.deadline:  # the method outlived its deadline
+        if now > deadline:  # the method outlived its deadline
             raise CallTimeout(
                 f"call to {method.name!r} on actor {self.id!r} timed out: it was running",
                 actor=self.id,
@@ -505,15 +509,20 @@ class Activation:
             ending
             and states is not None
             and states.keeps_state
-            and not (method.is_async and not method.may_suspend and not states.autosaves)
+            and not (method.one_step and not states.autosaves)
         ):  # (an async def that cannot wait cannot have written: nothing to end)
             return await self._run_persistent(method, data, context, here)
+        one_step = method.one_step  # (it can make no call: its deadline is not asked)
         token = current_context.set(
-            CallContext((*context.chain, self.id), context.deadline, trace=context.trace)
+            CallContext(
+                (*context.chain, self.id),
+                context.bound if one_step else context.deadline,
+                trace=context.trace,
+            )
         )
         try:
             result = method.call(self.instance, data)
-            if method.is_async and not method.may_suspend:
+            if one_step:
                 # An ``async def`` with no ``await`` in it finishes in one step: no
                 # deadline can fall inside it, so it needs no cancel scope (the
                 # largest cost of a local call otherwise).

@@ -7,7 +7,7 @@ from typing import Any, Protocol
 import trio
 
 from . import codec
-from .calls import CallContext, current_context
+from .calls import CallContext, ScopedCallContext, current_context
 from .ids import check_actor_id
 
 __all__ = ["Client", "Invoker"]
@@ -61,12 +61,15 @@ class Client:
                 what to use instead; see :mod:`towtruck.codec`).
         """
         actor_id = check_actor_id(actor_id)
-        deadline = min(trio.current_time() + self._call_timeout, trio.current_effective_deadline())
-        parent = current_context.get()
+        await trio.lowlevel.checkpoint_if_cancelled()  # a cancelled caller runs no turn
+        deadline = trio.current_time() + self._call_timeout  # and the caller's scopes':
+        parent = current_context.get()  # asked of trio only if needed (ScopedCallContext)
         if parent is None:
-            context = CallContext((), deadline)
+            context = ScopedCallContext((), deadline)
         else:
-            context = CallContext(parent.chain, min(deadline, parent.deadline), trace=parent.trace)
+            context = ScopedCallContext(
+                parent.chain, min(deadline, parent.deadline), trace=parent.trace
+            )
         try:
             data = codec.copy(data)
         except TypeError as exc:

@@ -38,9 +38,10 @@ class Method:
         is_async: Calling it returns a coroutine to await.
         may_suspend: Its coroutine may wait (it has an ``await``, ``async for`` or
             ``async with``); an ``async def`` without any runs to the end in one step.
+        one_step: An ``async def`` that cannot wait: it runs to the end in one step.
     """
 
-    __slots__ = ("bound", "function", "is_async", "may_suspend", "name", "takes_data")
+    __slots__ = ("bound", "function", "is_async", "may_suspend", "name", "one_step", "takes_data")
 
     def __init__(self, name: str, function: Callable[..., Any], *, bound: bool) -> None:
         self.name = name
@@ -49,6 +50,7 @@ class Method:
         self.takes_data = _takes_data(function, bound=bound)
         self.is_async = inspect.iscoroutinefunction(function)
         self.may_suspend = self.is_async and _may_suspend(function)
+        self.one_step = self.is_async and not self.may_suspend
 
     def call(self, instance: object, data: Any) -> Any:
         """Call it: the result, or for an async method the coroutine to await."""
