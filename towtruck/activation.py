@@ -266,12 +266,12 @@ class Activation:
         if started >= deadline:  # nothing may run past its deadline
             raise late(self.id, method.name)
         self.running = True
-        catalog._busy += 1  # (turn_began, inlined)
+        catalog.turn_began()
         try:
             result = await self._execute(method, data, context, here=True)
         finally:
             self.running = False
-            catalog._busy -= 1  # (turn_ended, inlined)
+            catalog.turn_ended()
             self.touched = now = catalog.now()
             mailbox = self.mailbox
             if mailbox:  # calls queued meanwhile: now the actor knows how long a turn takes

@@ -136,6 +136,7 @@ class ScopedCallContext(CallContext):
         self._asked = True
 
     def with_trace(self, trace: Any) -> CallContext:
+        """A plain copy whose calls descend from ``trace``, its deadline asked."""
         return CallContext(self.chain, self.deadline, self.hops, trace=trace)
 
 
