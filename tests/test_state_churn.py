@@ -57,9 +57,14 @@ async def test_persistent_counters_survive_kill_and_stall_exactly(
     ids = [f"ledger{i}" for i in range(40)]
     url = f"sqlite:///{tmp_path / 'state.sqlite3'}"
     factory = "tests.actors:create_ledger_counter"
+    # A node stopped while it holds SQLite's write lock stops every write to the file
+    # until it resumes; the others' writes then fail (503, nothing written) once they
+    # have waited the store's timeout for the lock. At 1 s rather than 5 the load goes
+    # on counting calls through such a stall, and the refusals are checked as any.
+    flags = ("--state-store", url, "--store-timeout", "1", *membership)
     with trio.fail_after(300):
         async with (
-            processes(tmp_path, factory, ("--state-store", url, *membership)) as cluster,
+            processes(tmp_path, factory, flags) as cluster,
             httpx.AsyncClient(timeout=10) as http,
         ):
             a = await cluster.add(None)
