@@ -52,6 +52,7 @@ from .calls import (
     Call,
     CallContext,
     Mailbox,
+    ScopedCallContext,
     backlogged,
     cancelled,
     current_context,
@@ -259,11 +260,17 @@ class Activation:
         """
         catalog = self._catalog
         started = catalog.now()
-        # A turn that runs to its end in one step needs no more than the deadline known
-        # without asking trio for the caller's cancel scopes (see ScopedCallContext):
-        # its caller's cancellation is raised by the checkpoint after it.
-        deadline = context.bound if method.one_step else context.deadline
+        if method.one_step:
+            # It needs no more than the deadline known without asking trio for the
+            # caller's cancel scopes (see ScopedCallContext), once the caller is known
+            # not to be cancelled already.
+            deadline = context.bound
+            if type(context) is ScopedCallContext:
+                await trio.lowlevel.checkpoint_if_cancelled()
+        else:
+            deadline = context.deadline
         if started >= deadline:  # nothing may run past its deadline
+            await trio.lowlevel.checkpoint_if_cancelled()  # (a cancelled caller: Cancelled)
             raise late(self.id, method.name)
         self.running = True
         catalog.turn_began()

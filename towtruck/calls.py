@@ -101,18 +101,18 @@ setattr(CallContext, "bound", _DEADLINE)  # noqa: B010 (a read of the slot at C 
 class ScopedCallContext(CallContext):
     """The context of a call made through :class:`~towtruck.Client`: its deadline is
     also the caller's cancel scopes', which trio is asked for only when something
-    reads ``deadline``.
+    reads ``deadline``; once asked, it is a plain :class:`CallContext`.
 
     Asking (``trio.current_effective_deadline``, a walk up the caller's scopes) is a
     fifth of a local call's cost, and a call that runs to its end in one step in the
     caller's own task (an ``async def`` without ``await``) needs no deadline: it only
-    checks ``bound`` (``call_timeout`` and the calling turn's deadline) and lets its
-    final checkpoint raise the caller's cancellation. Whatever else reads ``deadline``
-    does so in the caller's task before towtruck opens a scope of its own (a queued
-    call, a forwarded one, a turn that may wait), so it gets the caller's scopes.
+    checks ``bound`` (``call_timeout`` and the calling turn's deadline), after checking
+    that its caller is not cancelled. Whatever else reads ``deadline`` does so in the
+    caller's task before towtruck opens a scope of its own (a queued call, a forwarded
+    one, a turn that may wait), so it gets the caller's scopes.
     """
 
-    __slots__ = ("_asked",)
+    __slots__ = ()  # (the layout of a CallContext, which it becomes once asked)
 
     def __init__(self, chain: tuple[str, ...], deadline: float, *, trace: Any = None) -> None:
         _DEADLINE.__set__(self, deadline)
@@ -120,20 +120,17 @@ class ScopedCallContext(CallContext):
         self.hops = 0
         self.caller_yields = False
         self.trace = trace
-        self._asked = False
 
     @property
     def deadline(self) -> float:
-        if not self._asked:
-            self._asked = True
-            _DEADLINE.__set__(self, min(_DEADLINE.__get__(self), trio.current_effective_deadline()))
-        deadline: float = _DEADLINE.__get__(self)
+        deadline: float = min(_DEADLINE.__get__(self), trio.current_effective_deadline())
+        self.deadline = deadline
         return deadline
 
     @deadline.setter
     def deadline(self, value: float) -> None:
         _DEADLINE.__set__(self, value)
-        self._asked = True
+        self.__class__ = CallContext  # type: ignore[assignment]  # (asked: plain reads)
 
     def with_trace(self, trace: Any) -> CallContext:
         """A plain copy whose calls descend from ``trace``, its deadline asked."""

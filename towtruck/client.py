@@ -61,7 +61,6 @@ class Client:
                 what to use instead; see :mod:`towtruck.codec`).
         """
         actor_id = check_actor_id(actor_id)
-        await trio.lowlevel.checkpoint_if_cancelled()  # a cancelled caller runs no turn
         deadline = trio.current_time() + self._call_timeout  # and the caller's scopes':
         parent = current_context.get()  # asked of trio only if needed (ScopedCallContext)
         if parent is None:
