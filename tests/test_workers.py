@@ -45,6 +45,7 @@ async def test_two_workers_serve_one_port_as_one_cluster() -> None:
     assert output.text.count("stopping gracefully") >= 2
 
 
+@pytest.mark.parser_free  # the supervisor (workers' HTTP: the test above, on both)
 async def test_workers_stop_when_the_supervisor_is_killed() -> None:
     from tests.helpers import wait_until
 
@@ -83,6 +84,7 @@ def _children(pid: int) -> set[int]:
     return children
 
 
+@pytest.mark.parser_free  # the supervisor (workers' HTTP: the test above, on both)
 async def test_a_worker_that_dies_is_restarted() -> None:
     from tests.helpers import wait_until
 
@@ -125,6 +127,7 @@ async def test_a_worker_that_dies_is_restarted() -> None:
     assert supervisor.returncode == 0, output.text
 
 
+@pytest.mark.parser_free  # the supervisor (workers' HTTP: the test above, on both)
 async def test_two_workers_share_one_sqlite_file(tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'state.sqlite3'}"
     argv = [*towtruck_command(), "serve", "examples.account:create_actor", "--workers", "2"]
