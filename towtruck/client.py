@@ -61,8 +61,10 @@ class Client:
                 what to use instead; see :mod:`towtruck.codec`).
         """
         actor_id = check_actor_id(actor_id)
-        deadline = trio.current_time() + self._call_timeout  # and the caller's scopes':
-        parent = current_context.get()  # asked of trio only if needed (ScopedCallContext)
+        # The caller's cancel scopes may end sooner: the context asks trio for them
+        # only if the deadline is needed (see ScopedCallContext).
+        deadline = trio.current_time() + self._call_timeout
+        parent = current_context.get()
         if parent is None:
             context = ScopedCallContext((), deadline)
         else:
