@@ -121,6 +121,7 @@ class StoredCounter:
     async def activate(self) -> None:
         if self.path.exists():
             self.count = int(self.path.read_text())
+        self._journal("loaded")
 
     async def increment(self, data: Any) -> int:
         self.count += 1
@@ -133,6 +134,13 @@ class StoredCounter:
         partial = self.path.with_suffix(".partial")
         partial.write_text(str(self.count))
         partial.replace(self.path)
+        self._journal("saved")
+
+    def _journal(self, event: str) -> None:
+        """A line in $STORE_DIR/journal, for a failing test to tell what happened."""
+        line = f"{time.time():.3f} pid {os.getpid()} {event} {self.id} {self.count}\n"
+        with open(self.path.parent / "journal", "a") as journal:
+            journal.write(line)
 
 
 def create_stored_counter(id: str, client: towtruck.Client) -> StoredCounter:

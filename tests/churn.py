@@ -51,6 +51,8 @@ class Node:
         self.address = f"127.0.0.1:{port}"
         self.url = f"http://{self.address}"
         self.process: trio.Process | None = None
+        #: Every process this node has been, first to last.
+        self.pids: list[int] = []
         self.output = Output()
         self._processes = processes
 
@@ -74,6 +76,7 @@ class Node:
             cwd=ROOT,
             env=child_env(STORE_DIR=str(self._processes.store)),
         )
+        self.pids.append(self.process.pid)
         assert self.process.stdout is not None
         assert self.process.stderr is not None
         self._processes.nursery.start_soon(self.output.pump, self.process.stdout)

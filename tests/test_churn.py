@@ -33,6 +33,14 @@ def saved_counts(store: Path, ids: list[str]) -> dict[str, int]:
     return {i: int((store / i).read_text()) if (store / i).exists() else 0 for i in ids}
 
 
+def journal(store: Path, ids: set[str], nodes: list[Node]) -> str:
+    """What the StoredCounters of ``ids`` loaded and saved, in order, and which process
+    each node was: for a failure to say what happened."""
+    lines = (store / "journal").read_text().splitlines()
+    pids = ", ".join(f"{pid} {node.address}" for node in nodes for pid in node.pids)
+    return "\n".join([f"processes: {pids}", *(ln for ln in lines if ln.split()[4] in ids)])
+
+
 async def three_nodes(cluster: Processes, http: httpx.AsyncClient) -> list[Node]:
     """Start three nodes joined through the first; wait until they know each other."""
     first = await cluster.add(None)
@@ -74,7 +82,11 @@ async def test_restarting_every_node_in_turn_under_load_fails_no_call(tmp_path: 
     # Only 503s were retried: no connection broke under a client.
     assert not any("transport" in outcome for outcome in load.outcomes), load.outcomes
     assert sum(load.successes.values()) >= 1200
-    assert saved_counts(tmp_path, ids) == {i: load.successes[i] for i in ids}
+    saved = saved_counts(tmp_path, ids)
+    differ = {i for i in ids if saved[i] != load.successes[i]}
+    if differ:
+        print(journal(tmp_path, differ, [a, b, c]))  # shown with the failure
+    assert not differ, {i: (saved[i], load.successes[i]) for i in sorted(differ)}
 
 
 async def test_kill_add_remove_restart_under_load(

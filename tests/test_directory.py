@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import trio
 
 import towtruck
@@ -98,3 +99,50 @@ async def test_after_a_stall_a_node_gives_up_the_actors_a_peer_holds_too() -> No
                 await wait_until(given_up)
             assert "twice" in second.runtime.catalog
             assert "once" in first.runtime.catalog
+
+
+async def test_a_live_peer_silent_about_an_id_keeps_it_from_activating() -> None:
+    with trio.fail_after(TEST_SECONDS):
+        async with towtruck.cluster(create_counter, size=2, query_timeout=0.5, **FAST) as c:
+            first, second = c.nodes
+            held = owned_by(first, c.nodes, 1, "held")[0]
+            await second.runtime.catalog.invoke(held, "increment", None, _context())
+            await first.router.gossip.refresh_filters()
+            peers = first.router.directory._peers  # type: ignore[attr-defined]
+            get = peers.get
+
+            async def slow_queries(peer: str, path: str) -> Any:
+                if path.startswith("/query/"):
+                    await trio.sleep_forever()  # alive, and slower than query_timeout
+                return await get(peer, path)
+
+            peers.get = slow_queries
+            # Taking its silence for "no" would activate a second copy on the first node.
+            with pytest.raises(towtruck.PeerUnavailable, match="did not say within"):
+                await first.client.invoke(held, "increment")
+            assert held not in first.runtime.catalog
+            peers.get = get
+            assert await first.client.invoke(held, "increment") == 2  # the one copy
+
+
+async def test_a_peer_whose_filter_was_not_fetched_fresh_is_asked_about_every_id() -> None:
+    with trio.fail_after(TEST_SECONDS):
+        async with towtruck.cluster(create_counter, size=2, query_timeout=0.5, **FAST) as c:
+            first, second = c.nodes
+            directory = first.router.directory
+            await first.router.gossip.refresh_filters()
+            held = owned_by(first, c.nodes, 1, "held")[0]
+            # Active on the second node since the first last fetched its filter.
+            await second.runtime.catalog.invoke(held, "increment", None, _context())
+            peers = directory._peers  # type: ignore[attr-defined]
+            get = peers.get
+
+            async def no_filters(peer: str, path: str) -> Any:
+                if path.startswith("/getbloom"):
+                    await trio.sleep_forever()
+                return await get(peer, path)
+
+            peers.get = no_filters
+            await directory.refresh(fresh=True)  # as settling a change of membership does
+            assert held not in directory.filters[str(second.address)]  # the one held is old
+            assert await directory.locate(held, trio.current_time() + 5) == str(second.address)

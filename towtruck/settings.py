@@ -142,7 +142,9 @@ class Settings:
     query_timeout: float = _setting(
         2 * SECONDS,
         "seconds",
-        "How long a node waits for a peer to say whether it holds an actor, before activating it.",
+        "How long a node waits for a peer to say whether it holds an actor; if it has not"
+        " said, the call fails (503) rather than activate a second copy (partition=serve:"
+        " it is taken not to hold it).",
     )
     suspicion: float | None = _setting(
         None,

@@ -87,7 +87,10 @@ class Directory:
     keep-majority strategy): a down peer is asked only about the ids it owned while it
     was in placement and those its last filter may hold; if it does not answer, the
     call fails (503) rather than activate the id, until the suspicion time is over; by
-    then the peer has given up its actors if it is cut off in a minority.
+    then the peer has given up its actors if it is cut off in a minority. So does a
+    live peer that does not answer in time: slow is not gone. A peer whose filter
+    could not be fetched fresh after a change of membership is asked about every id
+    until one is.
 
     Filters are fetched when they changed: each heartbeat carries the sender's filter
     version, and a peer's filter is fetched again only when the version heard is not
@@ -101,7 +104,7 @@ class Directory:
         membership: Who the peers are and how they are doing.
         suspicion: How long a down peer is still asked about ids.
         query_timeout: How long a peer may take to say whether it holds an id.
-        strict: Do not activate an id a down peer may hold and does not answer about.
+        strict: Do not activate an id a peer may hold and does not answer about.
     """
 
     def __init__(
@@ -126,6 +129,8 @@ class Directory:
         self.fetches = 0
         self._query_timeout = query_timeout
         self._gone: set[str] = set()
+        # Peers whose filter could not be fetched fresh: the one held may miss actors.
+        self._unfetched: set[str] = set()
         self.bloom = CountingBloom()
         self.filters: dict[str, BloomFilter] = {}
         self._catalog = catalog
@@ -196,6 +201,7 @@ class Directory:
         if actors == 0 and self._membership.state(peer) is MemberState.ALIVE:
             self.filters[peer] = BloomFilter.empty(version)
             self._stale.discard(peer)
+            self._unfetched.discard(peer)
             self._empty_at[peer] = trio.current_time()
         elif known is None or known.version != version:
             self._stale.add(peer)
@@ -204,6 +210,7 @@ class Directory:
         """Nothing listens at ``peer`` any more: its actors are gone with it."""
         self._gone.add(peer)
         self.filters.pop(peer, None)
+        self._unfetched.discard(peer)
 
     def found(self, actor_id: str) -> str | None:
         """The peer where ``actor_id`` was last found, if that peer is still live."""
@@ -221,8 +228,14 @@ class Directory:
         """The peer where ``actor_id`` is active, or None if no peer holds it.
 
         Asks, all at once, every peer that may hold actors and whose filter may hold
-        the id, and returns the first that does. A peer that does not answer in time is
-        taken not to hold it; one that refuses the connection is gone. A checkpoint.
+        the id, and returns the first that does. One that refuses the connection is
+        gone. One that does not answer in time is taken not to hold it, unless
+        ``strict``: then the call fails rather than risk a second activation. A
+        checkpoint.
+
+        Raises:
+            PeerUnavailable: ``strict``, and a peer that may hold the id did not say
+                whether it does.
         """
         peer = self.found(actor_id)
         if peer is not None:
@@ -232,6 +245,7 @@ class Directory:
             peer
             for peer in self.holders()
             if (peer in down and (not self._strict or self._owned_by(peer, actor_id)))
+            or peer in self._unfetched
             or (bloom := self.filters.get(peer)) is None
             or actor_id in bloom
         ]
@@ -239,8 +253,8 @@ class Directory:
             return None
         path = "/query/" + quote(actor_id, safe="")
         holder: str | None = None
-        # The down peers that may hold it and have not said they do not.
-        silent = {peer for peer in candidates if peer in down} if self._strict else set()
+        # The peers that may hold it and have not said whether they do.
+        silent = set(candidates) if self._strict else set()
 
         async def ask(peer: str) -> None:
             nonlocal holder
@@ -264,9 +278,14 @@ class Directory:
             self._remember(actor_id, holder)
         elif silent:
             peer = min(silent)
+            if peer in down:
+                why = "which does not answer; it is not activated elsewhere until that node"
+                why += " has had time to give it up"
+            else:
+                why = f"which did not say within {self._query_timeout} s whether it is;"
+                why += " it is not activated elsewhere meanwhile"
             raise PeerUnavailable(
-                f"actor {actor_id!r} may still be active on {peer}, which does not answer;"
-                " it is not activated elsewhere until that node has had time to give it up",
+                f"actor {actor_id!r} may still be active on {peer}, {why}",
                 actor=actor_id,
                 peer=peer,
             )
@@ -318,16 +337,20 @@ class Directory:
 
         ``fresh`` asks the peers for their filter as it is now rather than one
         cached for up to half a ``bloom_interval``. A peer that does not answer
-        keeps its last filter. A checkpoint.
+        keeps its last filter; if it was asked ``fresh``, that filter may miss actors
+        it holds, so it is asked about every id (see :meth:`locate`), and asked fresh
+        again at each refresh until it answers. A checkpoint.
         """
         membership = self._membership
         holders = self.holders()
         for dropped in set(self.filters) - set(holders):
             del self.filters[dropped]
+        self._unfetched &= set(holders)
         wanted = set(holders) if only is None else set(only) & set(holders)
-        if not fresh:  # only those that changed, and those removed that held actors
+        if not fresh:  # only those that changed, those removed that held actors, and
+            # those not fetched fresh when they had to be
             self._stale &= set(holders)
-            wanted &= self._stale | set(membership.peers(MemberState.REMOVED))
+            wanted &= self._stale | set(membership.peers(MemberState.REMOVED)) | self._unfetched
         if empty_since is not None:
             wanted = {p for p in wanted if self._empty_at.get(p, -math.inf) < empty_since}
         peers = [p for p in sorted(wanted) if membership.state(p) is not MemberState.DOWN]
@@ -335,7 +358,8 @@ class Directory:
         async def fetch(peer: str) -> None:
             known = self.filters.get(peer)
             query = [f"since={known.version}"] if known is not None else []
-            if fresh:
+            now = fresh or peer in self._unfetched
+            if now:
                 query.append("fresh=1")
             path = "/getbloom" + ("?" + "&".join(query) if query else "")
             try:
@@ -347,8 +371,11 @@ class Directory:
                     self.filters[peer] = BloomFilter.from_payload(answer)
                 if self.filters[peer].version >= self._versions.get(peer, -1):
                     self._stale.discard(peer)
+                self._unfetched.discard(peer)
             except (TowtruckError, ValueError, trio.TooSlowError) as exc:
                 logger.debug("no bloom filter from %s: %r", peer, exc)
+                if now:
+                    self._unfetched.add(peer)
 
         async with trio.open_nursery() as nursery:
             for peer in peers:
