@@ -91,6 +91,17 @@ class Node:
         with trio.fail_after(30):
             return await self.process.wait()
 
+    async def servers(self, http: httpx.AsyncClient) -> list[str]:
+        """``/getservers``; a node that does not answer fails the test with its output."""
+        try:
+            return (await http.get(f"{self.url}/getservers")).json()  # type: ignore[no-any-return]
+        except httpx.TransportError as exc:
+            status = None if self.process is None else self.process.returncode
+            raise AssertionError(
+                f"{self.address} did not answer ({exc!r}); exit status {status}; its output:\n"
+                + self.output.text[-20_000:]
+            ) from exc
+
     async def kill(self) -> None:
         assert self.process is not None
         self.process.kill()
@@ -137,7 +148,7 @@ async def wait_joined(http: httpx.AsyncClient, nodes: list[Node]) -> None:
     """Wait until every node in ``nodes`` lists exactly the others."""
     with trio.fail_after(20):
         while True:
-            lists = [(await http.get(f"{n.url}/getservers")).json() for n in nodes]
+            lists = [await n.servers(http) for n in nodes]
             if all(
                 sorted(found) == sorted(m.address for m in nodes if m is not n)
                 for n, found in zip(nodes, lists, strict=True)
