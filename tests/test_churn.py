@@ -139,5 +139,7 @@ async def test_kill_add_remove_restart_under_load(
     assert hung == []
     assert all(f.split(": ", 1)[1].startswith(DOCUMENTED) for f in load.failures), load.outcomes
     counts = saved_counts(tmp_path, ids)
-    kept = [i for i in ids if i not in lost]
-    assert {i: counts[i] for i in kept} == {i: load.successes[i] for i in kept}
+    differ = {i for i in ids if i not in lost and counts[i] != load.successes[i]}
+    if differ:
+        print(journal(tmp_path, differ, [a, b, c, d]))  # shown with the failure
+    assert not differ, {i: (counts[i], load.successes[i]) for i in sorted(differ)}

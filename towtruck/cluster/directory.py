@@ -88,7 +88,7 @@ class Directory:
     was in placement and those its last filter may hold; if it does not answer, the
     call fails (503) rather than activate the id, until the suspicion time is over; by
     then the peer has given up its actors if it is cut off in a minority. So does a
-    live peer that does not answer in time: slow is not gone. A peer whose filter
+    live peer that does not answer in time: slow is not gone. A live peer whose filter
     could not be fetched fresh after a change of membership is asked about every id
     until one is.
 
@@ -245,7 +245,7 @@ class Directory:
             peer
             for peer in self.holders()
             if (peer in down and (not self._strict or self._owned_by(peer, actor_id)))
-            or peer in self._unfetched
+            or (peer in self._unfetched and peer not in down)  # (down: as above)
             or (bloom := self.filters.get(peer)) is None
             or actor_id in bloom
         ]
