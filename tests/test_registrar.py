@@ -174,3 +174,26 @@ async def test_no_death_is_decided_while_the_table_does_not_answer() -> None:
                 return row is not None and row.status is Status.DEAD
 
             await wait_until(declared)
+
+
+async def test_a_removed_node_sends_its_calls_on_rather_than_serve_alone(
+    http: httpx.AsyncClient,
+) -> None:
+    with trio.fail_after(TEST_SECONDS):
+        async with nodes_on_a_table(3) as (nodes, _, _):
+            a, b, gone = nodes
+
+            async def agree() -> bool:
+                return views_agree(nodes)
+
+            await wait_until(agree)
+            response = await http.get(f"{a.url}/removeserver/{gone.address}")
+            assert response.status_code == 200, response.text
+            # At once, before its next round of the table: serving alone, it would
+            # activate here the actors the others hold, a second copy of each.
+            assert not gone.router.membership.alone
+            for i in range(20):
+                response = await http.post(f"{gone.url}/invoke/r{i}/hello")
+                assert response.status_code == 200, response.text
+                assert f"r{i}" not in gone.runtime.catalog
+                assert f"r{i}" in a.runtime.catalog or f"r{i}" in b.runtime.catalog

@@ -28,7 +28,8 @@ Two kinds of knowledge, kept apart:
 
 How a batch of records is taken in does not depend on their order: a batch that removes
 this node removes it, whatever else it holds (the node then serves on its own until it
-is added again).
+is added again; with a membership table, which goes on listing its peers, it keeps them
+and sends its calls on).
 
 Placement uses this node plus its joined peers that are alive. The *agreed view* is
 this node plus the joined peers it has heard from or heard of from a peer (not a
@@ -204,6 +205,10 @@ class Membership:
         }
         self._owners: dict[str, str] = {}
         self._placement: tuple[str, ...] = (me,)
+        #: Whether this node forgets its peers when it is removed, and serves on its own
+        #: until added back. Not with a membership table, which goes on saying who is
+        #: in: the node then places nothing on itself and sends its calls on to them.
+        self.forgets_when_removed = True
         # Rumours to piggyback, by (kind, address): [what it says, times left to send].
         self._rumours: dict[tuple[str, str], list[Any]] = {}
         self._revision = 0  # bumped whenever a record changes: the digest's cache key
@@ -481,8 +486,8 @@ class Membership:
         is in the cluster (a join or a removal; a version moved on alone is kept quietly).
 
         Malformed records are skipped. A record saying this node was removed makes it
-        forget every peer, and the rest of the batch: it serves on its own until
-        someone adds it again. A node's own announcement cannot undo its removal
+        forget every peer (unless ``forgets_when_removed`` is off), and the rest of the
+        batch: it serves on its own until someone adds it again. A node's own announcement cannot undo its removal
         unless it restarted since (see the module's docstring).
         """
         known = self._members
@@ -498,8 +503,8 @@ class Membership:
             if record.address == self.me and (record.version, record.by) > (me.version, me.by):
                 me.joined, me.version, me.by = record.joined, record.version, record.by
                 self._learned(record)
-                if not record.joined:  # removed: on its own, its own record saying so
-                    self._members = {self.me: me}
+                if not record.joined and self.forgets_when_removed:
+                    self._members = {self.me: me}  # on its own, its record saying so
                     self._rumours.clear()
         for record in batch if me.joined else ():
             member = self._members.get(record.address)

@@ -272,6 +272,9 @@ def register(runtime: Runtime, router: Router, table: MembershipTable) -> None:
     )
     registrar.gossip = router.gossip
     router.gossip.registrar = registrar
+    # Removed, the node would serve alone until the table's rows join it back to its
+    # peers: meanwhile it would activate actors they hold.
+    router.membership.forgets_when_removed = False
     runtime.add_service(registrar.run)
 
 
