@@ -245,7 +245,7 @@ class Directory:
             peer
             for peer in self.holders()
             if (peer in down and (not self._strict or self._owned_by(peer, actor_id)))
-            or (peer in self._unfetched and peer not in down)  # (down: as above)
+            or (peer in self._unfetched and peer not in down)  # (a down one: by ownership)
             or (bloom := self.filters.get(peer)) is None
             or actor_id in bloom
         ]
@@ -358,8 +358,8 @@ class Directory:
         async def fetch(peer: str) -> None:
             known = self.filters.get(peer)
             query = [f"since={known.version}"] if known is not None else []
-            now = fresh or peer in self._unfetched
-            if now:
+            as_is = fresh or peer in self._unfetched  # its filter as it is now
+            if as_is:
                 query.append("fresh=1")
             path = "/getbloom" + ("?" + "&".join(query) if query else "")
             try:
@@ -374,7 +374,7 @@ class Directory:
                 self._unfetched.discard(peer)
             except (TowtruckError, ValueError, trio.TooSlowError) as exc:
                 logger.debug("no bloom filter from %s: %r", peer, exc)
-                if now:
+                if as_is:
                     self._unfetched.add(peer)
 
         async with trio.open_nursery() as nursery:

@@ -487,8 +487,9 @@ class Membership:
 
         Malformed records are skipped. A record saying this node was removed makes it
         forget every peer (unless ``forgets_when_removed`` is off), and the rest of the
-        batch: it serves on its own until someone adds it again. A node's own announcement cannot undo its removal
-        unless it restarted since (see the module's docstring).
+        batch: it serves on its own until someone adds it again. A node's own
+        announcement cannot undo its removal unless it restarted since (see the
+        module's docstring).
         """
         known = self._members
         batch = [parsed for record in records if (parsed := _parse(record, known)) is not None]
