@@ -4,6 +4,7 @@ error, and no actor loses an update unless it lived on a node that was killed.""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -39,6 +40,18 @@ def journal(store: Path, ids: set[str], nodes: list[Node]) -> str:
     lines = (store / "journal").read_text().splitlines()
     pids = ", ".join(f"{pid} {node.address}" for node in nodes for pid in node.pids)
     return "\n".join([f"processes: {pids}", *(ln for ln in lines if ln.split()[4] in ids)])
+
+
+def assert_saved_as_answered(
+    store: Path, ids: list[str], successes: Counter[str], nodes: list[Node]
+) -> None:
+    """Every counter of ``ids`` saved as many increments as were answered 200; those
+    that did not, with their journal printed (shown with the failure)."""
+    saved = saved_counts(store, ids)
+    differ = {i for i in ids if saved[i] != successes[i]}
+    if differ:
+        print(journal(store, differ, nodes))
+    assert not differ, {i: (saved[i], successes[i]) for i in sorted(differ)}
 
 
 async def three_nodes(cluster: Processes, http: httpx.AsyncClient) -> list[Node]:
@@ -82,11 +95,7 @@ async def test_restarting_every_node_in_turn_under_load_fails_no_call(tmp_path: 
     # Only 503s were retried: no connection broke under a client.
     assert not any("transport" in outcome for outcome in load.outcomes), load.outcomes
     assert sum(load.successes.values()) >= 1200
-    saved = saved_counts(tmp_path, ids)
-    differ = {i for i in ids if saved[i] != load.successes[i]}
-    if differ:
-        print(journal(tmp_path, differ, [a, b, c]))  # shown with the failure
-    assert not differ, {i: (saved[i], load.successes[i]) for i in sorted(differ)}
+    assert_saved_as_answered(tmp_path, ids, load.successes, [a, b, c])
 
 
 async def test_kill_add_remove_restart_under_load(
@@ -138,8 +147,5 @@ async def test_kill_add_remove_restart_under_load(
     hung = [f for f in load.failures if "hung" in f]
     assert hung == []
     assert all(f.split(": ", 1)[1].startswith(DOCUMENTED) for f in load.failures), load.outcomes
-    counts = saved_counts(tmp_path, ids)
-    differ = {i for i in ids if i not in lost and counts[i] != load.successes[i]}
-    if differ:
-        print(journal(tmp_path, differ, [a, b, c, d]))  # shown with the failure
-    assert not differ, {i: (counts[i], load.successes[i]) for i in sorted(differ)}
+    kept = [i for i in ids if i not in lost]
+    assert_saved_as_answered(tmp_path, kept, load.successes, [a, b, c, d])
