@@ -212,8 +212,13 @@ class Membership:
         # Rumours to piggyback, by (kind, address): [what it says, times left to send].
         self._rumours: dict[tuple[str, str], list[Any]] = {}
         self._revision = 0  # bumped whenever a record changes: the digest's cache key
-        # peers() as last computed, by generation, revision and states asked.
-        self._peers: dict[tuple[int, int, tuple[MemberState, ...]], list[str]] = {}
+        # peers() as last computed: for a generation and revision, the members by
+        # state, and the answers by states asked.
+        self._peers: tuple[
+            tuple[int, int],
+            dict[MemberState | None, list[str]],
+            dict[tuple[MemberState, ...], list[str]],
+        ] = ((-1, -1), {}, {})
         self._majority: tuple[tuple[int, int], bool] = ((-1, -1), True)
         self._records: tuple[int, list[dict[str, Any]]] = (-1, [])
         self._joined_cache: tuple[int, frozenset[str]] = (-1, frozenset())
@@ -233,15 +238,24 @@ class Membership:
     def peers(self, *states: MemberState) -> list[str]:
         """Addresses of the other members in any of ``states`` (all joined ones if none
         is given), sorted."""
-        key = (self.generation, self._revision, states)
-        found = self._peers.get(key)
-        if found is None:
-            if len(self._peers) > 16:
-                self._peers.clear()
-            wanted = set(states) or {MemberState.ALIVE, MemberState.DOWN}
-            found = sorted(a for a in self._members if a != self.me and self.state(a) in wanted)
-            self._peers[key] = found
-        return list(found)
+        key = (self.generation, self._revision)
+        if self._peers[0] != key:
+            # Every member's state at once: with hundreds of members (a simulation),
+            # one pass per change rather than one per change and states asked.
+            by_state: dict[MemberState | None, list[str]] = {}
+            for address in sorted(self._members):
+                by_state.setdefault(self.state(address), []).append(address)
+            self._peers = (key, by_state, {})
+        _, by_state, found = self._peers
+        wanted = states or (MemberState.ALIVE, MemberState.DOWN)
+        peers = found.get(wanted)
+        if peers is None:
+            if len(wanted) == 1:
+                peers = by_state.get(wanted[0], [])
+            else:
+                peers = sorted(a for state in set(wanted) for a in by_state.get(state, ()))
+            found[wanted] = peers
+        return list(peers)
 
     @property
     def alone(self) -> bool:

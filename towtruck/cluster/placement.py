@@ -17,6 +17,7 @@ every node must agree. This module is pure: it imports no trio.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 from hashlib import blake2b
 
 __all__ = ["Keys", "owner", "score"]
@@ -47,7 +48,7 @@ class Keys:
     otherwise hash every key N times over at each change)."""
 
     def __init__(self, keys: list[str]) -> None:
-        self._keys = keys
+        self._keys = tuple(keys)
         self._scores: dict[str, list[int]] = {}
         self._owned: tuple[tuple[str, ...], str, frozenset[int]] | None = None
 
@@ -61,7 +62,7 @@ class Keys:
             del scores[gone]
         for new in members:
             if new not in scores:
-                scores[new] = [score(new, key) for key in self._keys]
+                scores[new] = _scores(new, self._keys)
         mine = scores.get(member)
         owned: frozenset[int] = frozenset()
         if mine is not None:
@@ -76,3 +77,10 @@ class Keys:
             )
         self._owned = (members, member, owned)
         return owned
+
+
+@lru_cache(maxsize=1024)
+def _scores(member: str, keys: tuple[str, ...]) -> list[int]:
+    """``member``'s score for each of ``keys``, shared by every :class:`Keys` of the
+    process (a simulation runs hundreds of nodes in one, each hashing every member)."""
+    return [score(member, key) for key in keys]
