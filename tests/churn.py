@@ -241,17 +241,7 @@ class Load:
         return f"{first}, then {outcome}"
 
 
-_TABLE = pytest.mark.parser_free  # (the gossip run covers both parsers)
-
-
-@pytest.fixture(
-    params=[
-        "gossip",
-        pytest.param("redis", marks=_TABLE),
-        pytest.param("postgres", marks=_TABLE),
-        pytest.param("etcd", marks=_TABLE),
-    ]
-)
+@pytest.fixture(params=["gossip", "redis", "postgres", "etcd"])
 def membership(request: pytest.FixtureRequest) -> tuple[str, ...]:
     """The flags of a cluster keeping its membership by gossip alone, or in each table
     (where a node killed or stalled long enough is declared dead, and joins again)."""

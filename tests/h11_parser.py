@@ -3,8 +3,9 @@ httptools does not install: ``pytest -p tests.h11_parser`` runs the suite on it 
 this process, and in the ``towtruck serve`` processes tests start). Tests marked
 ``parser_free`` ran on httptools already and are left out: their subject is not how a
 server reads HTTP (the stores' and tables' contracts, the manifests, the simulation,
-failure detection, state through kills, hosts finding each other, the churn test on
-each membership table), and what they do over HTTP other tests do on both parsers."""
+failure detection, state through kills, hosts finding each other, the churn tests,
+refusals at start, signals, the dashboard page's script, App under Hypercorn, which
+reads the requests itself), and what they do over HTTP other tests do on both parsers."""
 
 import os
 

@@ -158,6 +158,7 @@ async def test_serve_with_access_log_logs_one_line_per_request(http: httpx.Async
     assert parsed(access_lines(output.text)) == [*EXPECTED, *REFUSED_BY_THE_PARSER], output.text
 
 
+@pytest.mark.parser_free  # Hypercorn reads the requests
 @pytest.mark.subprocess
 async def test_app_with_access_log_under_the_hypercorn_command_logs_one_line_per_request(
     http: httpx.AsyncClient,

@@ -369,6 +369,7 @@ except* KeyboardInterrupt:
 """
 
 
+@pytest.mark.parser_free  # signals
 @pytest.mark.subprocess
 @pytest.mark.parametrize("method", ["ctrl_c", "ctrl_c_at_checkpoint"])
 async def test_a_real_ctrl_c_under_plain_trio_run_still_interrupts_the_program(

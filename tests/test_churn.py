@@ -16,7 +16,9 @@ from tests.stores import etcd_server, postgres_server, redis_server
 
 __all__ = ["etcd_server", "membership", "postgres_server", "redis_server"]  # fixtures
 
-pytestmark = [pytest.mark.subprocess, pytest.mark.slow]
+# Membership and state under churn: how a node reads HTTP is the subject of other tests,
+# on both parsers.
+pytestmark = [pytest.mark.subprocess, pytest.mark.slow, pytest.mark.parser_free]
 
 #: What a client may see after its one retry, besides success.
 DOCUMENTED = (
@@ -76,7 +78,6 @@ async def restart_in_turn(
         await load.wait_calls(calls)
 
 
-@pytest.mark.parser_free  # (the churn test's gossip run covers both parsers)
 async def test_restarting_every_node_in_turn_under_load_fails_no_call(tmp_path: Path) -> None:
     ids = [f"roll{i}" for i in range(40)]
     with trio.fail_after(240):

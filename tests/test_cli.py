@@ -84,6 +84,7 @@ async def test_python_m_towtruck_and_settings_from_the_environment(http: httpx.A
             process.send_signal(signal.SIGTERM)
 
 
+@pytest.mark.parser_free  # refused at start: no request is read
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
@@ -106,6 +107,7 @@ async def test_bad_settings_are_refused_at_start(
     assert message in result.stderr
 
 
+@pytest.mark.parser_free  # refused at start: no request is read
 @pytest.mark.parametrize(
     ("factory", "message"),
     [
@@ -120,6 +122,7 @@ async def test_a_factory_that_cannot_be_found_is_refused(factory: str, message: 
     assert message in result.stderr
 
 
+@pytest.mark.parser_free  # refused at start: no request is read
 async def test_help_lists_every_setting() -> None:
     with trio.fail_after(PROCESS_SECONDS):
         result = await run_to_end([*towtruck_command(), "serve", "--help"])
@@ -187,6 +190,7 @@ WORKERS = pytest.mark.parametrize(
 )
 
 
+@pytest.mark.parser_free  # refused at start: no request is read
 @WORKERS
 async def test_a_port_in_use_is_one_line_naming_the_flag_and_value(workers: list[str]) -> None:
     with socket.socket() as taken:
@@ -199,6 +203,7 @@ async def test_a_port_in_use_is_one_line_naming_the_flag_and_value(workers: list
     assert one_line_error(result) == f"--port {port}: address already in use"
 
 
+@pytest.mark.parser_free  # refused at start: no request is read
 @WORKERS
 @pytest.mark.parametrize(
     ("host", "reason"),
@@ -218,6 +223,7 @@ async def test_a_host_that_cannot_be_bound_is_one_line_naming_the_flag_and_value
     assert one_line_error(result) == f"--host {host}: {reason}"
 
 
+@pytest.mark.parser_free  # refused at start: no request is read
 @WORKERS
 async def test_an_async_create_actor_is_one_line(workers: list[str]) -> None:
     factory = "tests.actors:create_async_counter"
@@ -228,6 +234,7 @@ async def test_an_async_create_actor_is_one_line(workers: list[str]) -> None:
     )
 
 
+@pytest.mark.parser_free  # refused at start: no request is read
 @pytest.mark.parametrize(
     ("factory", "hint"),
     [
@@ -247,6 +254,7 @@ async def test_a_file_name_for_the_factory_hints_at_the_module_name(
     assert "pkg.module" in error
 
 
+@pytest.mark.parser_free  # refused at start: no request is read
 async def test_a_worker_refusing_to_start_stops_the_supervisor_with_its_one_line() -> None:
     argv = [*towtruck_command(), "serve", "tests.refused_in_workers", "--workers", "2"]
     with trio.fail_after(PROCESS_SECONDS):
@@ -271,6 +279,7 @@ async def test_an_unknown_towtruck_variable_is_ignored_with_a_warning(
     assert "did you mean TOWTRUCK_MAX_ACTORS?" in output.text
 
 
+@pytest.mark.parser_free  # the supervisor's logging
 @pytest.mark.slow
 async def test_workers_get_the_log_level_and_do_not_warn_again(http: httpx.AsyncClient) -> None:
     argv = [*towtruck_command(), "serve", "examples.greeter", "--port", "0", "--workers", "2"]

@@ -192,6 +192,7 @@ async def test_the_routes_take_get_and_head_only(http: httpx.AsyncClient, path: 
     assert events_head.content == b""
 
 
+@pytest.mark.parser_free  # Hypercorn reads the requests
 async def test_the_event_stream_streams_under_hypercorn(http: httpx.AsyncClient) -> None:
     config = Config()
     config.bind = ["127.0.0.1:0"]
@@ -296,6 +297,7 @@ def log_in_to_the_cluster(url: str, key: str) -> None:
         driver.quit()
 
 
+@pytest.mark.parser_free  # the page's script (its routes: the tests above, on both)
 @pytest.mark.browser
 @needs_browser
 async def test_the_page_shows_the_cluster_live(tmp_path: Path) -> None:
@@ -312,6 +314,7 @@ async def test_the_page_shows_the_cluster_live(tmp_path: Path) -> None:
     assert screenshot.stat().st_size > 0
 
 
+@pytest.mark.parser_free  # the page's script (its routes: the tests above, on both)
 @pytest.mark.browser
 @needs_browser
 async def test_the_page_asks_for_the_cluster_key(http: httpx.AsyncClient) -> None:

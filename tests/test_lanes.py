@@ -331,6 +331,7 @@ async def test_a_peer_that_answers_heartbeats_but_swallows_calls_is_taken_out(
             nursery.cancel_scope.cancel()
 
 
+@pytest.mark.parser_free  # the lanes' stall detector
 async def test_a_long_turn_on_a_peer_is_not_taken_for_a_stalled_lane() -> None:
     with trio.fail_after(TEST_SECONDS):
         # Heartbeats at 0.5 s rather than FAST's 0.2: a lane quiet for half the stall

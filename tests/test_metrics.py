@@ -181,6 +181,7 @@ def test_histogram_quantiles_interpolate_within_a_bucket() -> None:
         Histogram.from_payload({"counts": [1], "sum": 0})
 
 
+@pytest.mark.parser_free  # metrics gathered from workers (the route: the tests above, on both)
 @pytest.mark.subprocess
 async def test_one_scrape_answers_for_every_worker() -> None:
     argv = [*towtruck_command(), "serve", "examples.greeter", "--workers", "2", "--port", "0"]

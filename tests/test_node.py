@@ -65,6 +65,7 @@ async def test_node_client_calls_actors(http: httpx.AsyncClient) -> None:
     assert node.url == f"http://127.0.0.1:{node.address.port}"
 
 
+@pytest.mark.parser_free  # Hypercorn reads the requests
 @pytest.mark.subprocess
 async def test_app_under_the_hypercorn_command(http: httpx.AsyncClient) -> None:
     argv = [
@@ -123,6 +124,7 @@ async def test_towtruck_run_serves_until_ctrl_c(
     assert process.returncode == 0, output.text
 
 
+@pytest.mark.parser_free  # signals
 @pytest.mark.subprocess
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 async def test_a_second_signal_exits_at_once_while_a_method_holds_the_event_loop(

@@ -147,6 +147,7 @@ async def test_after_downtime_one_tick_comes_with_the_missed_count(
             assert ticks("d")[3].missed == 0
 
 
+@pytest.mark.parser_free  # the store
 async def test_reminders_survive_a_restart_of_an_sqlite_node(tmp_path: Any) -> None:
     """On the real clock: the store's thread does real work."""
     url = f"sqlite:///{tmp_path / 'r.sqlite3'}"

@@ -64,6 +64,7 @@ async def test_the_state_route_shows_what_the_store_holds(
             assert (await http.get(f"{node.url}/actors/alice/state")).json()["epoch"] == 2
 
 
+@pytest.mark.parser_free  # the stores' contract (the state route: the tests above, on both)
 async def test_a_redis_server_stopped_mid_run_fails_writes_with_503_and_the_node_serves_on(
     http: httpx.AsyncClient, tmp_path: Path
 ) -> None:
@@ -114,6 +115,7 @@ async def test_the_state_route_needs_the_cluster_key(http: httpx.AsyncClient) ->
             assert answer.status_code == 200
 
 
+@pytest.mark.parser_free  # the stores' contract (the state route: the tests above, on both)
 async def test_two_nodes_sharing_a_store_fence_each_other(
     http: httpx.AsyncClient, store_url: str
 ) -> None:
@@ -143,6 +145,7 @@ async def test_two_nodes_sharing_a_store_fence_each_other(
             assert again.json() == {"balance": 111}
 
 
+@pytest.mark.parser_free  # the stores' contract (the state route: the tests above, on both)
 @pytest.mark.subprocess
 @pytest.mark.parametrize("stop", ["graceful", "kill -9"])
 async def test_every_write_that_answered_200_survives_a_restart(
