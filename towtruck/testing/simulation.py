@@ -32,7 +32,6 @@ from contextlib import asynccontextmanager
 from typing import Any, Final, TypeVar
 
 import trio
-import trio.testing
 
 from .. import codec
 from ..calls import CallContext
@@ -363,6 +362,9 @@ def simulate(
             names the seed.
     """
     _seed_scheduler(seed)
+    # Here rather than at the top: trio.testing imports pytest where it is installed,
+    # and every ``import towtruck`` would pay for it.
+    import trio.testing
 
     async def main() -> T:
         with trio.fail_after(within):
