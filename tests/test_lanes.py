@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import secrets
 import socket
@@ -15,6 +16,7 @@ import httpx
 import orjson
 import pytest
 import trio
+import trio.testing
 from hypercorn.config import Config
 from hypercorn.trio import serve as stock_serve
 
@@ -24,6 +26,7 @@ from tests.fake_peer import FakePeer, answer
 from tests.helpers import FAST, TEST_SECONDS, owned_by, wait_until
 from towtruck.cluster import placement, wire
 from towtruck.cluster.membership import MemberState
+from towtruck.transport.lanes import _Lane
 from towtruck.transport.writer import FrameWriter
 
 
@@ -335,8 +338,8 @@ async def test_a_peer_that_answers_heartbeats_but_swallows_calls_is_taken_out(
 async def test_a_long_turn_on_a_peer_is_not_taken_for_a_stalled_lane() -> None:
     with trio.fail_after(TEST_SECONDS):
         # Heartbeats at 0.5 s rather than FAST's 0.2: a lane quiet for half the stall
-        # bound is probed at the next heartbeat, and the reply must be in by the one
-        # after; one interval of 0.2 s is a margin a busy CI machine can miss.
+        # bound is probed, and the reply has the other half to come in: 0.75 s here,
+        # where FAST's 0.3 s is a margin a busy CI machine can miss.
         settings = {**FAST, "heartbeat_interval": 0.5}
         async with towtruck.cluster(create_recorder, size=2, **settings) as c:
             first, second = c.nodes
@@ -347,6 +350,45 @@ async def test_a_long_turn_on_a_peer_is_not_taken_for_a_stalled_lane() -> None:
             assert first.router.membership.placement() == tuple(
                 sorted(str(n.address) for n in c.nodes)
             )
+
+
+async def test_a_probe_on_a_quiet_lane_has_half_the_stall_bound_to_be_answered(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A peer that takes a call and answers nothing, checked as the heartbeats would
+    # (the bound is 3 s): probed once quiet for 1.5 s, here at 2.9 s, it is stalled
+    # only 1.5 s after the probe, not at the next check past the bound (3.1 s).
+    ours, theirs = trio.socket.socketpair()
+    lane = _Lane("peer", trio.SocketStream(ours))
+    kinds: list[bytes] = []
+
+    async def swallow() -> None:
+        buffer = bytearray()
+        while chunk := await theirs.recv(65536):
+            buffer += chunk
+            kinds.extend(kind for _, kind, _ in wire.split(buffer))
+
+    checks = {}
+    with theirs:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lane.run, b"")
+            nursery.start_soon(swallow)
+            nursery.start_soon(lane.call, b"{}", math.inf)
+            await trio.testing.wait_all_tasks_blocked()
+            start = trio.current_time()
+            for at in (0, 1.4, 2.9, 3.1, 4.3, 4.5):
+                await trio.sleep_until(start + at)
+                checks[at] = (lane.stalled(3.0), kinds.count(wire.PROBE))
+            nursery.cancel_scope.cancel()
+    assert kinds[0] == wire.CALL
+    assert checks == {
+        0: (False, 0),
+        1.4: (False, 0),
+        2.9: (False, 0),  # probed now: the probe is on its way
+        3.1: (False, 1),
+        4.3: (False, 1),
+        4.5: (True, 1),
+    }
 
 
 def create_sizable(id: str, client: towtruck.Client) -> dict[str, Any]:

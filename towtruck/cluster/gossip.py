@@ -112,7 +112,6 @@ class Gossip:
         self._peers = peers
         self._protocol_timeout = settings.protocol_timeout
         self._heartbeat_interval = settings.heartbeat_interval
-        # A lane with calls waiting and nothing from the peer for this long is stalled.
         self._bloom_interval = settings.bloom_interval
         self._settled = trio.Event()  # set once the view is settled: see the module doc
         self._settle_due = trio.Event()
@@ -591,6 +590,7 @@ class Gossip:
                 self.membership.suspect(peer)
                 self._suspected.set()
             return
+        # A lane with calls waiting and nothing from the peer for this long is stalled.
         stall_after = self._timeout() * self._misses
         if self._peers.stalled(peer, stall_after):
             # It answers heartbeats, but neither the calls on its lane nor a probe

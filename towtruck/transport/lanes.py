@@ -79,25 +79,31 @@ class _Lane:
         self.received_at = trio.current_time()
         # When :meth:`stalled` first saw calls waiting (None: it saw none).
         self._busy_seen: float | None = None
+        # When :meth:`stalled` last probed the peer (None: not since it was busy).
+        self._probed_at: float | None = None
 
     def stalled(self, after: float) -> bool:
         """Whether calls have been waiting for ``after`` seconds with nothing received
-        from the peer (no answer, no reply to a probe). Probes the peer if it has been
-        quiet for half that. Seen from one call to the next (the heartbeat's), so a
-        stall shows within ``after`` plus the time between two calls. Not a checkpoint.
-        """
+        from the peer, not even the reply to a probe sent at least ``after / 2`` ago.
+        Probes the peer once it has been quiet for half of ``after``. Seen from one call
+        to the next (the heartbeat's), so a stall shows within ``after`` plus twice the
+        time between two calls; however the calls fall, the probe has half of
+        ``after`` to be answered (a busy peer's reader answers it between two reads).
+        Not a checkpoint."""
         now = trio.current_time()
         if not self._waiting:
-            self._busy_seen = None
+            self._busy_seen = self._probed_at = None
             return False
         if self._busy_seen is None:
             self._busy_seen = now
-        quiet = now - max(self.received_at, self._busy_seen)
-        if quiet > after:
-            return True
-        if quiet >= after / 2:
+        since = max(self.received_at, self._busy_seen)
+        if now - since < after / 2:
+            return False
+        if self._probed_at is None or self._probed_at < since:  # nothing asked since news
+            self._probed_at = now
             self._writer.send(wire.frame(0, wire.PROBE, b""))
-        return False
+            return False
+        return now - since > after and now - self._probed_at >= after / 2
 
     async def call(self, envelope: bytes, deadline: float) -> bytes:
         """Send a call and wait for its answer (see :meth:`Lanes.call`). A checkpoint;
