@@ -4,7 +4,8 @@ node's ASGI lifespan.
 Served by Hypercorn directly (``hypercorn --worker-class trio module:app``), the app's
 lifespan is what starts the node's runtime: ``before_serving`` runs it in Quart-Trio's
 lifespan nursery (clustered if ``advertise`` is set, since only then does the node know
-the address its peers reach it at) and ``after_serving`` stops it gracefully. Under
+the address its peers reach it at, and joined once the server listens there) and
+``after_serving`` stops it gracefully. Under
 ``open_node`` the runtime already runs beside the server, and the lifespan leaves it
 alone.
 """
@@ -20,6 +21,7 @@ from collections.abc import Awaitable
 from typing import Any, Final
 from urllib.parse import quote
 
+import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -99,6 +101,39 @@ def json_response(value: Any, status: int = 200) -> Response:
     return Response(codec.dumps(value), status=status, content_type="application/json")
 
 
+#: How long a clustered App waits for its server to listen before it joins regardless.
+_LISTEN_WAIT: Final = 10.0
+
+
+async def _join_once_listening(router: Router, peers: tuple[str, ...]) -> None:
+    """Join the cluster once this node's advertised address takes connections.
+
+    The server that runs the App (Hypercorn) starts its lifespan before it listens: a
+    node that joined then would be probed by its peers meanwhile, refuse them, and be
+    taken for down a moment after it joined. Calls wait for the join meanwhile, as for
+    any node that has not settled its view. An address this host cannot reach itself
+    at (behind NAT, say) is given ``_LISTEN_WAIT`` seconds, then joined through all
+    the same. A peer refusing the cluster key ends the app, as it would have at start.
+    """
+    host, _, port = router.me.rpartition(":")
+    with trio.move_on_after(_LISTEN_WAIT) as waiting:
+        while True:
+            try:
+                stream = await trio.open_tcp_stream(host.strip("[]"), int(port))
+            except OSError:
+                await trio.sleep(0.05)
+                continue
+            await stream.aclose()
+            break
+    if waiting.cancelled_caught:
+        logger.warning(
+            "%s took no connection within %g s: joining the cluster all the same",
+            router.me,
+            _LISTEN_WAIT,
+        )
+    await router.gossip.start(peers)
+
+
 def build_routes(runtime: Runtime) -> QuartTrio:
     """The Quart-Trio app serving the node's routes other than ``/invoke``."""
     settings = runtime.settings
@@ -128,7 +163,7 @@ def build_routes(runtime: Runtime) -> QuartTrio:
 
         lifespan.push_async_callback(stop_member, runtime, router)
         if router is not None:
-            await router.gossip.start(settings.peers)
+            app.nursery.start_soon(_join_once_listening, router, settings.peers)
 
     @app.after_serving
     async def stop_runtime() -> None:
