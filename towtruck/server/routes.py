@@ -5,9 +5,8 @@ Served by Hypercorn directly (``hypercorn --worker-class trio module:app``), the
 lifespan is what starts the node's runtime: ``before_serving`` runs it in Quart-Trio's
 lifespan nursery (clustered if ``advertise`` is set, since only then does the node know
 the address its peers reach it at, and joined once the server listens there) and
-``after_serving`` stops it gracefully. Under
-``open_node`` the runtime already runs beside the server, and the lifespan leaves it
-alone.
+``after_serving`` stops it gracefully. Under ``open_node`` the runtime already runs
+beside the server, and the lifespan leaves it alone.
 """
 
 from __future__ import annotations
