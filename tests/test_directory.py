@@ -125,6 +125,32 @@ async def test_a_live_peer_silent_about_an_id_keeps_it_from_activating() -> None
             assert await first.client.invoke(held, "increment") == 2  # the one copy
 
 
+async def test_a_peer_that_leaves_right_after_activating_is_asked_before_its_ids_move() -> None:
+    with trio.fail_after(TEST_SECONDS):
+        settings = {**FAST, "bloom_interval": 600}  # fetched when membership changes only
+        async with towtruck.cluster(create_counter, size=2, **settings) as c:
+            first, second = c.nodes
+            directory = first.router.directory
+            await first.router.gossip.refresh_filters()
+            assert directory.filters[str(second.address)].count == 0
+            moving = owned_by(second, c.nodes, 1, "moving")[0]
+            await second.client.invoke(moving, "increment")
+            # It leaves (a graceful stop's first step) before its filter, which now
+            # holds the actor, is fetched again; the actor moves to the first node.
+            await second.router.gossip.leave()
+
+            async def settled() -> bool:
+                return first.router.membership.placement() == (str(first.address),) and (
+                    first.router.gossip.settled
+                )
+
+            await wait_until(settled)
+            # Taking the empty filter it last fetched at its word, the first node would
+            # activate a second copy, and one of the two would lose its updates.
+            assert await first.client.invoke(moving, "increment") == 2
+            assert moving not in first.runtime.catalog
+
+
 async def test_a_peer_whose_filter_was_not_fetched_fresh_is_asked_about_every_id() -> None:
     with trio.fail_after(TEST_SECONDS):
         async with towtruck.cluster(create_counter, size=2, query_timeout=0.5, **FAST) as c:

@@ -78,7 +78,8 @@ class Directory:
     """This node's knowledge of which actors live where.
 
     Which peers may hold actors: the live ones; the removed ones whose last filter still
-    held actors (they serve those until they are collected); and, for ``suspicion``
+    held actors (they serve those until they are collected), or who said their filter
+    moved on since (actors activated just before they left); and, for ``suspicion``
     seconds after they went down, the down ones. A peer may be taken for down while it
     is only slow (under overload, say), or cut off by a partition, and its actors must
     not be activated a second time elsewhere, so a down peer is asked about every id,
@@ -186,10 +187,14 @@ class Directory:
             for peer in membership.peers(MemberState.DOWN)
             if peer not in self._gone and membership.down_for(peer) < self._suspicion
         ]
+        # A removed peer whose filter held actors, or has moved on since it was fetched
+        # (it may have activated some just before it left): fetched fresh, then kept
+        # while it still holds some.
         leaving = [
             peer
             for peer in membership.peers(MemberState.REMOVED)
-            if (bloom := self.filters.get(peer)) is not None and bloom.count > 0
+            if (bloom := self.filters.get(peer)) is not None
+            and (bloom.count > 0 or peer in self._stale or peer in self._unfetched)
         ]
         return live + suspects + leaving
 
