@@ -337,8 +337,9 @@ class Directory:
     ) -> None:
         """Fetch the filters of the live peers, and of removed peers that still held
         actors, that changed (by the version they said they have; ``fresh``: whatever
-        they said); keep the last filter of down peers. ``only``: of these peers alone;
-        ``empty_since``: not those that said they held no actors since then.
+        they said, and those of ``only`` that have just left too); keep the last filter
+        of down peers. ``only``: of these peers alone; ``empty_since``: not those that
+        said they held no actors since then.
 
         ``fresh`` asks the peers for their filter as it is now rather than one
         cached for up to half a ``bloom_interval``. A peer that does not answer
@@ -347,14 +348,22 @@ class Directory:
         again at each refresh until it answers. A checkpoint.
         """
         membership = self._membership
-        holders = self.holders()
-        for dropped in set(self.filters) - set(holders):
+        only = None if only is None else set(only)
+        holders = set(self.holders())
+        if fresh and only is not None:  # peers that have just left: fetched once more,
+            # whatever their last filter held (they may have activated actors since)
+            holders |= {
+                peer
+                for peer in only
+                if peer in self.filters and membership.state(peer) is MemberState.REMOVED
+            }
+        for dropped in set(self.filters) - holders:
             del self.filters[dropped]
-        self._unfetched &= set(holders)
-        wanted = set(holders) if only is None else set(only) & set(holders)
+        self._unfetched &= holders
+        wanted = holders if only is None else set(only) & holders
         if not fresh:  # only those that changed, those removed that held actors, and
             # those not fetched fresh when they had to be
-            self._stale &= set(holders)
+            self._stale &= holders
             wanted &= self._stale | set(membership.peers(MemberState.REMOVED)) | self._unfetched
         if empty_since is not None:
             wanted = {p for p in wanted if self._empty_at.get(p, -math.inf) < empty_since}
