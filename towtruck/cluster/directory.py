@@ -360,7 +360,7 @@ class Directory:
         for dropped in set(self.filters) - holders:
             del self.filters[dropped]
         self._unfetched &= holders
-        wanted = holders if only is None else set(only) & holders
+        wanted = set(holders) if only is None else only & holders
         if not fresh:  # only those that changed, those removed that held actors, and
             # those not fetched fresh when they had to be
             self._stale &= holders
