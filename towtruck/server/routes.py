@@ -114,11 +114,11 @@ async def _join_once_listening(router: Router, peers: tuple[str, ...]) -> None:
     at (behind NAT, say) is given ``_LISTEN_WAIT`` seconds, then joined through all
     the same. A peer refusing the cluster key ends the app, as it would have at start.
     """
-    host, _, port = router.me.rpartition(":")
+    me = Address.parse(router.me)
     with trio.move_on_after(_LISTEN_WAIT) as waiting:
         while True:
             try:
-                stream = await trio.open_tcp_stream(host.strip("[]"), int(port))
+                stream = await trio.open_tcp_stream(me.host, me.port)
             except OSError:
                 await trio.sleep(0.05)
                 continue
