@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import pytest
@@ -149,6 +150,34 @@ async def test_a_peer_that_leaves_right_after_activating_is_asked_before_its_ids
             # activate a second copy, and one of the two would lose its updates.
             assert await first.client.invoke(moving, "increment") == 2
             assert moving not in first.runtime.catalog
+
+
+async def test_a_filter_dropped_while_it_was_fetched_again_breaks_nothing() -> None:
+    with trio.fail_after(TEST_SECONDS):
+        async with towtruck.cluster(create_counter, size=2, **FAST) as c:
+            first, second = c.nodes
+            peer = str(second.address)
+            directory = first.router.directory
+            await first.router.gossip.refresh_filters()
+            peers = directory._peers  # type: ignore[attr-defined]
+            get, asked, answer = peers.get, trio.Event(), trio.Event()
+
+            async def held_up(address: str, path: str) -> Any:
+                if path.startswith("/getbloom"):
+                    asked.set()
+                    await answer.wait()
+                return await get(address, path)
+
+            peers.get = held_up
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(directory.refresh, fresh=True, only=[peer]))
+                await asked.wait()
+                # Dropped meanwhile, as a refresh that took the peer for no holder does;
+                # the fetch's answer is "unchanged" since the version it asked from.
+                del directory.filters[peer]
+                answer.set()
+            peers.get = get
+            assert peer in directory.filters
 
 
 async def test_a_peer_whose_filter_was_not_fetched_fresh_is_asked_about_every_id() -> None:

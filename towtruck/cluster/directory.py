@@ -381,9 +381,13 @@ class Directory:
                     self.fetches += 1
                     answer = await self._peers.get(peer, path)
                 unchanged = isinstance(answer, dict) and answer.get("unchanged")
-                if known is None or not unchanged:
-                    self.filters[peer] = BloomFilter.from_payload(answer)
-                if self.filters[peer].version >= self._versions.get(peer, -1):
+                # (set again even if unchanged: another refresh may have dropped it since)
+                if known is not None and unchanged:
+                    fetched = known
+                else:
+                    fetched = BloomFilter.from_payload(answer)
+                self.filters[peer] = fetched
+                if fetched.version >= self._versions.get(peer, -1):
                     self._stale.discard(peer)
                 self._unfetched.discard(peer)
             except (TowtruckError, ValueError, trio.TooSlowError) as exc:
