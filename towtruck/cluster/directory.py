@@ -77,9 +77,10 @@ class PeerClient(Protocol):
 class Directory:
     """This node's knowledge of which actors live where.
 
-    Which peers may hold actors: the live ones; the removed ones whose last filter still
-    held actors (they serve those until they are collected), or who said their filter
-    moved on since (actors activated just before they left); and, for ``suspicion``
+    Which peers may hold actors: the live ones; the removed ones, from the moment this
+    node sees them removed until their filter has been fetched fresh (they may have
+    activated actors just before they left), and then while it holds actors (they serve
+    those until they are collected) or moves on; and, for ``suspicion``
     seconds after they went down, the down ones. A peer may be taken for down while it
     is only slow (under overload, say), or cut off by a partition, and its actors must
     not be activated a second time elsewhere, so a down peer is asked about every id,
@@ -90,8 +91,9 @@ class Directory:
     call fails (503) rather than activate the id, until the suspicion time is over; by
     then the peer has given up its actors if it is cut off in a minority. So does a
     live peer that does not answer in time: slow is not gone. A live peer whose filter
-    could not be fetched fresh after a change of membership is asked about every id
-    until one is.
+    could not be fetched fresh after a change of membership, and a removed one whose
+    filter has not been fetched fresh since it left, is asked about every id until
+    one is.
 
     Filters are fetched when they changed: each heartbeat carries the sender's filter
     version, and a peer's filter is fetched again only when the version heard is not
@@ -130,8 +132,11 @@ class Directory:
         self.fetches = 0
         self._query_timeout = query_timeout
         self._gone: set[str] = set()
-        # Peers whose filter could not be fetched fresh: the one held may miss actors.
+        # Peers whose filter could not be fetched fresh, or has not been since they
+        # left: the one held may miss actors.
         self._unfetched: set[str] = set()
+        # Per peer that left: the decision that removed it, once seen (see holders()).
+        self._removals: dict[str, tuple[int, str] | None] = {}
         self.bloom = CountingBloom()
         self.filters: dict[str, BloomFilter] = {}
         self._catalog = catalog
@@ -187,14 +192,23 @@ class Directory:
             for peer in membership.peers(MemberState.DOWN)
             if peer not in self._gone and membership.down_for(peer) < self._suspicion
         ]
-        # A removed peer whose filter held actors, or has moved on since it was fetched
-        # (it may have activated some just before it left): fetched fresh, then kept
-        # while it still holds some.
+        # A peer that has left may have activated actors just before, after its filter
+        # was last fetched: from the moment this node sees it removed, it is asked about
+        # every id until its filter is fetched fresh (it is unfetched); then it is kept
+        # while that filter holds actors or moves on.
+        removed = membership.peers(MemberState.REMOVED)
+        if removed or self._removals:
+            removals, self._removals = self._removals, {}
+            for peer in removed:
+                decision = self._removals[peer] = membership.decision(peer)
+                if removals.get(peer, ()) != decision:  # (a removal not seen before)
+                    self._unfetched.add(peer)
         leaving = [
             peer
-            for peer in membership.peers(MemberState.REMOVED)
-            if (bloom := self.filters.get(peer)) is not None
-            and (bloom.count > 0 or peer in self._stale or peer in self._unfetched)
+            for peer in removed
+            if peer in self._unfetched
+            or ((bloom := self.filters.get(peer)) is not None
+                and (bloom.count > 0 or peer in self._stale))
         ]
         return live + suspects + leaving
 
@@ -337,7 +351,7 @@ class Directory:
     ) -> None:
         """Fetch the filters of the live peers, and of removed peers that still held
         actors, that changed (by the version they said they have; ``fresh``: whatever
-        they said, and those of ``only`` that have just left too); keep the last filter
+        they said); keep the last filter
         of down peers. ``only``: of these peers alone; ``empty_since``: not those that
         said they held no actors since then.
 
@@ -350,13 +364,6 @@ class Directory:
         membership = self._membership
         only = None if only is None else set(only)
         holders = set(self.holders())
-        if fresh and only is not None:  # peers that have just left: fetched once more,
-            # whatever their last filter held (they may have activated actors since)
-            holders |= {
-                peer
-                for peer in only
-                if peer in self.filters and membership.state(peer) is MemberState.REMOVED
-            }
         for dropped in set(self.filters) - holders:
             del self.filters[dropped]
         self._unfetched &= holders
@@ -373,6 +380,7 @@ class Directory:
             known = self.filters.get(peer)
             query = [f"since={known.version}"] if known is not None else []
             as_is = fresh or peer in self._unfetched  # its filter as it is now
+            left = self._removals.get(peer)  # (the removal it was asked after, if any)
             if as_is:
                 query.append("fresh=1")
             path = "/getbloom" + ("?" + "&".join(query) if query else "")
@@ -389,7 +397,8 @@ class Directory:
                 self.filters[peer] = fetched
                 if fetched.version >= self._versions.get(peer, -1):
                     self._stale.discard(peer)
-                self._unfetched.discard(peer)
+                if self._removals.get(peer) == left:  # (not if it left while asked)
+                    self._unfetched.discard(peer)
             except (TowtruckError, ValueError, trio.TooSlowError) as exc:
                 logger.debug("no bloom filter from %s: %r", peer, exc)
                 if as_is:

@@ -491,6 +491,12 @@ class Membership:
         member = self._members.get(address)
         return 0 if member is None else member.downs
 
+    def decision(self, address: str) -> tuple[int, str] | None:
+        """The decision in force about ``address`` (its join or removal), as its version
+        and maker: tells a new decision from one seen before. None if it is unknown."""
+        member = self._members.get(address)
+        return None if member is None else (member.version, member.by)
+
     def remove(self, address: str) -> None:
         """Decide that ``address`` is out of the cluster (a tombstone)."""
         self._decide(address, joined=False)
