@@ -173,6 +173,36 @@ async def test_a_peer_heard_to_have_left_is_asked_until_its_filter_is_fetched_ag
             assert await directory.locate(moving, trio.current_time() + 5) == peer
 
 
+async def test_a_peer_that_left_and_stays_silent_is_asked_no_longer_than_a_down_one() -> None:
+    with trio.fail_after(TEST_SECONDS):
+        settings = {**FAST, "bloom_interval": 600, "query_timeout": 0.3, "suspicion": 1.0}
+        async with towtruck.cluster(create_counter, size=2, **settings) as c:
+            first, second = c.nodes
+            peer = str(second.address)
+            directory = first.router.directory
+            peers = directory._peers  # type: ignore[attr-defined]
+            get = peers.get
+
+            async def silent(address: str, path: str) -> Any:
+                if address == peer:
+                    await trio.sleep_forever()
+                return await get(address, path)
+
+            peers.get = silent
+            first.router.membership.remove(peer)
+            await directory.refresh()  # its filter cannot be fetched: asked about every id
+            with pytest.raises(towtruck.errors.PeerUnavailable):  # (keep-majority)
+                await directory.locate("anyone", trio.current_time() + 5)
+
+            async def given_up() -> bool:
+                return peer not in directory.holders()
+
+            await wait_until(given_up)  # once it has been silent for the suspicion time
+            assert first.router.membership.removed_for(peer) >= 1.0
+            assert await directory.locate("anyone", trio.current_time() + 5) is None
+            peers.get = get
+
+
 async def test_a_filter_dropped_while_it_was_fetched_again_breaks_nothing() -> None:
     with trio.fail_after(TEST_SECONDS):
         async with towtruck.cluster(create_counter, size=2, **FAST) as c:

@@ -79,9 +79,9 @@ class Directory:
 
     Which peers may hold actors: the live ones; the removed ones, from the moment this
     node sees them removed until their filter has been fetched fresh (they may have
-    activated actors just before they left), and then while it holds actors (they serve
-    those until they are collected) or moves on; and, for ``suspicion``
-    seconds after they went down, the down ones. A peer may be taken for down while it
+    activated actors just before they left) or for ``suspicion`` seconds, and then while
+    it holds actors (they serve those until they are collected) or moves on; and, for
+    ``suspicion`` seconds after they went down, the down ones. A peer may be taken for down while it
     is only slow (under overload, say), or cut off by a partition, and its actors must
     not be activated a second time elsewhere, so a down peer is asked about every id,
     whatever its last filter says (which may predate the actor). One that refuses a
@@ -194,21 +194,25 @@ class Directory:
         ]
         # A peer that has left may have activated actors just before, after its filter
         # was last fetched: from the moment this node sees it removed, it is asked about
-        # every id until its filter is fetched fresh (it is unfetched); then it is kept
-        # while that filter holds actors or moves on.
+        # every id until its filter is fetched fresh (it is unfetched), for as long as a
+        # down peer would be; then it is kept while that filter holds actors or moves on.
         removed = membership.peers(MemberState.REMOVED)
         if removed or self._removals:
             removals, self._removals = self._removals, {}
             for peer in removed:
                 decision = self._removals[peer] = membership.decision(peer)
-                if removals.get(peer, ()) != decision:  # (a removal not seen before)
+                if membership.removed_for(peer) >= self._suspicion:
+                    self._unfetched.discard(peer)  # silent since: gone with its actors
+                elif removals.get(peer, ()) != decision:  # (a removal not seen before)
                     self._unfetched.add(peer)
         leaving = [
             peer
             for peer in removed
             if peer in self._unfetched
-            or ((bloom := self.filters.get(peer)) is not None
-                and (bloom.count > 0 or peer in self._stale))
+            or (
+                (bloom := self.filters.get(peer)) is not None
+                and (bloom.count > 0 or peer in self._stale)
+            )
         ]
         return live + suspects + leaving
 

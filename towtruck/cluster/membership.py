@@ -625,6 +625,13 @@ class Membership:
             self._changed()
         return expired
 
+    def removed_for(self, address: str) -> float:
+        """Seconds since this node learned that ``address`` was removed (0 if it is not)."""
+        member = self._members.get(address)
+        if member is None or member.joined or address == self.me:
+            return 0.0
+        return self._now() - member.decided_at
+
     def down_for(self, address: str) -> float:
         """Seconds since ``address`` went down (0 if it is not down)."""
         member = self._members.get(address)
