@@ -36,6 +36,14 @@ def test_a_call_decodes_as_it_was_encoded() -> None:
             b'{"id": "", "method": "m", "chain": [], "timeout": 1, "hops": 1, "existing": false}',
             InvalidActorId,
         ),
+        (
+            b'{"id": "a", "method": "m", "chain": null, "timeout": 1, "hops": 1, "existing": false}',
+            BadRequest,
+        ),
+        (
+            b'{"id": "a", "method": "m", "chain": [""], "timeout": 1, "hops": 1, "existing": false}',
+            InvalidActorId,
+        ),
     ],
 )
 def test_a_broken_envelope_is_refused_as_documented(envelope: bytes, error: type) -> None:

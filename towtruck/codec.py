@@ -43,6 +43,7 @@ __all__ = [
     "error_body",
     "loads",
     "loads_answer",
+    "loads_envelope",
     "why_not_json",
 ]
 
@@ -91,6 +92,20 @@ def loads(body: bytes | str) -> Any:
     ):
         _check_integers(body)
     return value
+
+
+def loads_envelope(envelope: bytes) -> Any:
+    """Decode a forwarded call's envelope, which a peer's :func:`dumps` wrote: without
+    the check for integers past 64 bits (:func:`dumps` writes none, and the data in it
+    was checked on the node the call entered by).
+
+    Raises:
+        InvalidJSON: it is not JSON.
+    """
+    try:
+        return orjson.loads(envelope)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSON(f"the body is not valid JSON: {exc}") from exc
 
 
 def loads_answer(answer: bytes) -> Any:

@@ -153,11 +153,12 @@ def decode_call(envelope: bytes) -> Call:
         InvalidActorId: an actor id in it is not one.
         BadRequest: it is JSON, but not a call's envelope.
     """
-    call = codec.loads(envelope)
+    call = codec.loads_envelope(envelope)
     try:
         actor_id = check_actor_id(call["id"])
         method = call["method"]
-        chain = tuple(check_actor_id(link) for link in call["chain"])
+        links = call["chain"]
+        chain = () if links == [] else tuple(check_actor_id(link) for link in links)
         timeout = float(call["timeout"])
         hops = int(call["hops"])
         existing = call["existing"]
