@@ -77,6 +77,26 @@ async def test_an_actor_is_found_from_any_node_and_listed_cluster_wide(
             assert {x["node"] for x in listed if x["id"] in on_b} == {str(b.address)}
 
 
+async def test_a_peer_with_more_actors_than_a_page_is_paged_through(
+    http: httpx.AsyncClient,
+) -> None:
+    with trio.fail_after(TEST_SECONDS):
+        async with towtruck.cluster(greeter.create_actor, size=2, **FAST) as c:
+            a, b = c.nodes
+            on_b = owned_by(b, c.nodes, 5, "b")
+            for actor_id in on_b:
+                assert (await http.get(f"{b.url}/invoke/{actor_id}/hello")).status_code == 200
+            listed, after = [], None
+            while True:  # a page of 2 from the node that holds none of them
+                params = {"cluster": "1", "limit": "2", **({"after": after} if after else {})}
+                page = (await http.get(f"{a.url}/actors", params=params)).json()
+                listed += page["actors"]
+                after = page["next"]
+                if after is None:
+                    break
+            assert [x["id"] for x in listed] == sorted(on_b)
+
+
 async def test_bad_pages_are_refused_with_json(http: httpx.AsyncClient) -> None:
     async with towtruck.open_node(greeter.create_actor) as node:
         for limit in ("0", "1001", "many"):

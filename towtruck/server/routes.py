@@ -440,15 +440,17 @@ class Routes:
         page = [describe_actor(runtime, i) for i in heapq.nsmallest(limit + 1, ids)]
         found: dict[str, Any] = {"actors": page, "total": len(catalog), "nodes": [runtime.node_id]}
         router = runtime.router
+        more = False  # a peer has more than its page holds
         if cluster and isinstance(router, Router):
             query = f"/actors?limit={limit}" + (f"&after={quote(after, safe='')}" if after else "")
             for answer in await ask_peers(router, query):
                 found["actors"] += answer["actors"]
                 found["total"] += answer["total"]
                 found["nodes"] += answer["nodes"]
+                more = more or answer["next"] is not None
             found["actors"].sort(key=lambda actor: actor["id"])
         actors = found["actors"]
-        found["next"] = actors[limit - 1]["id"] if len(actors) > limit else None
+        found["next"] = actors[limit - 1]["id"] if more or len(actors) > limit else None
         del actors[limit:]
         return found
 
