@@ -80,20 +80,20 @@ class Directory:
     Which peers may hold actors: the live ones; the removed ones, from the moment this
     node sees them removed until their filter has been fetched fresh (they may have
     activated actors just before they left) or for ``suspicion`` seconds, and then while
-    it holds actors (they serve those until they are collected) or moves on; and, for
-    ``suspicion`` seconds after they went down, the down ones. A peer may be taken for down while it
-    is only slow (under overload, say), or cut off by a partition, and its actors must
-    not be activated a second time elsewhere, so a down peer is asked about every id,
-    whatever its last filter says (which may predate the actor). One that refuses a
-    connection is gone at once: nothing listens there any more. ``strict`` (the
-    keep-majority strategy): a down peer is asked only about the ids it owned while it
-    was in placement and those its last filter may hold; if it does not answer, the
-    call fails (503) rather than activate the id, until the suspicion time is over; by
-    then the peer has given up its actors if it is cut off in a minority. So does a
-    live peer that does not answer in time: slow is not gone. A live peer whose filter
-    could not be fetched fresh after a change of membership, and a removed one whose
-    filter has not been fetched fresh since it left, is asked about every id until
-    one is.
+    that filter holds actors (they serve those until they are collected) or moves on;
+    and, for ``suspicion`` seconds after they went down, the down ones. A peer may be
+    taken for down while it is only slow (under overload, say), or cut off by a
+    partition, and its actors must not be activated a second time elsewhere, so a down
+    peer is asked about every id, whatever its last filter says (which may predate the
+    actor). One that refuses a connection is gone at once: nothing listens there any
+    more. ``strict`` (the keep-majority strategy): a down peer is asked only about the
+    ids it owned while it was in placement and those its last filter may hold; if it
+    does not answer, the call fails (503) rather than activate the id, until the
+    suspicion time is over; by then the peer has given up its actors if it is cut off in
+    a minority. So does a live peer that does not answer in time: slow is not gone. A
+    live peer whose filter could not be fetched fresh after a change of membership, and
+    a removed one whose filter has not been fetched fresh since it left, is asked about
+    every id until one is.
 
     Filters are fetched when they changed: each heartbeat carries the sender's filter
     version, and a peer's filter is fetched again only when the version heard is not
@@ -353,11 +353,11 @@ class Directory:
         only: Iterable[str] | None = None,
         empty_since: float | None = None,
     ) -> None:
-        """Fetch the filters of the live peers, and of removed peers that still held
-        actors, that changed (by the version they said they have; ``fresh``: whatever
-        they said); keep the last filter
-        of down peers. ``only``: of these peers alone; ``empty_since``: not those that
-        said they held no actors since then.
+        """Fetch the filters of the live peers, and of removed peers that may still
+        hold actors (see :meth:`holders`), that changed (by the version they said they
+        have; ``fresh``: whatever they said); keep the last filter of down peers.
+        ``only``: of these peers alone; ``empty_since``: not those that said they held
+        no actors since then.
 
         ``fresh`` asks the peers for their filter as it is now rather than one
         cached for up to half a ``bloom_interval``. A peer that does not answer
