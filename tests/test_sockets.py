@@ -44,6 +44,34 @@ async def test_receive_returns_what_was_sent_and_is_a_checkpoint(
             assert await sockets.receive(b, 1024, drained=drained) == b"hello"
 
 
+async def test_a_read_that_finds_bytes_right_after_yielding_yields_once_more(
+    pair: tuple[trio.SocketStream, trio.SocketStream],
+) -> None:
+    # A connection that has just answered reads its client's next request after one
+    # round of the others, and answers it after another, as trio's own reads do: the
+    # connections whose request came while they waited are not served behind it.
+    a, b = pair
+    me = trio.lowlevel.current_task()
+
+    class Steps(trio.abc.Instrument):
+        count = 0
+
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            if task is me:
+                Steps.count += 1
+
+    with trio.fail_after(TEST_SECONDS):
+        await a.send_all(b"next")
+        await trio.testing.wait_all_tasks_blocked()
+        steps = Steps()
+        trio.lowlevel.add_instrument(steps)
+        try:
+            assert await sockets.receive(b, 1024, drained=True, yield_first=True) == b"next"
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+        assert Steps.count == 2  # two yields: two steps after the one that called
+
+
 async def test_receive_waits_for_data(pair: tuple[trio.SocketStream, trio.SocketStream]) -> None:
     a, b = pair
     with trio.fail_after(TEST_SECONDS):
